@@ -1,0 +1,4 @@
+"""What both trainers and the evaluator share: data, split, run contract, evaluator.
+
+Nothing in here imports TensorFlow or JAX.
+"""
