@@ -1,0 +1,141 @@
+"""The main job: both trainers on the same split, each in its own process, then the evaluator.
+
+    python -m shared.compare                      # embedded sample + offline MiniLM, minutes on CPU
+    python -m shared.compare --data-dir /kaggle/input/contradictory-my-dear-watson \
+        --preset bert_base_multi --out runs/kaggle   # the Kaggle recipe (the default on Kaggle)
+
+Writes OUT/tf_full, OUT/jax_lora (and OUT/jax_probe with --probe), then OUT/report/report.md.
+A run directory whose manifest says "finished" is kept, not retrained (delete it to rerun); an
+unfinished one is resumed by its trainer. A failing trainer is reported and does not stop or
+touch the other's run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shared.cli import add_data_args, exit_on_bad_input, load_data
+from shared.data import KAGGLE_DATA_DIR
+from shared.presets import KAGGLE_PRESET, minilm_dir, preset_kind
+from shared.run_dir import MANIFEST
+
+REPO = Path(__file__).resolve().parent.parent
+# Off Kaggle the demo runs on 2 CPU cores in minutes: short sequences and a few more epochs than
+# the recipe, since the sample is ~300 training rows. On Kaggle the recipe's own values apply.
+DEMO_SEQUENCE_LENGTH = 128
+DEMO_EPOCHS = 4
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    on_kaggle = KAGGLE_DATA_DIR.is_dir()
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.compare",
+        description="Run tf_baseline (full fine-tune) and jax_lora (LoRA) on the same split, "
+                    "then compare them with the evaluator.")
+    add_data_args(parser)
+    parser.add_argument("--preset", default=None,
+                        help=f"pretrained BERT for both trainers: keras-hub name, keras-hub preset "
+                             f"folder or Hugging Face folder [default: {KAGGLE_PRESET} on Kaggle, "
+                             f"else the offline all-MiniLM-L6-v2]")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"),
+                        help="folder for the run directories and the report [default: runs/compare]")
+    parser.add_argument("--sequence-length", type=int,
+                        default=None if on_kaggle else DEMO_SEQUENCE_LENGTH,
+                        help="both trainers' maximum sequence length [default: the preset's 512 "
+                             f"on Kaggle, else {DEMO_SEQUENCE_LENGTH}]")
+    parser.add_argument("--epochs", type=int, default=None if on_kaggle else DEMO_EPOCHS,
+                        help=f"both trainers' epochs [default: 3 on Kaggle, else {DEMO_EPOCHS}]")
+    parser.add_argument("--probe", action="store_true",
+                        help="also train a JAX linear probe (head only) as a third run")
+    parser.add_argument("--tf-args", default="", help="extra flags for tf_baseline/train.py, quoted")
+    parser.add_argument("--jax-args", default="", help="extra flags for jax_lora/train.py, quoted")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def trainer_commands(args: argparse.Namespace) -> dict[str, list[str]]:
+    """One command line per run, named by its run directory."""
+    common = ["--split", args.split, "--seed", str(args.seed),
+              "--train-fraction", str(args.train_fraction),
+              "--max-text-chars", str(args.max_text_chars)]
+    for flag, value in (("--data-dir", args.data_dir), ("--preset", args.preset),
+                        ("--sequence-length", args.sequence_length), ("--epochs", args.epochs),
+                        ("--limit", args.limit)):
+        if value is not None:
+            common += [flag, str(value)]
+    if args.quiet:
+        common.append("--quiet")
+    tf_cmd = [sys.executable, str(REPO / "tf_baseline" / "train.py"), *common,
+              *shlex.split(args.tf_args)]
+    jax_cmd = [sys.executable, str(REPO / "jax_lora" / "train.py"), *common,
+               *shlex.split(args.jax_args)]
+    commands = {"tf_full": tf_cmd + ["--run-dir", str(args.out / "tf_full")],
+                "jax_lora": jax_cmd + ["--run-dir", str(args.out / "jax_lora")]}
+    if args.probe:
+        commands["jax_probe"] = jax_cmd + ["--targets", "", "--run-dir",
+                                           str(args.out / "jax_probe")]
+    return commands
+
+
+def is_finished(run_dir: Path) -> bool:
+    path = run_dir / MANIFEST
+    return path.is_file() and json.loads(path.read_text()).get("status") == "finished"
+
+
+def run_trainers(commands: dict[str, list[str]], out: Path) -> dict[str, str]:
+    """Runs each trainer in its own process; returns {name: 'finished' | 'kept' | 'failed (...)'}."""
+    outcome = {}
+    for name, command in commands.items():
+        run_dir = out / name
+        if is_finished(run_dir):
+            print(f"[compare] {name}: {run_dir} already finished; kept (delete it to rerun)")
+            outcome[name] = "kept"
+            continue
+        print(f"[compare] {name}: {shlex.join(command)}", flush=True)
+        started = time.perf_counter()
+        code = subprocess.run(command, cwd=REPO).returncode
+        seconds = time.perf_counter() - started
+        if code == 0 and is_finished(run_dir):
+            print(f"[compare] {name}: finished in {seconds:.0f} s")
+            outcome[name] = "finished"
+        else:
+            print(f"[compare] {name}: FAILED (exit code {code}) after {seconds:.0f} s; "
+                  f"its output is above, the other runs go on", file=sys.stderr)
+            outcome[name] = f"failed (exit code {code})"
+    return outcome
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with exit_on_bad_input():
+        # Fail here, once, on bad data or a bad preset, rather than in each trainer.
+        data = load_data(args)
+        args.data_dir = data.data_dir
+        if args.preset is None:
+            args.preset = KAGGLE_PRESET if KAGGLE_DATA_DIR.is_dir() else str(minilm_dir())
+        preset_kind(args.preset)
+        print(f"[compare] data {data.data_dir}: {len(data.train)} train / {len(data.val)} "
+              f"validation rows, split {data.split.fingerprint[:12]}; preset {args.preset}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    outcome = run_trainers(trainer_commands(args), args.out)
+    done = [args.out / name for name, state in outcome.items() if not state.startswith("failed")]
+    if done:
+        from shared.evaluate import evaluate
+        report_dir = args.out / "report"
+        evaluate(done, report_dir)
+        print(f"[compare] report: {report_dir / 'report.md'}")
+    failed = {name: state for name, state in outcome.items() if state.startswith("failed")}
+    if failed:
+        print(f"[compare] failed runs: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

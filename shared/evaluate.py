@@ -1,0 +1,297 @@
+"""Compare run directories written under the shared run contract (shared/run_dir.py).
+
+    python -m shared.evaluate RUN_DIR [RUN_DIR ...] --out REPORT_DIR \
+        [--names A,B,...] [--bootstrap 2000] [--seed 0] [--data-dir DIR]
+
+REPORT_DIR receives report.md (tables + figures), report.json (every number) and PNG figures.
+Runs are compared only when they share the split fingerprint, validation ids and labels.
+Pairs are every (A, B) with A listed before B; "B vs A" means B - A.
+Imports neither TensorFlow nor JAX, so it runs anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shared import report, stats
+from shared.cli import exit_on_bad_input
+from shared.data import DEFAULT_MAX_TEXT_CHARS, DataError, load_train
+from shared.run_dir import Run, RunDirError, read_run
+from shared.split import SplitSpec, make_split
+
+DEFAULT_BOOTSTRAP = 2000
+MIN_BOOTSTRAP = 1000   # fewer resamples make the 2.5 % / 97.5 % percentiles jumpy
+
+
+def evaluate(run_dirs, out_dir, *, names=None, bootstrap: int = DEFAULT_BOOTSTRAP,
+             seed: int = 0, data_dir=None) -> dict:
+    """Compare the runs, write REPORT_DIR atomically, return the report.json content.
+
+    Raises RunDirError / ValueError (one line) before writing anything when the inputs are
+    bad or the runs are not comparable.
+    """
+    run_dirs = [Path(d) for d in run_dirs]
+    if bootstrap < MIN_BOOTSTRAP:
+        raise ValueError(f"--bootstrap {bootstrap}: use at least {MIN_BOOTSTRAP} resamples")
+    out_dir = Path(out_dir)
+    report.check_out_dir(out_dir)
+    names = run_names(run_dirs, names)
+    runs = align_runs([read_run(d) for d in run_dirs], names)
+    result = compare(runs, names, bootstrap=bootstrap, seed=seed, data_dir=data_dir)
+    report.write_report_dir(out_dir, result, runs)
+    return result
+
+
+def run_names(run_dirs: list[Path], names) -> list[str]:
+    names = [d.resolve().name for d in run_dirs] if names is None else list(names)
+    if len(names) != len(run_dirs):
+        raise ValueError(f"--names has {len(names)} name(s) for {len(run_dirs)} run "
+                         f"directories; give one name per run, comma-separated")
+    if len(set(names)) != len(names) or not all(names):
+        raise ValueError(f"run names {', '.join(names)} are empty or repeat; pass distinct "
+                         f"--names A,B,...")
+    return names
+
+
+def align_runs(runs: list[Run], names: list[str]) -> list[Run]:
+    """Check the runs are comparable; return them with rows in the first run's order."""
+    for run in runs:
+        _check_predictions(run)
+    first, name_a = runs[0], names[0]
+    aligned = [first]
+    for run, name in zip(runs[1:], names[1:]):
+        if run.split_fingerprint != first.split_fingerprint:
+            raise RunDirError(f"split fingerprints differ: {name_a} {first.split_fingerprint[:12]}"
+                              f" vs {name} {run.split_fingerprint[:12]}; runs must share the "
+                              f"split (--split, --train-fraction, --seed, --limit, data)")
+        ids_a, ids_b = first.predictions["id"], run.predictions["id"]
+        if set(ids_a) != set(ids_b):
+            raise RunDirError(f"validation ids differ between {name_a} and {name} "
+                              f"({len(set(ids_a) ^ set(ids_b))} ids in only one of them)")
+        positions = pd.Index(ids_b).get_indexer(ids_a)
+        run = dataclasses.replace(
+            run, predictions=run.predictions.iloc[positions].reset_index(drop=True),
+            embeddings=None if run.embeddings is None else run.embeddings[positions])
+        for column in ("label", "language"):
+            differ = first.predictions[column].to_numpy() != run.predictions[column].to_numpy()
+            if differ.any():
+                raise RunDirError(f"validation {column}s differ between {name_a} and {name} "
+                                  f"on {int(differ.sum())} rows (first id "
+                                  f"{ids_a.to_numpy()[differ.argmax()]}); were they scored on "
+                                  f"the same data?")
+        aligned.append(run)
+    return aligned
+
+
+def _check_predictions(run: Run) -> None:
+    frame = run.predictions
+    where = run.run_dir / "predictions.csv"
+    if len(frame) == 0:
+        raise RunDirError(f"{where}: no rows")
+    if frame["id"].duplicated().any():
+        raise RunDirError(f"{where}: id {frame['id'][frame['id'].duplicated()].iat[0]} repeats")
+    for column in ("label", "pred"):
+        if not frame[column].isin(stats.LABELS).all():
+            raise RunDirError(f"{where}: column {column} holds values other than "
+                              f"{', '.join(map(str, stats.LABELS))}")
+    if not isinstance(run.manifest["split"], dict) or "fingerprint" not in run.manifest["split"]:
+        raise RunDirError(f"{run.run_dir / 'manifest.json'}: split has no fingerprint")
+
+
+def compare(runs: list[Run], names: list[str], *, bootstrap: int, seed: int,
+            data_dir=None) -> dict:
+    """Every number of the report (JSON-ready), for aligned runs."""
+    frame = runs[0].predictions
+    labels, languages = frame["label"].to_numpy(), frame["language"].to_numpy()
+    preds = [run.predictions["pred"].to_numpy() for run in runs]
+    samples = stats.paired_bootstrap(labels, preds, bootstrap, seed)
+    seen, memorisation_note = premise_seen(runs, data_dir)
+
+    scored = []
+    for k, (run, name) in enumerate(zip(runs, names)):
+        metrics = stats.classification_metrics(labels, preds[k])
+        metrics["accuracy_ci"] = stats.percentile_ci(samples["accuracy"][k])
+        metrics["macro_f1_ci"] = stats.percentile_ci(samples["macro_f1"][k])
+        scored.append({
+            "name": name, "run_dir": str(run.run_dir), "trainer": run.manifest.get("trainer"),
+            "metrics": metrics,
+            "per_language": stats.group_metrics(labels, preds[k], languages, key="language"),
+            "memorisation": None if seen is None else _memorisation(labels, preds[k], seen),
+            "resources": resources(run.manifest)})
+
+    pairs = []
+    for i in range(len(runs)):
+        for j in range(i + 1, len(runs)):
+            pairs.append(_pair(scored[i], scored[j], labels, preds[i], preds[j], samples, i, j))
+
+    return {
+        "split": runs[0].manifest["split"], "n_val": int(len(labels)),
+        "options": {"bootstrap_resamples": bootstrap, "seed": seed,
+                    "confidence": stats.CONFIDENCE},
+        "memorisation": {"available": seen is not None, "note": memorisation_note,
+                         "n_seen": None if seen is None else int(seen.sum()),
+                         "n_unseen": None if seen is None else int((~seen).sum())},
+        "runs": scored, "pairs": pairs}
+
+
+def _pair(a: dict, b: dict, labels, preds_a, preds_b, samples: dict, i: int, j: int) -> dict:
+    pair = {"a": a["name"], "b": b["name"]}
+    for metric in ("accuracy", "macro_f1"):
+        pair[f"{metric}_diff"] = b["metrics"][metric] - a["metrics"][metric]
+        pair[f"{metric}_diff_ci"] = stats.percentile_ci(samples[metric][j] - samples[metric][i])
+    pair["mcnemar"] = stats.mcnemar_exact(preds_a == labels, preds_b == labels)
+    pair["per_language"] = [
+        {"language": la["language"], "n": la["n"], "accuracy_a": la["accuracy"],
+         "accuracy_b": lb["accuracy"], "delta": lb["accuracy"] - la["accuracy"]}
+        for la, lb in zip(a["per_language"], b["per_language"])]
+    pair["resource_ratios"] = resource_ratios(a["resources"], b["resources"])
+    return pair
+
+
+def _memorisation(labels, preds, seen: np.ndarray) -> dict:
+    parts = {}
+    for part, mask in (("seen", seen), ("unseen", ~seen)):
+        score = stats.accuracy(labels[mask], preds[mask]) if mask.any() else None
+        parts[part] = {"n": int(mask.sum()), "accuracy": score}
+    gap = None
+    if parts["seen"]["accuracy"] is not None and parts["unseen"]["accuracy"] is not None:
+        gap = parts["seen"]["accuracy"] - parts["unseen"]["accuracy"]
+    return {**parts, "gap": gap}
+
+
+def premise_seen(runs: list[Run], data_dir=None) -> tuple[np.ndarray | None, str]:
+    """Whether each validation row's premise also occurs in the training part.
+
+    Run directories do not hold the training rows, so the split is recomputed from train.csv
+    and accepted only if its fingerprint equals the recorded one. Runs made with --limit N
+    split only the first N rows. Returns (mask in row order, source) or (None, reason).
+    """
+    recorded = runs[0].manifest["split"]
+    ids = runs[0].predictions["id"].to_numpy()
+    reasons = []
+    tried = set()
+    for run in runs:
+        config = run.manifest.get("config") or {}
+        directory = Path(data_dir or (run.manifest.get("data") or {}).get("data_dir") or ".")
+        limit = _config_value(config, "limit")
+        max_chars = _config_value(config, "max_text_chars") or DEFAULT_MAX_TEXT_CHARS
+        if (directory, limit, max_chars) in tried:
+            continue
+        tried.add((directory, limit, max_chars))
+        if not (directory / "train.csv").is_file():
+            reasons.append(f"{directory / 'train.csv'} not found (pass --data-dir)")
+            continue
+        try:
+            frame = load_train(directory, int(max_chars))
+            spec = SplitSpec(recorded["rule"], float(recorded["train_fraction"]),
+                             int(recorded.get("seed", 0)))
+        except (DataError, KeyError, ValueError, TypeError) as err:
+            reasons.append(f"cannot rebuild the split from {directory} ({err})")
+            continue
+        candidates = [(frame, "")]
+        if limit:
+            candidates.append((frame.head(int(limit)).reset_index(drop=True),
+                               f", first {int(limit)} rows"))
+        for candidate, suffix in candidates:
+            try:
+                split = make_split(candidate, spec)
+            except ValueError:
+                continue
+            if split.fingerprint == recorded["fingerprint"]:
+                train, val = split.parts(candidate)
+                premise_of = dict(zip(val["id"], val["premise"]))
+                train_premises = set(train["premise"])
+                return (np.array([premise_of[i] in train_premises for i in ids]),
+                        f"training premises from {directory / 'train.csv'}{suffix}")
+        reasons.append(f"the split recomputed from {directory / 'train.csv'} has a different "
+                       f"fingerprint (train.csv changed, or a different --limit)")
+    return None, "; ".join(reasons)
+
+
+def _config_value(config: dict, key: str):
+    """`key` at the top of a (possibly nested) trainer config, else in a nested section."""
+    if key in config:
+        return config[key]
+    for value in config.values():
+        if isinstance(value, dict) and (found := _config_value(value, key)) is not None:
+            return found
+    return None
+
+
+def resources(manifest: dict) -> dict:
+    """Cost numbers from a manifest; anything missing or non-numeric becomes None."""
+    params = manifest.get("params") or {}
+    total, trainable = _number(params.get("total")), _number(params.get("trainable"))
+    pct = _number(params.get("trainable_pct"))
+    if pct is None and total and trainable is not None:
+        pct = 100.0 * trainable / total
+    epochs = [e for e in (manifest.get("epochs") or []) if isinstance(e, dict)]
+    seconds = [s for s in (_number(e.get("seconds")) for e in epochs) if s is not None]
+    speeds = [s for s in (_number(e.get("examples_per_s")) for e in epochs) if s is not None]
+    devices = manifest.get("devices") or {}
+    return {"total_params": total, "trainable_params": trainable, "trainable_pct": pct,
+            "epochs": len(epochs), "epoch_seconds": seconds,
+            # The median keeps the first epoch's one-off compilation out of the typical epoch.
+            "epoch_seconds_median": float(np.median(seconds)) if seconds else None,
+            "examples_per_s_median": float(np.median(speeds)) if speeds else None,
+            "peak_host_rss_mb": _number(manifest.get("peak_host_rss_mb")),
+            "peak_accelerator_mem_mb": _number(manifest.get("peak_accelerator_mem_mb")),
+            "replicas": _number(devices.get("replicas")) if isinstance(devices, dict) else None}
+
+
+def resource_ratios(a: dict, b: dict) -> dict:
+    """B relative to A; `speedup_per_epoch` > 1 means B's epochs are shorter."""
+    return {"trainable_params": _ratio(b["trainable_params"], a["trainable_params"]),
+            "speedup_per_epoch": _ratio(a["epoch_seconds_median"], b["epoch_seconds_median"]),
+            "examples_per_s": _ratio(b["examples_per_s_median"], a["examples_per_s_median"]),
+            "peak_host_rss": _ratio(b["peak_host_rss_mb"], a["peak_host_rss_mb"]),
+            "peak_accelerator_mem": _ratio(b["peak_accelerator_mem_mb"],
+                                           a["peak_accelerator_mem_mb"])}
+
+
+def _number(value) -> int | float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
+def _ratio(numerator, denominator) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.evaluate",
+        description="Compare run directories (same split) and write report.md, report.json "
+                    "and PNG figures into REPORT_DIR.")
+    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+                        help="finished run directories written under the shared run contract")
+    parser.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR",
+                        help="report folder; created, or replaced if it holds an older report")
+    parser.add_argument("--names", type=lambda text: [n.strip() for n in text.split(",")],
+                        default=None, help="comma-separated run names [default: folder names]")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP,
+                        help=f"paired bootstrap resamples, at least {MIN_BOOTSTRAP} "
+                             f"[default: {DEFAULT_BOOTSTRAP}]")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the bootstrap and the t-SNE [default: 0]")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder with the runs' train.csv, for the premise-memorisation "
+                             "section [default: the data_dir recorded in each manifest]")
+    args = parser.parse_args(argv)
+    with exit_on_bad_input():
+        evaluate(args.run_dirs, args.out, names=args.names, bootstrap=args.bootstrap,
+                 seed=args.seed, data_dir=args.data_dir)
+    print(args.out / report.REPORT_MD)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Writes a comparison (shared.evaluate.compare) as REPORT_DIR/{report.md, report.json, *.png}.
+
+The folder is built under a temporary sibling name and renamed into place at the end, so a
+failure never leaves a half-written report and an older report survives until then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from shared import figures
+from shared.data import LABEL_NAMES
+from shared.run_dir import Run
+
+REPORT_MD = "report.md"
+REPORT_JSON = "report.json"
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace anything but an empty folder or an older report."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir}: exists and is not a folder; choose a folder path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / REPORT_JSON).is_file():
+        raise ValueError(f"--out {out_dir}: folder exists and holds no {REPORT_JSON}; choose a "
+                         f"new or empty folder (only an older report is replaced)")
+
+
+def write_report_dir(out_dir: Path, result: dict, runs: list[Run]) -> None:
+    """Draw the figures, write report.md and report.json; adds result["figures"]."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    retired = staging.with_name(staging.name.replace(".tmp-", ".old-"))
+    try:
+        staging.chmod(0o755)   # mkdtemp makes it owner-only; a report is for everyone
+        result["figures"] = draw_figures(staging, result, runs)
+        (staging / REPORT_JSON).write_text(
+            json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        (staging / REPORT_MD).write_text(render_markdown(result), encoding="utf-8")
+        if out_dir.exists():
+            os.replace(out_dir, retired)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if retired.exists() and not out_dir.exists():
+            os.replace(retired, out_dir)   # the old report comes back
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def draw_figures(folder: Path, result: dict, runs: list[Run]) -> dict:
+    """{figure: {"file": name.png} or {"skipped": reason}}."""
+    names = [run["name"] for run in result["runs"]]
+    labels = runs[0].predictions["label"].to_numpy()
+    drawers = {
+        "per_language_accuracy": lambda path: figures.per_language_accuracy(result, path),
+        "confusion_matrices": lambda path: figures.confusion_matrices(result, path),
+        "training_curves": lambda path: figures.training_curves(
+            names, [run.history for run in runs], path),
+        "resources": lambda path: figures.resources(result, path),
+        "tsne": lambda path: figures.tsne(names, [run.embeddings for run in runs], labels,
+                                          result["options"]["seed"], path),
+    }
+    drawn = {}
+    for name, draw in drawers.items():
+        skipped = draw(folder / f"{name}.png")
+        drawn[name] = {"skipped": skipped} if skipped else {"file": f"{name}.png"}
+    return drawn
+
+
+# ---- formatting -----------------------------------------------------------------------
+
+def _num(value, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _signed(value, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:+.{digits}f}"
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.2f} %"
+
+
+def _count(value) -> str:
+    return "n/a" if value is None else f"{int(value):,}"
+
+
+def _ci(ci, signed: bool = False) -> str:
+    fmt = _signed if signed else _num
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+
+
+# ---- sections ---------------------------------------------------------------------------
+
+def render_markdown(result: dict) -> str:
+    split, options = result["split"], result["options"]
+    level = f"{options['confidence'] * 100:.0f} %"
+    lines = ["# Run comparison", "",
+             f"{len(result['runs'])} run(s) on the same validation split: rule "
+             f"`{split.get('rule', 'n/a')}`, {result['n_val']:,} validation rows, fingerprint "
+             f"`{split['fingerprint'][:16]}…`. Confidence intervals: {level} percentile "
+             f"bootstrap, {options['bootstrap_resamples']:,} resamples of the validation rows "
+             f"(seed {options['seed']}), the same resamples for every run.", ""]
+    for section in (_summary, _pairwise, _per_language, _per_class, _memorisation, _resources,
+                    _figures):
+        lines += section(result, level)
+    return "\n".join(lines)
+
+
+def _summary(result: dict, level: str) -> list[str]:
+    rows = []
+    for run in result["runs"]:
+        m, r = run["metrics"], run["resources"]
+        rows.append([run["name"], str(run["trainer"]),
+                     f"{_num(m['accuracy'])} {_ci(m['accuracy_ci'])}",
+                     f"{_num(m['macro_f1'])} {_ci(m['macro_f1_ci'])}",
+                     _pct(r["trainable_pct"]), _num(r["epoch_seconds_median"], 1),
+                     _num(r["examples_per_s_median"], 1), _num(r["peak_host_rss_mb"], 0)])
+    return ["## Summary", ""] + _table(
+        ["run", "trainer", f"accuracy [{level} CI]", f"macro-F1 [{level} CI]", "trainable",
+         "epoch s (median)", "examples/s", "peak RSS MB"], rows)
+
+
+def _pairwise(result: dict, level: str) -> list[str]:
+    if not result["pairs"]:
+        return ["## Pairwise comparisons", "", "Only one run: nothing to compare.", ""]
+    rows = []
+    for pair in result["pairs"]:
+        test = pair["mcnemar"]
+        rows.append([f"{pair['b']} vs {pair['a']}",
+                     f"{_signed(pair['accuracy_diff'])} {_ci(pair['accuracy_diff_ci'], True)}",
+                     f"{_signed(pair['macro_f1_diff'])} {_ci(pair['macro_f1_diff_ci'], True)}",
+                     f"{test['only_a']} / {test['only_b']}", f"{test['p_value']:.4g}"])
+    return ["## Pairwise comparisons", "",
+            "“B vs A” is B − A. McNemar: exact two-sided binomial test on the rows exactly "
+            "one of the two runs gets right (A only / B only).", ""] + _table(
+        ["pair", f"Δ accuracy [{level} CI]", f"Δ macro-F1 [{level} CI]",
+         "right: A only / B only", "McNemar p"], rows)
+
+
+def _per_language(result: dict, level: str) -> list[str]:
+    runs = result["runs"]
+    header = ["language", "n"] + [f"{kind} {run['name']}" for run in runs
+                                  for kind in ("accuracy", "macro-F1")]
+    rows = [[row["language"], str(row["n"])] +
+            [_num(run["per_language"][k][key]) for run in runs for key in ("accuracy", "macro_f1")]
+            for k, row in enumerate(runs[0]["per_language"])]
+    rows.append(["**all**", f"{result['n_val']:,}"] +
+                [_num(run["metrics"][key]) for run in runs for key in ("accuracy", "macro_f1")])
+    lines = ["## Per-language results", "",
+             "Macro-F1 per language averages the classes that occur among that language's "
+             "labels or predictions.", ""] + _table(header, rows)
+    by_name = {run["name"]: run["metrics"] for run in runs}
+    for pair in result["pairs"]:
+        a, b = pair["a"], pair["b"]
+        lines += [f"### {b} vs {a}: accuracy per language", ""] + _table(
+            ["language", "n", f"acc {a}", f"acc {b}", "Δ"],
+            [[row["language"], str(row["n"]), _num(row["accuracy_a"]), _num(row["accuracy_b"]),
+              _signed(row["delta"])] for row in pair["per_language"]] +
+            [["**all**", f"{result['n_val']:,}", _num(by_name[a]["accuracy"]),
+              _num(by_name[b]["accuracy"]), _signed(pair["accuracy_diff"])]])
+    return lines
+
+
+def _per_class(result: dict, level: str) -> list[str]:
+    lines = ["## Per-class results", ""]
+    for run in result["runs"]:
+        per_class = run["metrics"]["per_class"]
+        matrix = run["metrics"]["confusion_matrix"]
+        lines += [f"### {run['name']}", ""] + _table(
+            ["class", "precision", "recall", "F1", "support"],
+            [[name, _num(c["precision"]), _num(c["recall"]), _num(c["f1"]), str(c["support"])]
+             for name, c in per_class.items()])
+        lines += _table(["true \\ predicted"] + list(LABEL_NAMES),
+                        [[name] + [str(v) for v in row] for name, row in zip(LABEL_NAMES, matrix)])
+    return lines
+
+
+def _memorisation(result: dict, level: str) -> list[str]:
+    info = result["memorisation"]
+    lines = ["## Premise memorisation", ""]
+    if not info["available"]:
+        return lines + [f"Skipped: {info['note']}.", ""]
+    lines += [f"Validation rows whose premise also occurs in the training part (seen) vs rows "
+              f"whose premise does not (unseen); {info['note']}. A large gap means the model "
+              f"leans on premises it has memorised.", ""]
+    rows = [[run["name"], _num(run["memorisation"]["seen"]["accuracy"]),
+             _num(run["memorisation"]["unseen"]["accuracy"]),
+             _signed(run["memorisation"]["gap"])] for run in result["runs"]]
+    return lines + _table(["run", f"accuracy seen (n = {info['n_seen']:,})",
+                           f"accuracy unseen (n = {info['n_unseen']:,})", "seen − unseen"], rows)
+
+
+def _resources(result: dict, level: str) -> list[str]:
+    rows = []
+    for run in result["runs"]:
+        r = run["resources"]
+        rows.append([run["name"], _count(r["total_params"]), _count(r["trainable_params"]),
+                     _pct(r["trainable_pct"]), str(r["epochs"]),
+                     _num(r["epoch_seconds_median"], 1), _num(r["examples_per_s_median"], 1),
+                     _num(r["peak_host_rss_mb"], 0), _num(r["peak_accelerator_mem_mb"], 0),
+                     _count(r["replicas"])])
+    lines = ["## Resources", "",
+             "From the manifests. Epoch time and examples/s are medians over epochs (the first "
+             "epoch includes compilation).", ""] + _table(
+        ["run", "parameters", "trainable", "trainable %", "epochs", "epoch s", "examples/s",
+         "peak RSS MB", "peak accel. MB", "replicas"], rows)
+    by_name = {run["name"]: run["resources"] for run in result["runs"]}
+    lines += [f"- {_ratio_sentence(pair, by_name)}" for pair in result["pairs"]]
+    return lines + [""]
+
+
+def _ratio_sentence(pair: dict, by_name: dict) -> str:
+    a, b, ratios = pair["a"], pair["b"], pair["resource_ratios"]
+    parts, missing = [], []
+    if by_name[b]["trainable_pct"] is not None:
+        parts.append(f"trains {_pct(by_name[b]['trainable_pct'])} of its parameters "
+                     f"({a}: {_pct(by_name[a]['trainable_pct'])})")
+    if ratios["trainable_params"] is not None:
+        parts.append(f"{ratios['trainable_params']:.3g}× {a}'s trainable parameter count")
+    speedup = ratios["speedup_per_epoch"]
+    if speedup is None:
+        missing.append("epoch time")
+    elif speedup >= 1:
+        parts.append(f"{speedup:.2f}× faster per epoch")
+    else:
+        parts.append(f"{1 / speedup:.2f}× slower per epoch")
+    for key, what in (("examples_per_s", "the examples/s"),
+                      ("peak_host_rss", "the peak host memory"),
+                      ("peak_accelerator_mem", "the peak accelerator memory")):
+        if ratios[key] is None:
+            missing.append(what.removeprefix("the "))
+        else:
+            parts.append(f"{ratios[key]:.2f}× {what}")
+    said = ", ".join(parts) if parts else "has no comparable numbers"
+    return f"**{b} vs {a}**: {b} {said}." + (
+        f" Not recorded for both: {', '.join(missing)}." if missing else "")
+
+
+FIGURE_TITLES = {"per_language_accuracy": "Accuracy per language",
+                 "confusion_matrices": "Confusion matrices",
+                 "training_curves": "Training curves (history.csv)",
+                 "resources": "Resources",
+                 "tsne": "t-SNE of validation CLS embeddings"}
+
+
+def _figures(result: dict, level: str) -> list[str]:
+    lines = ["## Figures", ""]
+    for name, title in FIGURE_TITLES.items():
+        figure = result["figures"][name]
+        lines += [f"### {title}", ""]
+        lines += [f"![{title}]({figure['file']})" if "file" in figure
+                  else f"Skipped: {figure['skipped']}.", ""]
+    return lines
