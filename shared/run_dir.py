@@ -58,6 +58,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -158,6 +159,7 @@ class RunWriter:
         fd, tmp = tempfile.mkstemp(dir=self.run_dir, suffix=".npy")
         os.close(fd)
         np.save(tmp, np.asarray(embeddings, dtype=np.float32))
+        os.chmod(tmp, 0o644)
         os.replace(tmp, self.run_dir / EMBEDDINGS)
 
     def finish(self, status: str = "finished", **fields) -> None:

@@ -1,0 +1,82 @@
+"""Merged Flax model -> keras-hub preset folder that `BertTextClassifier.from_preset` loads.
+
+The only jax_lora module that imports TensorFlow (lazily, inside export_preset): keras-hub
+itself builds the BertTextClassifier and writes the preset, so the folder holds exactly what
+keras-hub expects (config, weights, tokenizer assets, preprocessor, classifier head).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from jax_lora.lora import LoraParam, merge_lora
+from jax_lora.models import BertClassifier
+from jax_lora.tokenizer import Tokenizer
+from jax_lora.weights import keras_parameter_path
+
+# keras-hub BertBackbone hard-codes this; a model with another epsilon cannot round-trip.
+KERAS_HUB_LAYER_NORM_EPSILON = 1e-12
+
+
+class ExportError(ValueError):
+    """A model or output folder that cannot be exported; the message says what to change."""
+
+
+def export_preset(model: BertClassifier, tokenizer: Tokenizer, out_dir: str | Path, *,
+                  sequence_length: int = 512) -> Path:
+    """Writes `model` (LoRA merged in first, if it has adapters) as a keras-hub preset.
+
+    `sequence_length` is what the saved preprocessor pads to. Nothing is written when the
+    folder already has files or the model does not fit keras-hub's BERT."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ExportError(f"--out {out_dir}: folder is not empty; pass a new folder")
+    config = model.config
+    if config.layer_norm_epsilon != KERAS_HUB_LAYER_NORM_EPSILON:
+        raise ExportError(f"layer_norm_epsilon={config.layer_norm_epsilon}: keras-hub BERT only "
+                          f"supports {KERAS_HUB_LAYER_NORM_EPSILON}")
+    if len(tokenizer.vocabulary) != config.vocab_size:
+        raise ExportError(f"tokenizer has {len(tokenizer.vocabulary)} tokens but the model's "
+                          f"vocab_size is {config.vocab_size}; pass the model's own tokenizer")
+    if nnx.state(model, LoraParam):
+        model = merge_lora(model)
+    params = {path: np.asarray(variable.get_value())
+              for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras_hub
+
+    keras_tokenizer = keras_hub.models.BertTokenizer(vocabulary=tokenizer.vocabulary,
+                                                     lowercase=tokenizer.lowercase)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=config.vocab_size, num_layers=config.num_layers,
+        num_heads=config.num_heads, hidden_dim=config.hidden_dim,
+        intermediate_dim=config.intermediate_dim, dropout=config.dropout,
+        max_sequence_length=config.max_sequence_length, num_segments=config.num_segments)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        keras_tokenizer, sequence_length=sequence_length)
+    classifier = keras_hub.models.BertTextClassifier(
+        backbone, num_classes=model.num_classes, preprocessor=preprocessor,
+        dropout=config.dropout)
+    for variable in classifier.weights:
+        path = keras_parameter_path(*variable.path.rsplit("/", 1))
+        if path not in params:
+            raise ExportError(f"keras-hub variable {variable.path} has no Flax parameter")
+        # Row-major reshape undoes the [d_in, heads, head_dim] split of attention kernels.
+        variable.assign(params.pop(path).reshape(variable.shape))
+    if params:
+        raise ExportError(f"Flax parameter {'/'.join(map(str, next(iter(params))))} has no "
+                          f"keras-hub variable")
+
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    classifier.save_to_preset(str(staging))
+    if out_dir.exists():
+        out_dir.rmdir()
+    staging.rename(out_dir)
+    return out_dir

@@ -1,0 +1,101 @@
+"""Token arrays, made once, and the batches cut from them.
+
+Every split is tokenized once at the full sequence length before training. A batch is then
+a slice of rows and columns: with dynamic padding the columns stop at the batch's longest row
+rounded up to a bucket length, which bounds the number of distinct shapes (one compile each)
+at len(BUCKETS). Padding positions are masked in attention and BERT's positions are absolute,
+so a shorter pad changes no real token's value beyond float rounding.
+
+Training batches: a permutation per epoch seeded by (seed, epoch), remainder dropped (like the
+baseline), and addressable by step so a resumed run sees the same batches. Evaluation batches
+cover every row: rows sorted by length (less padding), the last batch filled with repeats of
+its last row that carry weight 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+BUCKETS = (32, 64, 128, 256, 512)
+TOKEN_FIELDS = ("token_ids", "segment_ids", "padding_mask")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One split as int32 arrays [rows, sequence_length], plus labels (0 where unknown)."""
+    token_ids: np.ndarray
+    segment_ids: np.ndarray
+    padding_mask: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Real tokens per row."""
+        return self.padding_mask.sum(axis=1)
+
+    def batch(self, rows: np.ndarray, length: int, weights: np.ndarray | None = None) -> dict:
+        """The given rows, first `length` columns; weights default to 1 (every row counts)."""
+        batch = {name: getattr(self, name)[rows, :length] for name in TOKEN_FIELDS}
+        batch["labels"] = self.labels[rows]
+        batch["weights"] = (np.ones(len(rows), np.float32) if weights is None
+                            else weights.astype(np.float32))
+        return batch
+
+
+def encode(tokenizer, frame: pd.DataFrame, sequence_length: int) -> Encoded:
+    """Tokenize a Watson frame (premise, hypothesis[, label]) once."""
+    tokens = tokenizer(frame["premise"].tolist(), frame["hypothesis"].tolist(), sequence_length)
+    labels = (frame["label"].to_numpy() if "label" in frame.columns
+              else np.zeros(len(frame)))
+    return Encoded(*(np.asarray(tokens[name], np.int32) for name in TOKEN_FIELDS),
+                   labels=labels.astype(np.int32))
+
+
+def bucket_length(longest: int, sequence_length: int) -> int:
+    """The smallest bucket that holds `longest` tokens; never more than sequence_length."""
+    return min([b for b in BUCKETS if b >= longest] + [sequence_length])
+
+
+def padded_length(data: Encoded, rows: np.ndarray, dynamic: bool) -> int:
+    sequence_length = data.token_ids.shape[1]
+    if not dynamic:
+        return sequence_length
+    return bucket_length(int(data.lengths[rows].max()), sequence_length)
+
+
+def steps_per_epoch(rows: int, global_batch: int) -> int:
+    return rows // global_batch
+
+
+def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
+    """This epoch's row order; depends on (seed, epoch) only, so a resume repeats it."""
+    return np.random.default_rng([seed, epoch]).permutation(rows)
+
+
+def train_batches(data: Encoded, global_batch: int, *, seed: int, epoch: int, dynamic: bool,
+                  start: int = 0) -> Iterator[dict]:
+    """Batches `start`, `start`+1, ... of `epoch`; the incomplete last batch is dropped."""
+    order = epoch_order(len(data), seed, epoch)
+    for index in range(start, steps_per_epoch(len(data), global_batch)):
+        rows = order[index * global_batch:(index + 1) * global_batch]
+        yield data.batch(rows, padded_length(data, rows, dynamic))
+
+
+def eval_batches(data: Encoded, global_batch: int, *,
+                 dynamic: bool) -> Iterator[tuple[np.ndarray, dict]]:
+    """(row indices, batch) covering every row once; padding rows have weight 0 and are not
+    among the returned indices."""
+    order = np.argsort(data.lengths, kind="stable")
+    for start in range(0, len(data), global_batch):
+        rows = order[start:start + global_batch]
+        fill = global_batch - len(rows)
+        padded = np.concatenate([rows, np.full(fill, rows[-1])])
+        weights = np.concatenate([np.ones(len(rows)), np.zeros(fill)])
+        yield rows, data.batch(padded, padded_length(data, rows, dynamic), weights)

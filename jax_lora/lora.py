@@ -1,0 +1,119 @@
+"""LoRA on whole projections, as in the paper and PEFT: ΔW = (alpha / rank) · A · B.
+
+A projection W is [d_in, d_out]; A is [d_in, rank], B is [rank, d_out], so an adapter adds
+rank · (d_in + d_out) parameters. keras-hub's `enable_lora` factorises each attention head
+separately instead; we follow PEFT so adapter sizes and learning rates carry over from the
+literature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LORA_TARGETS = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
+# BERT's initializer for every projection and embedding (keras-hub bert_kernel_initializer).
+BERT_KERNEL_INIT = nnx.initializers.truncated_normal(stddev=0.02)
+# PEFT initialises A with torch's kaiming_uniform_(a=sqrt(5)): U(±1/sqrt(d_in)).
+LORA_A_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    rank: int = 16  # r: inner dimension of A · B
+    alpha: float = 16.0  # ΔW is scaled by alpha / rank, so changing rank keeps the update size
+    dropout: float = 0.0  # dropout on the adapter's input only (the frozen path gets none)
+    targets: tuple[str, ...] = ("query", "value")  # projections with adapters; empty = linear probe
+    train_head: bool = True  # the fresh classification head trains (it must, it starts random)
+    train_pooler: bool = False  # the pretrained pooler dense trains too
+
+    def __post_init__(self):
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"lora rank={self.rank!r}: must be an integer >= 1")
+        if not self.alpha > 0:
+            raise ValueError(f"lora alpha={self.alpha!r}: must be > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora dropout={self.dropout!r}: must be in [0, 1)")
+        targets = tuple(self.targets)
+        unknown = [t for t in targets if t not in LORA_TARGETS]
+        if unknown:
+            raise ValueError(f"lora targets: unknown {', '.join(map(str, unknown))}; "
+                             f"choose among {', '.join(LORA_TARGETS)}")
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"lora targets={targets}: lists a target twice")
+        object.__setattr__(self, "targets", targets)
+
+
+class LoraParam(nnx.Param):
+    """An adapter factor (lora_a or lora_b); its type is what the trainable rule selects."""
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout; key=None (evaluation) or rate=0 is the identity."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class LoRALinear(nnx.Module):
+    """y = x W + b + (alpha / rank) · dropout(x) A B; without adapters (rank=0) a plain dense."""
+
+    def __init__(self, in_features: int, out_features: int, *, rank: int = 0,
+                 alpha: float = 1.0, lora_dropout: float = 0.0, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(BERT_KERNEL_INIT(rngs.params(), (in_features, out_features)))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+        self.rank = rank
+        self.scale = alpha / rank if rank else 0.0
+        self.lora_dropout = lora_dropout
+        if rank:
+            self.lora_a = LoraParam(LORA_A_INIT(rngs.params(), (in_features, rank)))
+            # B = 0 makes the adapted model equal the pretrained one at step 0.
+            self.lora_b = LoraParam(jnp.zeros((rank, out_features), jnp.float32))
+
+    def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
+        y = x @ self.kernel[...] + self.bias[...]
+        if self.rank:
+            adapter_in = dropout(x, self.lora_dropout, dropout_key)
+            y = y + self.scale * ((adapter_in @ self.lora_a[...]) @ self.lora_b[...])
+        return y
+
+    def merged_kernel(self) -> jax.Array:
+        if not self.rank:
+            return self.kernel[...]
+        return self.kernel[...] + self.scale * (self.lora_a[...] @ self.lora_b[...])
+
+
+def trainable_filter(lora: LoraConfig) -> nnx.filterlib.Filter:
+    """The parameters that train: every lora_a/lora_b, plus the head and pooler as configured."""
+    parts = [LoraParam]
+    if lora.train_head:
+        parts.append(nnx.All(nnx.Param, nnx.PathContains("head")))
+    if lora.train_pooler:
+        parts.append(nnx.All(nnx.Param, nnx.PathContains("pooler")))
+    return nnx.Any(*parts)
+
+
+def merge_lora(model):
+    """A copy of `model` (a BertClassifier) with W += (alpha/rank)·A·B folded in, no adapters."""
+    plain_lora = dataclasses.replace(model.lora, targets=())
+    # type(model) rather than importing models.py, which imports this file.
+    merged = nnx.eval_shape(lambda: type(model)(model.config, num_classes=model.num_classes,
+                                                lora=plain_lora, rngs=nnx.Rngs(0)))
+    state = nnx.to_flat_state(nnx.state(model, nnx.Not(LoraParam)))
+    values = {path: variable.get_value() for path, variable in state}
+    for path, module in nnx.iter_modules(model):
+        if isinstance(module, LoRALinear) and module.rank:
+            values[(*path, "kernel")] = module.merged_kernel()
+    merged_state = nnx.state(merged)
+    for path, variable in nnx.to_flat_state(merged_state):
+        variable.set_value(values.pop(path))
+    if values:
+        raise ValueError(f"merge_lora: parameter {'/'.join(map(str, next(iter(values))))} "
+                         f"has no place in the plain model")
+    nnx.update(merged, merged_state)
+    return merged

@@ -1,0 +1,156 @@
+"""BERT encoder + classifier in Flax NNX, numerically equal to keras-hub's BertTextClassifier.
+
+keras-hub's choices kept on purpose: post-LayerNorm layers, eps 1e-12, tanh-approximate GELU
+(Hugging Face uses erf), masked softmax that sets padded keys to -1e9 before the softmax, the
+query scaled before QK^T, dropout on attention probabilities, attention output, FFN output,
+embeddings and on the pooled output before the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jax_lora.lora import BERT_KERNEL_INIT, LoraConfig, LoRALinear, dropout
+
+# keras.layers.Softmax fills masked logits with this value (float32), not -inf.
+MASKED_LOGIT = -1e9
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int  # rows of the token embedding
+    hidden_dim: int  # H: width of every hidden state
+    num_layers: int  # transformer layers
+    num_heads: int  # attention heads; H must divide by it
+    intermediate_dim: int  # FFN inner width
+    max_sequence_length: int = 512  # rows of the position embedding
+    num_segments: int = 2  # rows of the segment embedding
+    dropout: float = 0.1  # every dropout site, as keras-hub uses one rate throughout
+    layer_norm_epsilon: float = 1e-12  # keras-hub BERT hard-codes 1e-12
+
+    def __post_init__(self):
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(f"BertConfig hidden_dim={self.hidden_dim} is not divisible by "
+                             f"num_heads={self.num_heads}")
+
+
+def _fold(key: jax.Array | None, site: int) -> jax.Array | None:
+    """Per-site dropout key; deterministic in (key, site) so it works under jit and on resume."""
+    return None if key is None else jax.random.fold_in(key, site)
+
+
+def _layer_norm(config: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # Two-pass variance like Keras; E[x²]-E[x]² loses digits on large activations.
+    return nnx.LayerNorm(config.hidden_dim, epsilon=config.layer_norm_epsilon,
+                         use_fast_variance=False, rngs=rngs)
+
+
+def _embed(rows: int, config: BertConfig, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(rows, config.hidden_dim, embedding_init=BERT_KERNEL_INIT, rngs=rngs)
+
+
+def _linear(d_in: int, d_out: int, name: str, lora: LoraConfig, rngs: nnx.Rngs) -> LoRALinear:
+    rank = lora.rank if name in lora.targets else 0
+    return LoRALinear(d_in, d_out, rank=rank, alpha=lora.alpha, lora_dropout=lora.dropout,
+                      rngs=rngs)
+
+
+class Embeddings(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.token_embedding = _embed(config.vocab_size, config, rngs)
+        self.position_embedding = _embed(config.max_sequence_length, config, rngs)
+        self.segment_embedding = _embed(config.num_segments, config, rngs)
+        self.layer_norm = _layer_norm(config, rngs)
+        self.rate = config.dropout
+
+    def __call__(self, token_ids, segment_ids, dropout_key):
+        positions = self.position_embedding.embedding[: token_ids.shape[1]]
+        x = self.token_embedding(token_ids) + positions[None] + self.segment_embedding(segment_ids)
+        return dropout(self.layer_norm(x), self.rate, dropout_key)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: BertConfig, lora: LoraConfig, *, rngs: nnx.Rngs):
+        h = config.hidden_dim
+        self.query = _linear(h, h, "query", lora, rngs)
+        self.key = _linear(h, h, "key", lora, rngs)
+        self.value = _linear(h, h, "value", lora, rngs)
+        self.output = _linear(h, h, "attention_output", lora, rngs)
+        self.num_heads = config.num_heads
+        self.rate = config.dropout
+
+    def __call__(self, x, padding_mask, dropout_key):
+        batch, length, hidden = x.shape
+        head_dim = hidden // self.num_heads
+
+        def heads(projection, site):
+            y = projection(x, dropout_key=_fold(dropout_key, site))
+            return y.reshape(batch, length, self.num_heads, head_dim)
+
+        # Keras MHA scales the query before the dot product; the order changes the last bits.
+        query = heads(self.query, 0) * jnp.float32(1.0 / head_dim ** 0.5)
+        key, value = heads(self.key, 1), heads(self.value, 2)
+        logits = jnp.einsum("btnd,bsnd->bnts", query, key)
+        logits = jnp.where(padding_mask[:, None, None, :], logits, MASKED_LOGIT)
+        probs = dropout(jax.nn.softmax(logits, axis=-1), self.rate, _fold(dropout_key, 3))
+        context = jnp.einsum("bnts,bsnd->btnd", probs, value).reshape(batch, length, hidden)
+        return self.output(context, dropout_key=_fold(dropout_key, 4))
+
+
+class TransformerLayer(nnx.Module):
+    def __init__(self, config: BertConfig, lora: LoraConfig, *, rngs: nnx.Rngs):
+        self.attention = Attention(config, lora, rngs=rngs)
+        self.attention_layer_norm = _layer_norm(config, rngs)
+        self.ffn_in = _linear(config.hidden_dim, config.intermediate_dim, "ffn_in", lora, rngs)
+        self.ffn_out = _linear(config.intermediate_dim, config.hidden_dim, "ffn_out", lora, rngs)
+        self.ffn_layer_norm = _layer_norm(config, rngs)
+        self.rate = config.dropout
+
+    def __call__(self, x, padding_mask, dropout_key):
+        attended = self.attention(x, padding_mask, _fold(dropout_key, 10))
+        x = self.attention_layer_norm(x + dropout(attended, self.rate, _fold(dropout_key, 11)))
+        inner = jax.nn.gelu(self.ffn_in(x, dropout_key=_fold(dropout_key, 12)), approximate=True)
+        out = self.ffn_out(inner, dropout_key=_fold(dropout_key, 13))
+        return self.ffn_layer_norm(x + dropout(out, self.rate, _fold(dropout_key, 14)))
+
+
+class BertClassifier(nnx.Module):
+    def __init__(self, config: BertConfig, *, num_classes: int = 3,
+                 lora: LoraConfig = LoraConfig(), rngs: nnx.Rngs):
+        self.config = config
+        self.num_classes = num_classes
+        self.lora = lora
+        self.embeddings = Embeddings(config, rngs=rngs)
+        self.layers = nnx.List([TransformerLayer(config, lora, rngs=rngs)
+                                for _ in range(config.num_layers)])
+        self.pooler = nnx.Linear(config.hidden_dim, config.hidden_dim,
+                                 kernel_init=BERT_KERNEL_INIT, rngs=rngs)
+        self.head = nnx.Linear(config.hidden_dim, num_classes, kernel_init=BERT_KERNEL_INIT,
+                               rngs=rngs)
+
+    def encode(self, token_ids, segment_ids, padding_mask, *, dropout_key=None) -> dict:
+        """{'sequence_output': [B,T,H], 'pooled_output': [B,H], 'cls': [B,H],
+        'hidden_states': one [B,T,H] per transformer layer, 'logits': [B, num_classes]}"""
+        # Layer i uses site key i; the embeddings and classifier use the two keys after them.
+        num_layers = self.config.num_layers
+        padding_mask = jnp.asarray(padding_mask).astype(bool)
+        x = self.embeddings(token_ids, segment_ids, _fold(dropout_key, num_layers))
+        hidden_states = []
+        for index, layer in enumerate(self.layers):
+            x = layer(x, padding_mask, _fold(dropout_key, index))
+            hidden_states.append(x)
+        cls = x[:, 0]
+        pooled = jnp.tanh(self.pooler(cls))
+        # keras-hub BertTextClassifier: dropout on the pooled output, then Dense(num_classes).
+        logits = self.head(dropout(pooled, self.config.dropout,
+                                   _fold(dropout_key, num_layers + 1)))
+        return {"sequence_output": x, "pooled_output": pooled, "cls": cls,
+                "hidden_states": hidden_states, "logits": logits}
+
+    def __call__(self, token_ids, segment_ids, padding_mask, *, dropout_key=None):
+        """float32 logits [B, num_classes]; dropout_key=None is evaluation (no dropout)."""
+        return self.encode(token_ids, segment_ids, padding_mask, dropout_key=dropout_key)["logits"]

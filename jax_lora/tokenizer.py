@@ -1,0 +1,188 @@
+"""Sentence-pair tokenization identical to keras-hub's BertTextClassifierPreprocessor, in Python.
+
+It reproduces keras-hub 0.32's TensorFlow path step by step (WordPieceTokenizer.pretokenize,
+FastWordpieceTokenizer, MultiSegmentPacker), not Hugging Face's BertTokenizer, which differs
+in small details that change ids: keras-hub splits only on [ \\t\\n\\r\\f], Cc and Cf (a
+no-break space stays inside a word), lowercases with NFKC_Casefold after splitting, keeps
+accents on uncased models (strip_accents=False), and maps words over 100 UTF-8 bytes to
+[UNK]. Pure Python (no TensorFlow): ~3 s for the 12k Watson training rows.
+tests/jax_lora/test_tokenizer.py checks equality with keras-hub on every Watson row.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+
+# FastWordpieceTokenizer's default max_bytes_per_word: longer words become the OOV token.
+MAX_BYTES_PER_WORD = 100
+SUFFIX = "##"
+CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+              (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+# keras-hub PUNCTUATION_REGEX: the four ASCII symbol ranges plus Unicode category P.
+ASCII_PUNCTUATION = ((0x21, 0x2F), (0x3A, 0x40), (0x5B, 0x60), (0x7B, 0x7E))
+# DerivedCoreProperties Default_Ignorable_Code_Point, which NFKC_Casefold deletes.
+DEFAULT_IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+                     (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+                     (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+                     (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+                     (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
+
+
+def _char_class(ranges) -> str:
+    return "".join(f"{re.escape(chr(lo))}-{re.escape(chr(hi))}" for lo, hi in ranges)
+
+
+@functools.lru_cache(maxsize=1)
+def _splitter() -> re.Pattern:
+    """Splits on whitespace and keeps punctuation and CJK characters as words of their own.
+
+    Python's `re` has no \\p{..}; enumerating the code points gives the same classes. Built once
+    (about a second)."""
+    by_category = {"P": [], "C": []}
+    for code in range(sys.maxunicode + 1):
+        category = unicodedata.category(chr(code))
+        if category[0] == "P":
+            by_category["P"].append(code)
+        elif category in ("Cc", "Cf"):
+            by_category["C"].append(code)
+    punctuation = _char_class(_ranges(by_category["P"]) + list(ASCII_PUNCTUATION))
+    cjk = _char_class(CJK_RANGES)
+    # RE2's \s (used by keras-hub through tf_text.regex_split) is ASCII [\t\n\f\r ] only.
+    whitespace = r" \t\n\r\f" + _char_class(_ranges(by_category["C"]))
+    return re.compile(f"[{whitespace}]+|([{punctuation}{cjk}])")
+
+
+def _ranges(codes: list[int]) -> list[tuple[int, int]]:
+    ranges = []
+    for code in codes:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1] = (ranges[-1][0], code)
+        else:
+            ranges.append((code, code))
+    return ranges
+
+
+DEFAULT_IGNORABLE_PATTERN = re.compile(f"[{_char_class(DEFAULT_IGNORABLE)}]")
+
+
+def _casefold(word: str) -> str:
+    """NFKC_Casefold, as tf_text.case_fold_utf8 applies it."""
+    word = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", word).casefold())
+    return DEFAULT_IGNORABLE_PATTERN.sub("", word)
+
+
+class Tokenizer:
+    """WordPiece + [CLS] premise [SEP] hypothesis [SEP] packing with round-robin truncation."""
+
+    def __init__(self, vocabulary: list[str], *, lowercase: bool, oov_token: str = "[UNK]"):
+        self.vocabulary = list(vocabulary)
+        self.lowercase = lowercase
+        self.token_to_id = {token: index for index, token in enumerate(self.vocabulary)}
+        if len(self.token_to_id) != len(self.vocabulary):
+            repeated = next(t for t in self.token_to_id if self.vocabulary.count(t) > 1)
+            raise ValueError(f"vocabulary lists {repeated!r} twice; keras-hub (tf_text) "
+                             f"rejects such a vocabulary")
+        for token in (oov_token, "[CLS]", "[SEP]", "[PAD]"):
+            if token not in self.token_to_id:
+                raise ValueError(f"vocabulary has no {token} token; a BERT vocabulary needs "
+                                 f"[UNK], [CLS], [SEP] and [PAD]")
+        self.oov_id = self.token_to_id[oov_token]
+        self.cls_id, self.sep_id = self.token_to_id["[CLS]"], self.token_to_id["[SEP]"]
+        self.pad_id = self.token_to_id["[PAD]"]
+        self._word_ids = functools.lru_cache(maxsize=1 << 18)(self._wordpiece)
+
+    @classmethod
+    def from_preset_dir(cls, directory: Path, kind: str) -> "Tokenizer":
+        """The tokenizer keras-hub builds for a local preset ('keras_dir') or HF folder ('hf')."""
+        directory = Path(directory)
+        if kind == "hf":
+            # keras-hub's HF converter reads only do_lower_case (strip_accents stays False).
+            config_file = directory / "tokenizer_config.json"
+            config = _read_json(config_file)
+            if "do_lower_case" not in config:
+                raise ValueError(f"{config_file}: no do_lower_case; keras-hub needs it to know "
+                                 f"the casing")
+            return cls(_read_vocabulary(directory / "vocab.txt"),
+                       lowercase=bool(config["do_lower_case"]))
+        config_file = directory / "tokenizer.json"
+        config = _read_json(config_file).get("config", {})
+        # BERT presets use keras-hub's defaults for these; anything else is not reproduced.
+        for field, supported in (("split", True), ("strip_accents", False),
+                                 ("special_tokens_in_strings", False),
+                                 ("suffix_indicator", SUFFIX)):
+            if config.get(field, supported) != supported:
+                raise ValueError(f"{config_file}: {field}={config[field]!r} is not supported "
+                                 f"(only {supported!r})")
+        return cls(_read_vocabulary(directory / "assets" / "tokenizer" / "vocabulary.txt"),
+                   lowercase=bool(config.get("lowercase", False)),
+                   oov_token=config.get("oov_token", "[UNK]"))
+
+    def _wordpiece(self, word: str) -> tuple[int, ...]:
+        """Greedy longest-match-first, the result FastWordpieceTokenizer gives."""
+        if self.lowercase:
+            word = _casefold(word)  # after splitting, as keras-hub does
+        if len(word.encode("utf-8")) > MAX_BYTES_PER_WORD:
+            return (self.oov_id,)
+        ids, start = [], 0
+        while start < len(word):
+            for end in range(len(word), start, -1):
+                piece = word[start:end] if start == 0 else SUFFIX + word[start:end]
+                if piece in self.token_to_id:
+                    ids.append(self.token_to_id[piece])
+                    start = end
+                    break
+            else:
+                return (self.oov_id,)
+        return tuple(ids)
+
+    def encode(self, text: str) -> list[int]:
+        return [i for word in _splitter().split(text) if word for i in self._word_ids(word)]
+
+    def __call__(self, premises: list[str], hypotheses: list[str],
+                 sequence_length: int) -> dict[str, np.ndarray]:
+        """{'token_ids','segment_ids','padding_mask'} int32 [N, sequence_length]."""
+        if len(premises) != len(hypotheses):
+            raise ValueError(f"{len(premises)} premises but {len(hypotheses)} hypotheses")
+        if sequence_length < 4:
+            raise ValueError(f"sequence_length={sequence_length}: must be >= 4 "
+                             f"([CLS], [SEP], [SEP] and one token)")
+        token_ids = np.full((len(premises), sequence_length), self.pad_id, np.int32)
+        segment_ids = np.zeros((len(premises), sequence_length), np.int32)
+        for row, (premise, hypothesis) in enumerate(zip(premises, hypotheses)):
+            first, second = _round_robin(self.encode(premise), self.encode(hypothesis),
+                                         sequence_length - 3)
+            ids = [self.cls_id, *first, self.sep_id, *second, self.sep_id]
+            token_ids[row, :len(ids)] = ids
+            segment_ids[row, len(first) + 2:len(ids)] = 1
+        # keras-hub's mask is "not the pad id", not "inside the packed length".
+        padding_mask = (token_ids != self.pad_id).astype(np.int32)
+        return {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+
+
+def _round_robin(first: list[int], second: list[int], budget: int):
+    """tf_text.RoundRobinTrimmer for two segments: one token each in turn, first starts."""
+    if len(first) + len(second) <= budget:
+        return first, second
+    keep_first = min(len(first), max((budget + 1) // 2, budget - len(second)))
+    return first[:keep_first], second[:budget - keep_first]
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found; the preset folder is incomplete")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _read_vocabulary(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ValueError(f"{path}: vocabulary file not found; the preset folder is incomplete")
+    # Exactly keras-hub's WordPieceTokenizer.set_vocabulary (universal newlines, rstrip).
+    with open(path, encoding="utf-8") as file:
+        return [line.rstrip() for line in file]

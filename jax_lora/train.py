@@ -1,0 +1,357 @@
+"""Fine-tune BERT with LoRA adapters in JAX/Flax and write the shared run directory.
+
+    python jax_lora/train.py                     # the recipe: bert_base_multi, Kaggle split,
+                                                 # 3 epochs, 16 rows x devices, r=16 on Q/V
+    MINILM=$(python -c 'import shared.presets as p; print(p.minilm_dir())')
+    python jax_lora/train.py --preset $MINILM --epochs 1 --run-dir /tmp/jaxcheck --quiet
+                                                 # offline smoke run on the embedded sample
+
+Only the adapters and the new head train (lora.trainable_filter). Data parallel over every
+device of the host: the batch is split along a 1-D `data` mesh, parameters are replicated, so
+the same code runs on CPU, GPUs and TPU. Rerunning the same command after a crash resumes
+from run_dir/checkpoints; batch order and dropout keys are functions of the step number, so
+the resumed run ends with the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python jax_lora/train.py`: import the repo, not this folder
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import contextlib
+import json
+import functools
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from jax_lora.checkpoint import ADAPTER, Checkpoints, latest_meta, save_adapter
+from jax_lora.config import TrainConfig, parse_config
+from jax_lora.input_pipeline import Encoded, encode, eval_batches, steps_per_epoch, train_batches
+from jax_lora.lora import trainable_filter
+from jax_lora.optim import (make_optimizer, param_counts, split_trainable, trainable_mask,
+                            with_frozen_zeros)
+from jax_lora.weights import Pretrained, load_pretrained
+from shared.cli import Data, exit_on_bad_input, load_data
+from shared.run_dir import (HISTORY_COLUMNS, MANIFEST, RunWriter, library_versions,
+                            predictions_frame, submission_frame)
+
+TRAINER = "jax_lora"
+# Dropout keys come from their own stream: nnx.Rngs(seed) folds small counters into
+# key(seed) for the head/adapter init, so key(seed) folded with the step would repeat them.
+DROPOUT_STREAM = 0x0D0F
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+METRICS = ("loss_sum", "correct", "count")
+
+
+class TrainState(NamedTuple):
+    step: jax.Array
+    params: nnx.State  # every parameter; the optimizer moves only the trainable ones
+    opt_state: optax.OptState
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything that is checked before the run directory is touched."""
+    config: TrainConfig
+    data: Data
+    pretrained: Pretrained
+    encoded: dict  # split name -> Encoded: "train", "val" and, when test.csv exists, "test"
+    mesh: Mesh
+    steps_per_epoch: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_per_device * self.mesh.size
+
+
+# ---------------------------------------------------------------- pure step functions
+
+def batch_metrics(logits, labels, weights) -> dict:
+    """Sums, so batches and epochs add up exactly; weight 0 marks eval padding rows."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return {"loss_sum": jnp.sum(losses * weights), "correct": jnp.sum(correct * weights),
+            "count": jnp.sum(weights)}
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, trainable, dropout_base):
+    def loss_fn(trainable_params, frozen, batch, dropout_key):
+        model = nnx.merge(graphdef, trainable_params, frozen)
+        logits = model(batch["token_ids"], batch["segment_ids"], batch["padding_mask"],
+                       dropout_key=dropout_key)
+        metrics = batch_metrics(logits, batch["labels"], batch["weights"])
+        return metrics["loss_sum"] / metrics["count"], metrics
+
+    def train_step(state: TrainState, batch: dict):
+        # Differentiate only the trainable part: no weight gradients for the frozen base.
+        trainable_params, frozen = split_trainable(state.params, trainable)
+        dropout_key = jax.random.fold_in(dropout_base, state.step)
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(trainable_params, frozen, batch,
+                                                         dropout_key)
+        updates, opt_state = tx.update(with_frozen_zeros(grads, frozen), state.opt_state,
+                                       state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(graphdef):
+    def eval_step(params: nnx.State, batch: dict):
+        model = nnx.merge(graphdef, params)
+        encoded = model.encode(batch["token_ids"], batch["segment_ids"], batch["padding_mask"])
+        return encoded["logits"], encoded["cls"]
+
+    return jax.jit(eval_step)
+
+
+# ---------------------------------------------------------------- devices and timing
+
+def make_mesh(devices=None) -> Mesh:
+    return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    return jax.device_put(batch, NamedSharding(mesh, PartitionSpec("data")))
+
+
+def replicate(tree, mesh: Mesh):
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def device_info(mesh: Mesh) -> dict:
+    devices = list(mesh.devices.flat)
+    return {"platform": devices[0].platform, "replicas": len(devices),
+            "devices": [f"{d} ({d.device_kind})" for d in devices]}
+
+
+def peak_accelerator_mb(mesh: Mesh) -> float | None:
+    """Largest per-device peak; None where the backend keeps no statistics (CPU)."""
+    stats = [device.memory_stats() for device in mesh.devices.flat]
+    if any(s is None or "peak_bytes_in_use" not in s for s in stats):
+        return None
+    return max(s["peak_bytes_in_use"] for s in stats) / 2 ** 20
+
+
+@contextlib.contextmanager
+def compile_clock():
+    """Seconds spent tracing and compiling inside the block (one compile per batch shape)."""
+    clock = {"seconds": 0.0}
+
+    def listen(event, duration, **_):
+        if event in COMPILE_EVENTS:
+            clock["seconds"] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield clock
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+# ---------------------------------------------------------------- evaluation
+
+def evaluate(eval_step, params, data: Encoded, *, global_batch: int, mesh: Mesh, dynamic: bool):
+    """(logits [n, classes], cls [n, hidden]) for every row, in the rows' order."""
+    logits, cls = None, None
+    for rows, batch in eval_batches(data, global_batch, dynamic=dynamic):
+        batch_logits, batch_cls = jax.device_get(eval_step(params, shard_batch(batch, mesh)))
+        if logits is None:
+            logits = np.zeros((len(data), batch_logits.shape[1]), np.float32)
+            cls = np.zeros((len(data), batch_cls.shape[1]), np.float32)
+        logits[rows], cls[rows] = batch_logits[: len(rows)], batch_cls[: len(rows)]
+    return logits, cls
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def val_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    probs = softmax(logits.astype(np.float64))
+    return {"val_loss": float(-np.log(probs[np.arange(len(labels)), labels]).mean()),
+            "val_accuracy": float((probs.argmax(axis=1) == labels).mean())}
+
+
+def train_epoch(setup: Setup, train_step, state: TrainState, *, epoch: int, start: int,
+                totals: dict, save_checkpoint):
+    """Steps `start`.. of `epoch`, continuing the epoch's running sums `totals`. Returns
+    (state, totals, seconds without compiling, seconds compiling)."""
+    config = setup.config
+    totals = {k: jnp.float32(v) for k, v in totals.items()}
+    bar = tqdm(total=setup.steps_per_epoch, initial=start, unit="step", leave=False,
+               desc=f"epoch {epoch + 1}/{config.epochs}", disable=config.quiet)
+    with compile_clock() as compiled:
+        began = time.perf_counter()
+        batches = train_batches(setup.encoded["train"], setup.global_batch, seed=config.seed,
+                                epoch=epoch, dynamic=config.dynamic_padding, start=start)
+        for index, batch in enumerate(batches, start=start + 1):
+            state, metrics = train_step(state, shard_batch(batch, setup.mesh))
+            totals = {k: totals[k] + metrics[k] for k in METRICS}
+            bar.update()
+            if index % 10 == 0 and not config.quiet:  # reading the loss waits for the device
+                rate = (index - start) * setup.global_batch / (
+                    time.perf_counter() - began - compiled["seconds"])
+                bar.set_postfix(loss=f"{float(totals['loss_sum'] / totals['count']):.4f}",
+                                examples_per_s=f"{rate:.1f}")
+            step = epoch * setup.steps_per_epoch + index
+            # Epoch ends are saved by the caller, after evaluation.
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and (
+                    index < setup.steps_per_epoch):
+                save_checkpoint(state, totals)
+        jax.block_until_ready(state)
+        seconds = time.perf_counter() - began - compiled["seconds"]
+    bar.close()
+    return state, totals, seconds, compiled["seconds"]
+
+
+# ---------------------------------------------------------------- setup (validation) and run
+
+def prepare(config: TrainConfig) -> Setup:
+    """Load and check everything; raises ValueError/DataError/FileNotFoundError on bad input."""
+    run_dir = Path(config.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--run-dir {run_dir}: is a file; pass a folder (new or a run's)")
+    if (run_dir / MANIFEST).is_file():
+        trainer = json.loads((run_dir / MANIFEST).read_text()).get("trainer")
+        if trainer != TRAINER:
+            raise ValueError(f"--run-dir {run_dir}: holds a {trainer} run; pass a new folder")
+    data = load_data(config.data_args)
+    mesh = make_mesh()
+    global_batch = config.batch_per_device * mesh.size
+    steps = steps_per_epoch(len(data.train), global_batch)
+    if steps == 0:
+        raise ValueError(f"--batch-per-device {config.batch_per_device}: global batch "
+                         f"{global_batch} ({mesh.size} device(s)) exceeds the "
+                         f"{len(data.train)} training rows; lower it or use more rows")
+    if config.warmup_steps > steps * config.epochs:
+        raise ValueError(f"--warmup-steps {config.warmup_steps}: longer than the whole run "
+                         f"({steps * config.epochs} steps)")
+    previous = latest_meta(run_dir)
+    if previous is not None and previous["config"] != config.resume_key():
+        changed = sorted(k for k in config.resume_key()
+                         if previous["config"].get(k) != config.resume_key()[k])
+        raise ValueError(f"--run-dir {run_dir}: holds checkpoints of a run with other "
+                         f"{', '.join(changed)}; rerun with the same flags or pass a new --run-dir")
+    pretrained = load_pretrained(config.preset, config.lora, seed=config.seed)
+    if config.sequence_length > pretrained.config.max_sequence_length:
+        raise ValueError(f"--sequence-length {config.sequence_length}: {config.preset} has "
+                         f"{pretrained.config.max_sequence_length} positions")
+    frames = {"train": data.train, "val": data.val, "test": data.test}
+    encoded = {name: encode(pretrained.tokenizer, frame, config.sequence_length)
+               for name, frame in frames.items() if frame is not None}
+    return Setup(config, data, pretrained, encoded, mesh, steps)
+
+
+def run(setup: Setup) -> Path:
+    config, mesh = setup.config, setup.mesh
+    total_steps = setup.steps_per_epoch * config.epochs
+    print(f"{TRAINER}: {len(setup.data.train)} train / {len(setup.data.val)} val rows, "
+          f"{setup.steps_per_epoch} steps x {config.epochs} epochs of {setup.global_batch} "
+          f"on {mesh.size} {jax.default_backend()} device(s) -> {config.run_dir}", flush=True)
+
+    # Model and optimizer: the mask says which leaves move; the rest keep no optimizer state.
+    model = setup.pretrained.model
+    graphdef, params = nnx.split(model)
+    trainable = trainable_filter(config.lora)
+    mask = trainable_mask(params, trainable)
+    tx = make_optimizer(config, mask, total_steps)
+    state = replicate(TrainState(jnp.int32(0), params, tx.init(params)), mesh)
+    dropout_base = jax.random.fold_in(jax.random.key(config.seed), DROPOUT_STREAM)
+    train_step = make_train_step(graphdef, tx, trainable, dropout_base)
+    predict = functools.partial(evaluate, make_eval_step(graphdef), mesh=mesh,
+                                global_batch=setup.global_batch, dynamic=config.dynamic_padding)
+
+    writer = RunWriter(config.run_dir)
+    writer.start(trainer=TRAINER, config=config.to_dict(), weights=setup.pretrained.source,
+                 split=setup.data.split.describe(), data=setup.data.describe(),
+                 versions=library_versions("jax", "jaxlib", "flax", "optax",
+                                           "orbax-checkpoint", "tokenizers"),
+                 devices=device_info(mesh), params=param_counts(params, mask))
+
+    # Resume: the newest checkpoint holds the trainable leaves, Adam's moments and progress.
+    checkpoints = Checkpoints(config.run_dir, keep=config.keep_checkpoints)
+    progress = {"config": config.resume_key(), "history": [],
+                "epoch_totals": dict.fromkeys(METRICS, 0.0)}
+    step = checkpoints.latest_step() or 0
+    if step:
+        trainable_params, frozen = split_trainable(state.params, trainable)
+        trainable_params, opt_state, progress = checkpoints.restore(trainable_params,
+                                                                    state.opt_state)
+        state = TrainState(jnp.int32(step), nnx.merge_state(trainable_params, frozen), opt_state)
+        print(f"{TRAINER}: resumed from step {step}", flush=True)
+
+    def save_checkpoint(state, totals):
+        progress["epoch_totals"] = {k: float(v) for k, v in totals.items()}
+        checkpoints.save(int(state.step), split_trainable(state.params, trainable)[0],
+                         state.opt_state, progress)
+
+    # Training loop: each epoch runs what is left of its permutation (all of it, unless resumed).
+    last_val = None
+    for epoch in range(step // setup.steps_per_epoch, config.epochs):
+        start = step - epoch * setup.steps_per_epoch
+        examples = (setup.steps_per_epoch - start) * setup.global_batch
+        state, totals, seconds, compile_seconds = train_epoch(
+            setup, train_step, state, epoch=epoch, start=start,
+            totals=progress["epoch_totals"], save_checkpoint=save_checkpoint)
+        eval_began = time.perf_counter()
+        last_val = predict(state.params, setup.encoded["val"])
+        record = {"epoch": epoch + 1,
+                  "train_loss": float(totals["loss_sum"] / totals["count"]),
+                  "train_accuracy": float(totals["correct"] / totals["count"]),
+                  **val_metrics(last_val[0], setup.encoded["val"].labels)}
+        progress["history"] = [r for r in progress["history"] if r["epoch"] <= epoch] + [record]
+        writer.write_history(pd.DataFrame(progress["history"], columns=list(HISTORY_COLUMNS)))
+        writer.add_epoch(epoch + 1, seconds, examples, compile_seconds=compile_seconds,
+                         eval_seconds=time.perf_counter() - eval_began,
+                         **({"resumed_from_step": step} if start else {}))
+        step = (epoch + 1) * setup.steps_per_epoch
+        save_checkpoint(state, dict.fromkeys(METRICS, 0.0))
+        print(f"epoch {epoch + 1}/{config.epochs}: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
+              + f", {examples / seconds:.1f} examples/s", flush=True)
+    checkpoints.close()
+
+    # Final evaluation: every validation row, the test file, [CLS] vectors, the adapter.
+    val_logits, val_cls = last_val or predict(state.params, setup.encoded["val"])
+    writer.write_predictions(predictions_frame(setup.data.val, softmax(val_logits)))
+    writer.write_embeddings(val_cls)
+    if "test" in setup.encoded:
+        test_logits, _ = predict(state.params, setup.encoded["test"])
+        writer.write_submission(submission_frame(setup.data.test, softmax(test_logits)))
+    nnx.update(model, jax.device_get(state.params))
+    save_adapter(Path(config.run_dir) / ADAPTER, model, setup.pretrained.source)
+    writer.finish(peak_accelerator_mem_mb=peak_accelerator_mb(mesh), steps=total_steps,
+                  global_batch=setup.global_batch, adapter=ADAPTER)
+    return Path(config.run_dir)
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) as `config` says; returns the finished run directory."""
+    return run(prepare(config))
+
+
+def main(argv=None) -> None:
+    with exit_on_bad_input():
+        setup = prepare(parse_config(argv))
+    run(setup)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Pretrained BERT weights into the Flax model: keras-hub presets and Hugging Face folders.
+
+Both readers map every tensor by name onto a parameter path of models.BertClassifier, check
+its shape, and fail on any tensor left over or any parameter left unset; the head and the LoRA
+factors are the only parameters that start fresh. Files are read directly (h5py, safetensors),
+so loading never imports TensorFlow; only a keras-hub preset *name* needs keras_hub, to
+download the preset folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import jax
+import numpy as np
+from flax import nnx
+
+from jax_lora.lora import LoraConfig, LoraParam
+from jax_lora.models import BertClassifier, BertConfig
+from jax_lora.tokenizer import Tokenizer
+from shared.data import file_sha256
+from shared.presets import preset_kind
+
+KERAS_FILES = ("config.json", "model.weights.h5", "tokenizer.json",
+               "assets/tokenizer/vocabulary.txt")
+# Not part of BertModel: the position-id buffer and the pre-training (MLM/NSP) heads.
+HF_IGNORED = re.compile(r"(bert\.)?embeddings\.position_ids|cls\..*")
+HF_LAYER_PARTS = {"attention.self.query": "attention/query", "attention.self.key": "attention/key",
+                  "attention.self.value": "attention/value",
+                  "attention.output.dense": "attention/output",
+                  "attention.output.LayerNorm": "attention_layer_norm",
+                  "intermediate.dense": "ffn_in", "output.dense": "ffn_out",
+                  "output.LayerNorm": "ffn_layer_norm"}
+HF_TOP_PARTS = {"embeddings.word_embeddings": "embeddings/token_embedding",
+                "embeddings.position_embeddings": "embeddings/position_embedding",
+                "embeddings.token_type_embeddings": "embeddings/segment_embedding",
+                "embeddings.LayerNorm": "embeddings/layer_norm", "pooler.dense": "pooler"}
+HF_LEAVES = {"weight": "kernel", "bias": "bias", "gamma": "scale", "beta": "bias"}
+KERAS_LAYER_PARTS = {"self_attention_layer/query": "attention/query",
+                     "self_attention_layer/key": "attention/key",
+                     "self_attention_layer/value": "attention/value",
+                     "self_attention_layer/attention_output": "attention/output",
+                     "self_attention_layer_norm": "attention_layer_norm",
+                     "feedforward_intermediate_dense": "ffn_in",
+                     "feedforward_output_dense": "ffn_out",
+                     "feedforward_layer_norm": "ffn_layer_norm"}
+KERAS_TOP_PARTS = {"token_embedding": "embeddings/token_embedding",
+                   "position_embedding": "embeddings/position_embedding",
+                   "segment_embedding": "embeddings/segment_embedding",
+                   "embeddings_layer_norm": "embeddings/layer_norm", "pooled_dense": "pooler",
+                   "logits": "head"}  # the head lives in BertTextClassifier, not the backbone
+KERAS_VARIABLES = {"embeddings": "embedding", "kernel": "kernel", "bias": "bias",
+                   "gamma": "scale", "beta": "bias"}
+
+# Parameters that start fresh instead of coming from the checkpoint.
+FRESH = nnx.Any(LoraParam, nnx.PathContains("head"))
+
+
+class WeightsError(ValueError):
+    """A weights file that does not fit the model; the message names the tensor and file."""
+
+
+@dataclass
+class Pretrained:
+    model: BertClassifier
+    config: BertConfig
+    tokenizer: Tokenizer
+    source: dict  # {"preset": as given, "kind": hf | keras_dir | name, "sha256": weights file}
+
+
+def load_pretrained(preset: str, lora: LoraConfig, *, num_classes: int = 3,
+                    seed: int = 0) -> Pretrained:
+    """The model with pretrained encoder + pooler, a fresh head and fresh LoRA factors (from
+    `seed`), its tokenizer, and where the weights came from."""
+    kind = preset_kind(preset)
+    directory = resolve_preset_name(preset) if kind == "name" else Path(preset)
+    file_kind = "hf" if kind == "hf" else "keras_dir"
+    if file_kind == "hf":
+        config, tensors, weights_file = read_hf(directory)
+    else:
+        config, tensors, weights_file = read_keras(directory)
+    model = _fresh_model(config, num_classes, lora, seed)
+    assign(model, tensors, weights_file)
+    return Pretrained(model=model, config=config,
+                      tokenizer=Tokenizer.from_preset_dir(directory, file_kind),
+                      source={"preset": preset, "kind": kind,
+                              "sha256": file_sha256(weights_file)})
+
+
+def _fresh_model(config: BertConfig, num_classes: int, lora: LoraConfig,
+                 seed: int) -> BertClassifier:
+    """An abstract model whose head and LoRA factors alone hold values (from `seed`); the
+    pretrained parameters are left for assign()."""
+    model = nnx.eval_shape(lambda: BertClassifier(config, num_classes=num_classes, lora=lora,
+                                                  rngs=nnx.Rngs(0)))
+    nnx.update(model, _fresh_state(config, num_classes, lora, jax.random.key(seed)))
+    return model
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _fresh_state(config: BertConfig, num_classes: int, lora: LoraConfig, key: jax.Array):
+    # XLA drops the random init of everything not returned, so mBERT's 180M pretrained
+    # parameters are never drawn; jit caches the program per (config, num_classes, lora).
+    model = BertClassifier(config, num_classes=num_classes, lora=lora, rngs=nnx.Rngs(key))
+    return nnx.state(model, FRESH)
+
+
+def resolve_preset_name(preset: str) -> Path:
+    """A keras-hub preset name or handle -> the local folder keras-hub downloads it to."""
+    try:
+        import keras_hub  # noqa: F401  (registers the built-in preset names)
+        from keras_hub.src.utils.preset_utils import get_file
+    except ImportError as err:
+        raise WeightsError(f"--preset {preset}: a preset name needs keras-hub ({err}); "
+                           f"install requirements-tf.txt or pass a local preset folder") from None
+    try:
+        paths = [Path(get_file(preset, name)) for name in KERAS_FILES]
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise WeightsError(f"--preset {preset}: cannot fetch it ({err}); pass a local "
+                           f"preset folder when offline") from None
+    directory = paths[0].parent
+    if any(directory / name != path for name, path in zip(KERAS_FILES, paths)):
+        raise WeightsError(f"--preset {preset}: keras-hub returned files outside one folder "
+                           f"({', '.join(map(str, paths))})")
+    return directory
+
+
+def read_hf(directory: Path) -> tuple[BertConfig, dict, Path]:
+    """BertConfig and {parameter path: (array, tensor name)} from a Hugging Face BERT folder."""
+    from safetensors.numpy import load_file
+
+    config_file, weights_file = directory / "config.json", directory / "model.safetensors"
+    hf = json.loads(config_file.read_text(encoding="utf-8"))
+    for field, expected in (("model_type", "bert"), ("position_embedding_type", "absolute")):
+        if hf.get(field, expected) != expected:
+            raise WeightsError(f"{config_file}: {field}={hf[field]!r}; only {expected!r} "
+                               f"BERT checkpoints are supported")
+    # hidden_act is not read: keras-hub runs every BERT with tanh-GELU (HF's "gelu" is erf),
+    # and keras-hub is what the TF baseline and our parity tests use.
+    config = BertConfig(vocab_size=hf["vocab_size"], hidden_dim=hf["hidden_size"],
+                        num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
+                        intermediate_dim=hf["intermediate_size"],
+                        max_sequence_length=hf["max_position_embeddings"],
+                        num_segments=hf.get("type_vocab_size", 2),
+                        dropout=hf.get("hidden_dropout_prob", 0.1),
+                        layer_norm_epsilon=hf.get("layer_norm_eps", 1e-12))
+    tensors = {}
+    for name, array in load_file(weights_file).items():
+        if HF_IGNORED.fullmatch(name):
+            continue
+        path = _hf_path(name.removeprefix("bert."))
+        if path is None:
+            raise WeightsError(f"{weights_file}: tensor {name} has no place in the model")
+        # torch Linear stores [out, in]; embeddings are [rows, H] in both.
+        if path[-1] == "kernel":
+            array = array.T
+        tensors[path] = (array, name)
+    return config, tensors, weights_file
+
+
+def _hf_path(name: str) -> tuple | None:
+    module, _, leaf = name.rpartition(".")
+    if leaf not in HF_LEAVES:
+        return None
+    match = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", module)
+    if match and match.group(2) in HF_LAYER_PARTS:
+        prefix = ("layers", int(match.group(1)), *HF_LAYER_PARTS[match.group(2)].split("/"))
+    elif module in HF_TOP_PARTS:
+        prefix = tuple(HF_TOP_PARTS[module].split("/"))
+    else:
+        return None
+    leaf = HF_LEAVES[leaf]
+    if prefix[-1].endswith("layer_norm") and leaf == "kernel":
+        leaf = "scale"
+    elif prefix[-1].endswith("embedding") and leaf == "kernel":
+        leaf = "embedding"
+    return (*prefix, leaf)
+
+
+def read_keras(directory: Path) -> tuple[BertConfig, dict, Path]:
+    """BertConfig and {parameter path: (array, tensor name)} from a keras-hub preset folder.
+
+    Keras 3 names h5 groups after layer classes (`transformer_encoder_3`), so tensors are
+    mapped through the layer names stored in each group's `vars` attributes instead."""
+    config_file, weights_file = directory / "config.json", directory / "model.weights.h5"
+    saved = json.loads(config_file.read_text(encoding="utf-8"))
+    if saved.get("class_name") != "BertBackbone":
+        raise WeightsError(f"{config_file}: class_name={saved.get('class_name')!r}; only "
+                           f"BertBackbone presets are supported")
+    keras = saved["config"]
+    config = BertConfig(vocab_size=keras["vocabulary_size"], hidden_dim=keras["hidden_dim"],
+                        num_layers=keras["num_layers"], num_heads=keras["num_heads"],
+                        intermediate_dim=keras["intermediate_dim"],
+                        max_sequence_length=keras.get("max_sequence_length", 512),
+                        num_segments=keras.get("num_segments", 2),
+                        dropout=keras.get("dropout", 0.1))
+    tensors = {}
+    with h5py.File(weights_file, "r") as h5:
+        for name, array in _keras_named_tensors(h5, weights_file):
+            layer, _, index = name.rpartition("/")
+            path = keras_parameter_path(layer, _h5_variable_name(layer, index))
+            if path is None:
+                raise WeightsError(f"{weights_file}: tensor {name} has no place in the model")
+            # Attention kernels are [H, heads, head_dim] (q, k, v) and [heads, head_dim, H]
+            # (output), biases [heads, head_dim]; ours are [d_in, d_out] and [d_out].
+            if path[-1] == "kernel" and path[-2] == "output":
+                array = array.reshape(-1, array.shape[-1])
+            elif path[-1] == "kernel":
+                array = array.reshape(array.shape[0], -1)
+            elif path[-1] == "bias":
+                array = array.reshape(-1)
+            tensors[path] = (array, name)
+    return config, tensors, weights_file
+
+
+def _h5_variable_name(layer: str, index: str) -> str:
+    """Keras saves a layer's variables by creation index; the name depends on the layer kind."""
+    kind = layer.rpartition("/")[2]
+    names = (("embeddings",) if kind.endswith("embedding") else
+             ("gamma", "beta") if kind.endswith("layer_norm") else ("kernel", "bias"))
+    return names[int(index)] if index.isdigit() and int(index) < len(names) else index
+
+
+def _keras_named_tensors(h5: h5py.File, weights_file: Path):
+    """(layer-name path/index, array) for every variable, e.g. transformer_layer_0/
+    self_attention_layer/query/0."""
+    found = []
+
+    def visit(group_path, item):
+        if not isinstance(item, h5py.Dataset):
+            return
+        parts = group_path.split("/")  # e.g. layers/transformer_encoder/.../vars/0
+        names = []
+        for end in range(len(parts) - 1):
+            group = h5["/".join(parts[:end])] if end else h5
+            if isinstance(group.get("vars"), h5py.Group):
+                if "name" not in group["vars"].attrs:
+                    raise WeightsError(f"{weights_file}: group {group.name} has no layer name; "
+                                       f"re-save the preset with keras >= 3")
+                names.append(group["vars"].attrs["name"])
+        # names[0] is the backbone itself.
+        found.append(("/".join([*names[1:], parts[-1]]), item[()]))
+
+    h5.visititems(visit)
+    return found
+
+
+def keras_parameter_path(layer: str, variable: str) -> tuple | None:
+    """keras-hub BertTextClassifier variable (layer path, variable name) -> our parameter
+    path, e.g. ("transformer_layer_0/self_attention_layer/query", "kernel") ->
+    ("layers", 0, "attention", "query", "kernel"); None when it has no counterpart."""
+    match = re.fullmatch(r"transformer_layer_(\d+)/(.+)", layer)
+    if match and match.group(2) in KERAS_LAYER_PARTS:
+        prefix = ("layers", int(match.group(1)), *KERAS_LAYER_PARTS[match.group(2)].split("/"))
+    elif layer in KERAS_TOP_PARTS:
+        prefix = tuple(KERAS_TOP_PARTS[layer].split("/"))
+    else:
+        return None
+    kind = ("embedding" if prefix[-1].endswith("embedding") else
+            "layer_norm" if prefix[-1].endswith("layer_norm") else "dense")
+    allowed = {"embedding": ("embeddings",), "layer_norm": ("gamma", "beta"),
+               "dense": ("kernel", "bias")}[kind]
+    return (*prefix, KERAS_VARIABLES[variable]) if variable in allowed else None
+
+
+def assign(model: BertClassifier, tensors: dict, weights_file: Path) -> None:
+    """Copy every tensor into the model; all parameters but head and LoRA must be covered."""
+    tensors = dict(tensors)
+    state = nnx.state(model, nnx.Not(FRESH))
+    for path, variable in nnx.to_flat_state(state):
+        if path not in tensors:
+            raise WeightsError(f"{weights_file}: no tensor for parameter "
+                               f"{'/'.join(map(str, path))}")
+        array, name = tensors.pop(path)
+        if array.shape != variable.shape:
+            raise WeightsError(f"{weights_file}: tensor {name} has shape {array.shape}, "
+                               f"parameter {'/'.join(map(str, path))} needs {variable.shape}")
+        variable.set_value(np.asarray(array, np.float32))
+    if tensors:
+        path, (_, name) = next(iter(tensors.items()))
+        raise WeightsError(f"{weights_file}: tensor {name} has no place in the model "
+                           f"(maps to {'/'.join(map(str, path))})")
+    nnx.update(model, state)

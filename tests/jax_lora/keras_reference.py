@@ -1,0 +1,166 @@
+"""keras-hub (TensorFlow) side of the parity and tokenizer tests, run in a subprocess so the
+pytest process never imports TensorFlow. Writes plain .npz files the JAX tests compare with.
+
+  python keras_reference.py reference ROOT VOCAB PAIRS.json EXPORT_FROM [NAME=PRESET_DIR ...]
+      builds the tiny keras preset ROOT/tiny_keras (cased, random weights, with its head), then
+      for it and every NAME: ROOT/NAME_tokens.npz (preprocessor ids of PAIRS at each length)
+      and ROOT/NAME_outputs.npz (model outputs on some of those rows); finally exports a
+      LoRA-adapted jax_lora model of EXPORT_FROM to ROOT/exported and writes ROOT/export.npz
+      (Flax logits, and keras-hub's from the exported preset). One process, because
+      importing TensorFlow is the slow part of these tests.
+  python keras_reference.py tokenize JOBS.json
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two cores are shared with other test runs; TF's default pools would take them all.
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+
+import keras  # noqa: E402
+import keras_hub  # noqa: E402
+
+TINY_BACKBONE = dict(num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
+                     max_sequence_length=128)
+LENGTHS = (512, 64, 16)
+# Model outputs on these pair rows (several languages), packed to OUTPUT_LENGTH: some rows
+# padded, some full, so masking is exercised.
+OUTPUT_ROWS = list(range(0, 424, 53))
+OUTPUT_LENGTH = 64
+
+
+def build_preset(out_dir, vocab_file):
+    """A tiny cased BertTextClassifier with every weight random (not the 0/1 LayerNorm and bias
+    defaults), so a mapping error anywhere shows up in the outputs."""
+    keras.utils.set_random_seed(0)
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocab_file, lowercase=False)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=tokenizer.vocabulary_size(),
+                                             **TINY_BACKBONE)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=64)
+    classifier = keras_hub.models.BertTextClassifier(backbone, num_classes=3,
+                                                     preprocessor=preprocessor)
+    rng = np.random.default_rng(0)
+    for weight in classifier.weights:
+        scale = 0.5 if len(weight.shape) == 1 else 0.1
+        base = 1.0 if weight.path.endswith("gamma") else 0.0
+        weight.assign(base + scale * rng.standard_normal(weight.shape).astype("float32"))
+    classifier.save_to_preset(out_dir)
+
+
+def token_arrays(tokenizer, pairs, lengths):
+    """BertTextClassifierPreprocessor outputs, batched in tf.data as the TF trainer does. (Called
+    eagerly, keras-hub 0.32 would take its pure-Python path instead of the TF ops.)"""
+    arrays = {"lowercase": np.asarray(tokenizer.lowercase)}
+    for length in lengths:
+        preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+            tokenizer, sequence_length=length)
+        data = tf.data.Dataset.from_tensor_slices((pairs["premise"], pairs["hypothesis"]))
+        data = data.batch(2048).map(lambda p, h: preprocessor(x=(p, h)))
+        batches = list(data.as_numpy_iterator())
+        for field in ("token_ids", "segment_ids", "padding_mask"):
+            arrays[f"{field}_{length}"] = np.concatenate([b[field] for b in batches])
+    return arrays
+
+
+def model_outputs(preset, inputs):
+    """Logits, pooled output and every layer's hidden states, with a random unit-scale head
+    (BERT's 0.02 init gives ~0.05 logits; 1e-5 should be a tight bound). The head is saved
+    for the Flax side to copy."""
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone.from_preset(preset)
+    classifier = keras_hub.models.BertTextClassifier(backbone, num_classes=3)
+    head = classifier.get_layer("logits")
+    rng = np.random.default_rng(0)
+    head.kernel.assign(rng.standard_normal(head.kernel.shape).astype("float32"))
+    head.bias.assign(rng.standard_normal(head.bias.shape).astype("float32"))
+    layer_outputs = [backbone.get_layer(f"transformer_layer_{i}").output
+                     for i in range(backbone.num_layers)]
+    probe = keras.Model(backbone.input, {**backbone.output, "hidden_states": layer_outputs})
+    results = probe(inputs)
+    return {**inputs, "logits": np.asarray(classifier(inputs)),
+            "pooled_output": np.asarray(results["pooled_output"]),
+            "sequence_output": np.asarray(results["sequence_output"]),
+            "hidden_states": np.stack([np.asarray(h) for h in results["hidden_states"]]),
+            "head_kernel": np.asarray(head.kernel), "head_bias": np.asarray(head.bias)}
+
+
+def export_round_trip(preset, out_dir, result_file):
+    """jax_lora.export in a process that holds both JAX and TensorFlow, as the export CLI."""
+    import jax
+    from flax import nnx
+
+    from jax_lora.export import export_preset
+    from jax_lora.lora import LORA_TARGETS, LoraConfig
+    from jax_lora.weights import load_pretrained
+    from shared.data import SAMPLE_DATA_DIR, load_train
+
+    pretrained = load_pretrained(preset, LoraConfig(rank=4, alpha=8.0, targets=LORA_TARGETS),
+                                 seed=3)
+    model = pretrained.model
+    for index, (_, module) in enumerate(nnx.iter_modules(model)):
+        if hasattr(module, "lora_b"):  # trained adapters are not zero; these must not be either
+            key = jax.random.fold_in(jax.random.key(7), index)
+            module.lora_b[...] = 0.2 * jax.random.normal(key, module.lora_b.shape)
+    frame = load_train(SAMPLE_DATA_DIR).iloc[::41][:10]
+    pairs = (frame["premise"].tolist(), frame["hypothesis"].tolist())
+    inputs = pretrained.tokenizer(*pairs, sequence_length=40)
+    flax_logits = np.asarray(nnx.jit(lambda m: m(inputs["token_ids"], inputs["segment_ids"],
+                                                 inputs["padding_mask"]))(model))
+    export_preset(model, pretrained.tokenizer, out_dir, sequence_length=40)
+    classifier = keras_hub.models.BertTextClassifier.from_preset(out_dir)
+    # Inside tf.function keras-hub runs its TF ops, as in the TF trainer's tf.data pipeline.
+    from_text = tf.function(classifier.preprocessor)(x=(tf.constant(pairs[0]),
+                                                        tf.constant(pairs[1])))
+    np.savez(result_file, flax_logits=flax_logits,
+             tf_logits_from_ids=np.asarray(classifier(inputs)),
+             tf_logits_from_text=np.asarray(classifier(from_text)))
+
+
+def reference(root, vocab_file, pairs_file, export_from, named_presets):
+    with open(pairs_file, encoding="utf-8") as f:
+        pairs = json.load(f)
+    build_preset(os.path.join(root, "tiny_keras"), vocab_file)
+    presets = {"tiny_keras": os.path.join(root, "tiny_keras"),
+               **dict(item.split("=", 1) for item in named_presets)}
+    for name, preset in presets.items():
+        tokens = token_arrays(keras_hub.models.BertTokenizer.from_preset(preset), pairs, LENGTHS)
+        np.savez(os.path.join(root, f"{name}_tokens.npz"), **tokens)
+        inputs = {field: tokens[f"{field}_{OUTPUT_LENGTH}"][OUTPUT_ROWS]
+                  for field in ("token_ids", "segment_ids", "padding_mask")}
+        np.savez(os.path.join(root, f"{name}_outputs.npz"), **model_outputs(preset, inputs))
+    export_round_trip(export_from, os.path.join(root, "exported"),
+                      os.path.join(root, "export.npz"))
+
+
+def tokenize(jobs_file):
+    """Each job: a vocabulary file + lowercase flag (or a preset), a pairs .json, an output
+    .npz and the sequence lengths."""
+    with open(jobs_file, encoding="utf-8") as f:
+        jobs = json.load(f)
+    for job in jobs:
+        with open(job["pairs"], encoding="utf-8") as f:
+            pairs = json.load(f)
+        if "preset" in job:
+            tokenizer = keras_hub.models.BertTokenizer.from_preset(job["preset"])
+        else:
+            tokenizer = keras_hub.models.BertTokenizer(vocabulary=job["vocabulary"],
+                                                       lowercase=job["lowercase"])
+        np.savez(job["out"], **token_arrays(tokenizer, pairs, job["lengths"]))
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    if command == "reference":
+        reference(args[0], args[1], args[2], args[3], args[4:])
+    elif command == "tokenize":
+        tokenize(args[0])
+    else:
+        sys.exit(f"unknown command {command}")

@@ -1,0 +1,99 @@
+"""Checkpoints round-trip exactly and rotate; the adapter artifact rebuilds the trained model."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_lora.checkpoint import (ADAPTER_META, ADAPTER_WEIGHTS, CHECKPOINTS, Checkpoints,
+                                 latest_meta, load_adapter, replace_arrays, save_adapter)
+from jax_lora.config import TrainConfig
+from jax_lora.lora import LoraConfig, LoRALinear, trainable_filter
+from jax_lora.optim import make_optimizer, split_trainable, trainable_mask
+from jax_lora.weights import load_pretrained
+
+
+class AdaptedLayer(nnx.Module):
+    """The parameter kinds a checkpoint holds: a frozen kernel with A/B, and a head."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.layer = LoRALinear(8, 8, rank=2, rngs=rngs)
+        self.head = nnx.Linear(8, 3, rngs=rngs)
+
+
+def leaves_equal(a, b) -> bool:
+    return (jax.tree.structure(a) == jax.tree.structure(b) and
+            all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+
+
+def trained_like_state():
+    """Trainable params and an optimizer state that are not at their initial values."""
+    lora = LoraConfig(rank=2)
+    params = nnx.state(AdaptedLayer(nnx.Rngs(0)))
+    tx = make_optimizer(TrainConfig(lora=lora), trainable_mask(params, trainable_filter(lora)), 10)
+
+    @jax.jit
+    def step(params):
+        grads = jax.tree.map(lambda p: jnp.sin(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape),
+                             params)
+        updates, opt_state = tx.update(grads, tx.init(params), params)
+        return jax.tree.map(lambda p, u: p + u, params, updates), opt_state
+
+    params, opt_state = step(params)
+    return split_trainable(params, trainable_filter(lora))[0], opt_state
+
+
+def test_save_restore_is_exact_and_keeps_the_newest(tmp_path):
+    trainable, opt_state = trained_like_state()
+    assert latest_meta(tmp_path) is None and not (tmp_path / CHECKPOINTS).exists()
+    checkpoints = Checkpoints(tmp_path, keep=2)
+    for step in (2, 4, 6):
+        checkpoints.save(step, trainable, opt_state, {"step": step, "history": [{"epoch": 1}]})
+    assert checkpoints.manager.all_steps() == [4, 6]
+    fresh_trainable, fresh_opt_state = jax.tree.map(jnp.zeros_like, (trainable, opt_state))
+    restored, restored_opt_state, meta = checkpoints.restore(fresh_trainable, fresh_opt_state)
+    checkpoints.close()
+    assert leaves_equal(restored, trainable) and leaves_equal(restored_opt_state, opt_state)
+    assert meta == {"step": 6, "history": [{"epoch": 1}]} == latest_meta(tmp_path)
+    # A save that died half-way leaves only orbax's temporary folder, which is not a checkpoint.
+    (tmp_path / CHECKPOINTS / "8.orbax-checkpoint-tmp-123").mkdir()
+    assert Checkpoints(tmp_path).latest_step() == 6
+
+
+def test_replace_arrays_rejects_a_foreign_adapter():
+    trainable, _ = trained_like_state()
+    names = {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(trainable)}
+    with pytest.raises(ValueError, match="missing"):
+        replace_arrays(trainable, {k: v for k, v in names.items() if "head" not in k}, "x")
+    wrong = {**names, "head.bias": np.zeros(7, np.float32)}
+    with pytest.raises(ValueError, match="head.bias has shape"):
+        replace_arrays(trainable, wrong, "x")
+
+
+def test_adapter_reproduces_the_model_on_the_base(tiny_hf_preset, tmp_path):
+    # A frozen head is in the adapter too: it is not in the base, and a seed may not repeat it.
+    lora = LoraConfig(rank=4, targets=("query", "value", "ffn_in"), train_head=False)
+    trained = load_pretrained(str(tiny_hf_preset), lora, seed=3)
+    ids = np.array([[2, 10, 11, 12, 3, 13, 14, 3]], np.int32)
+    segments = np.array([[0, 0, 0, 0, 0, 1, 1, 1]], np.int32)
+    args = (ids, segments, np.ones_like(ids))
+    base_logits = trained.model(*args)
+    # Stand-in for training: move every adapter leaf (B starts at 0, so A·B would be 0).
+    state = nnx.state(trained.model, trainable_filter(lora))
+    nnx.update(trained.model, jax.tree.map(lambda v: v + 0.05, state))
+    assert not np.allclose(base_logits, trained.model(*args))
+    save_adapter(tmp_path, trained.model, trained.source)
+    meta = json.loads((tmp_path / ADAPTER_META).read_text())
+    assert meta["base"]["sha256"] == trained.source["sha256"]
+    assert (tmp_path / ADAPTER_WEIGHTS).stat().st_size < 60_000  # the adapter, not the base
+
+    loaded = load_adapter(tmp_path)  # with seed 0: the head must come from the file
+    np.testing.assert_array_equal(loaded.model(*args), trained.model(*args))
+
+    meta["base"]["sha256"] = "0" * 64
+    (tmp_path / ADAPTER_META).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="sha256"):
+        load_adapter(tmp_path)

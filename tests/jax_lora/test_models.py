@@ -1,0 +1,50 @@
+"""The Flax BERT on a tiny random config: shapes, padding, dropout. Parity with keras-hub is
+test_parity.py."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_lora.lora import LoraConfig
+from jax_lora.models import BertClassifier, BertConfig
+
+
+@pytest.fixture(scope="module")
+def model(tiny_config):
+    return BertClassifier(tiny_config, lora=LoraConfig(rank=2, dropout=0.1), rngs=nnx.Rngs(0))
+
+
+def test_output_shapes(model, tiny_batch):
+    out = model.encode(*tiny_batch)
+    assert out["sequence_output"].shape == (2, 8, 16)
+    assert out["pooled_output"].shape == (2, 16)
+    assert out["logits"].shape == (2, 3) and out["logits"].dtype == jnp.float32
+    assert len(out["hidden_states"]) == 2
+    np.testing.assert_array_equal(out["cls"], out["sequence_output"][:, 0])
+    np.testing.assert_array_equal(out["hidden_states"][-1], out["sequence_output"])
+
+
+def test_padding_does_not_change_real_positions(model, tiny_batch):
+    """Extra padded columns are masked out of every softmax, as in keras-hub."""
+    short = model.encode(*tiny_batch)
+    long = model.encode(*[np.pad(x, ((0, 0), (0, 6))) for x in tiny_batch])
+    np.testing.assert_allclose(long["logits"], short["logits"], atol=1e-6)
+    np.testing.assert_allclose(long["sequence_output"][:, :7], short["sequence_output"][:, :7],
+                               atol=1e-6)
+
+
+def test_dropout_is_keyed_and_jittable(model, tiny_batch):
+    forward = nnx.jit(lambda m, key: m(*tiny_batch, dropout_key=key))
+    eval_logits = model(*tiny_batch)
+    first = forward(model, jax.random.key(1))
+    assert not np.allclose(first, eval_logits)
+    np.testing.assert_array_equal(first, forward(model, jax.random.key(1)))
+    assert not np.allclose(first, forward(model, jax.random.key(2)))
+    np.testing.assert_array_equal(eval_logits, model(*tiny_batch))
+
+
+def test_heads_must_divide_hidden_dim():
+    with pytest.raises(ValueError, match="num_heads=4"):
+        BertConfig(vocab_size=10, hidden_dim=10, num_layers=1, num_heads=4, intermediate_dim=8)

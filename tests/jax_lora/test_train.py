@@ -1,0 +1,302 @@
+"""The trainer: step functions on a tiny model, data parallelism, and whole runs of train.py
+on a tiny random preset (run directory, adapter, bad input, kill -9 and resume)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+from flax import nnx
+
+from jax_lora.checkpoint import ADAPTER, ADAPTER_WEIGHTS, CHECKPOINTS, load_adapter
+from jax_lora.config import DATA_FIELDS, TrainConfig, build_parser, parse_config
+from jax_lora.input_pipeline import Encoded, encode
+from jax_lora.lora import LoraConfig, trainable_filter
+from jax_lora.models import BertClassifier, BertConfig
+from jax_lora.optim import make_optimizer, trainable_mask
+from jax_lora.train import (TrainState, evaluate, main, make_eval_step, make_mesh,
+                            make_train_step, prepare, replicate, shard_batch)
+from shared.cli import load_data
+from shared.data import SAMPLE_DATA_DIR
+from shared.run_dir import MANIFEST, MANIFEST_KEYS, read_run
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = BertConfig(vocab_size=60, hidden_dim=16, num_layers=2, num_heads=2, intermediate_dim=32,
+                  max_sequence_length=64)
+# Subprocess runs compile with LLVM optimisations off: several times faster to compile, and
+# every run compared with another one here uses the same flags.
+SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": (
+    os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()}
+
+
+def fast_compile(jitted):
+    """`jitted`, compiled once per input shape with LLVM optimisations off, like the
+    subprocess runs: compiling is the slow part of these tests on CPU."""
+    executables = {}
+
+    def call(*args):
+        key = tuple((x.shape, x.dtype) for x in jax.tree.leaves(args))
+        if key not in executables:
+            executables[key] = jitted.lower(*args).compile(
+                {"xla_backend_optimization_level": 0})
+        return executables[key](*args)
+
+    return call
+
+
+def synthetic(rows: int, seed: int = 0, sequence_length: int = 64) -> Encoded:
+    """Random sentence pairs of 5..60 tokens: [CLS]=2 first, segment 1 for the second half."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 60, rows)
+    positions = np.arange(sequence_length)[None]
+    mask = (positions < lengths[:, None]).astype(np.int32)
+    tokens = rng.integers(5, TINY.vocab_size, (rows, sequence_length)) * mask
+    tokens[:, 0] = 2
+    segments = ((positions >= lengths[:, None] // 2) * mask).astype(np.int32)
+    return Encoded(tokens.astype(np.int32), segments, mask,
+                   labels=rng.integers(0, 3, rows).astype(np.int32))
+
+
+def fresh_state(lora: LoraConfig, lr: float = 1e-2):
+    """A tiny model's train state with random numpy weights: eager init would compile one
+    small XLA program per parameter shape."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(
+        lambda: BertClassifier(TINY, lora=lora, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda x: 0.2 * rng.standard_normal(x.shape, np.float32), abstract)
+    mask = trainable_mask(params, trainable_filter(lora))
+    tx = make_optimizer(TrainConfig(lora=lora, lr=lr), mask, total_steps=10)
+    return graphdef, tx, mask, TrainState(jnp.int32(0), params, jax.jit(tx.init)(params))
+
+
+def named(params) -> dict:
+    return {".".join(map(str, p)): np.array(v.get_value()) for p, v in nnx.to_flat_state(params)}
+
+
+@pytest.mark.parametrize("lora", [LoraConfig(rank=4, dropout=0.1),
+                                  LoraConfig(targets=(), train_head=True)],
+                         ids=["lora", "linear_probe"])
+def test_train_steps_move_every_trainable_leaf_and_no_frozen_one(lora):
+    graphdef, tx, mask, state = fresh_state(lora)
+    before = named(state.params)  # copies: the step donates its input buffers
+    mesh = make_mesh()
+    step = fast_compile(make_train_step(graphdef, tx, trainable_filter(lora), jax.random.key(1)))
+    state = replicate(state, mesh)
+    data = synthetic(8)
+    losses = []
+    for _ in range(4):
+        state, metrics = step(state, shard_batch(data.batch(np.arange(8), 64), mesh))
+        losses.append(float(metrics["loss_sum"] / metrics["count"]))
+    after = named(state.params)
+    trains = {name: bool(t) for name, t in zip(before, jax.tree.leaves(mask))}
+    assert sum(trains.values()) == (2 * 2 * 2 + 2 if lora.targets else 2)
+    for name, value in before.items():
+        if trains[name]:
+            assert not np.array_equal(value, after[name]), f"{name} did not train"
+        else:
+            assert np.array_equal(value, after[name]), f"frozen {name} changed"
+    assert int(state.step) == 4 and losses[-1] < losses[0]
+
+
+def test_dynamic_padding_gives_the_same_predictions_as_fixed():
+    graphdef, _, _, state = fresh_state(LoraConfig(rank=4))
+    mesh, data = make_mesh(), synthetic(13, seed=3)
+    eval_step = fast_compile(make_eval_step(graphdef))
+    fixed = evaluate(eval_step, state.params, data, global_batch=4, mesh=mesh, dynamic=False)
+    dynamic = evaluate(eval_step, state.params, data, global_batch=4, mesh=mesh, dynamic=True)
+    for a, b in zip(fixed, dynamic):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    # Rows come back in their own order: row 5 alone, unpadded, gives the same logits.
+    model = nnx.merge(graphdef, state.params)
+    row = data.batch(np.array([5]), int(data.lengths[5]))
+    alone = model(row["token_ids"], row["segment_ids"], row["padding_mask"])
+    np.testing.assert_allclose(dynamic[0][5], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_two_devices_give_the_same_step_as_one():
+    script = textwrap.dedent("""
+        import json, jax, numpy as np
+        from tests.jax_lora.test_train import fresh_state, named, synthetic
+        from jax_lora.lora import LoraConfig, trainable_filter
+        from jax_lora.train import make_mesh, make_train_step, replicate, shard_batch
+        assert len(jax.devices()) == 2
+        data, lora, results = synthetic(8, seed=5), LoraConfig(rank=4, dropout=0.1), []
+        for devices in (jax.devices()[:1], jax.devices()):
+            graphdef, tx, mask, state = fresh_state(lora)
+            mesh = make_mesh(devices)
+            step = make_train_step(graphdef, tx, trainable_filter(lora), jax.random.key(1))
+            state = replicate(state, mesh)
+            for _ in range(2):
+                batch = shard_batch(data.batch(np.arange(8), 64), mesh)
+                state, metrics = step(state, batch)
+            results.append((float(metrics["loss_sum"]), named(state.params)))
+        (loss1, params1), (loss2, params2) = results
+        diff = max(float(np.abs(params1[k] - params2[k]).max()) for k in params1)
+        print(json.dumps({"loss1": loss1, "loss2": loss2, "max_param_diff": diff,
+                          "sharded": len(batch["token_ids"].sharding.device_set)}))
+        """)
+    env = {**SUBPROCESS_ENV, "XLA_FLAGS": SUBPROCESS_ENV["XLA_FLAGS"]
+           + " --xla_force_host_platform_device_count=2"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, text=True,
+                         capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["sharded"] == 2
+    assert result["loss1"] == pytest.approx(result["loss2"], rel=1e-5)
+    assert result["max_param_diff"] < 1e-5
+
+
+# ---------------------------------------------------------------- flags
+
+def test_flags_map_onto_the_config():
+    assert parse_config([]) == TrainConfig()
+    defaults = vars(build_parser().parse_args([]))
+    for name in DATA_FIELDS:  # shared.cli's defaults and the dataclass's agree
+        assert defaults[name] == getattr(TrainConfig(), name), name
+    config = parse_config(["--targets", "", "--no-train-head", "--train-pooler", "--rank", "4",
+                           "--lora-dropout", "0.1", "--no-dynamic-padding", "--lr", "1e-3",
+                           "--schedule", "linear", "--warmup-steps", "5", "--limit", "40"])
+    assert config.lora == LoraConfig(rank=4, dropout=0.1, targets=(), train_head=False,
+                                     train_pooler=True)
+    assert (config.dynamic_padding, config.lr, config.schedule, config.warmup_steps,
+            config.limit) == (False, 1e-3, "linear", 5, 40)
+    assert parse_config(["--targets", "query,key,ffn_out"]).lora.targets == (
+        "query", "key", "ffn_out")
+    assert "passes over the training split" in build_parser().format_help()
+
+
+# ---------------------------------------------------------------- whole runs of train.py
+
+RUN_FLAGS = ["--data-dir", str(SAMPLE_DATA_DIR), "--limit", "60", "--batch-per-device", "4",
+             "--sequence-length", "32", "--epochs", "2", "--checkpoint-every", "2",
+             "--keep-checkpoints", "2", "--quiet"]
+STEPS_PER_EPOCH = 42 // 4  # --limit 60 -> 42 training rows (Kaggle split), remainder dropped
+
+
+def train_command(preset: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, str(REPO / "jax_lora" / "train.py"), "--preset", str(preset),
+            "--run-dir", str(run_dir), *RUN_FLAGS]
+
+
+@pytest.fixture(scope="module")
+def run_env(tmp_path_factory) -> dict:
+    """SUBPROCESS_ENV plus a compilation cache shared by this module's runs of train.py: the
+    first run compiles, the killed and the resumed one load its executables."""
+    cache = tmp_path_factory.mktemp("jax_cache")
+    return {**SUBPROCESS_ENV, "JAX_COMPILATION_CACHE_DIR": str(cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_hf_preset, tmp_path_factory, run_env) -> Path:
+    """An uninterrupted run of `python jax_lora/train.py`, the reference for the others."""
+    run_dir = tmp_path_factory.mktemp("runs") / "reference"
+    done = subprocess.run(train_command(tiny_hf_preset, run_dir), cwd=REPO, env=run_env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+def test_run_directory_holds_the_contract(finished_run):
+    run = read_run(finished_run)  # raises unless every file and manifest key is in place
+    manifest = run.manifest
+    assert set(MANIFEST_KEYS) <= set(manifest) and manifest["trainer"] == "jax_lora"
+    assert manifest["config"]["lr"] == 2e-4 and manifest["config"]["lora"]["rank"] == 16
+    assert manifest["devices"]["replicas"] == len(jax.devices())
+    assert manifest["params"]["trainable"] == 2 * 2 * 16 * (32 + 32) + (32 * 3 + 3)
+    assert manifest["split"]["n_train"] == 42 and len(run.predictions) == 18
+    assert run.embeddings.shape == (18, 32)
+    assert run.history["epoch"].tolist() == [1, 2]
+    assert [e["epoch"] for e in manifest["epochs"]] == [1, 2]
+    assert all(e["examples_per_s"] > 0 and e["compile_seconds"] >= 0 for e in manifest["epochs"])
+    assert manifest["epochs"][1]["examples_per_s"] == pytest.approx(
+        STEPS_PER_EPOCH * 4 / manifest["epochs"][1]["seconds"])
+    np.testing.assert_allclose(run.predictions[["p_entailment", "p_neutral",
+                                                "p_contradiction"]].sum(axis=1), 1.0, atol=1e-6)
+    submission = (finished_run / "submission.csv").read_text().splitlines()
+    assert len(submission) == 1 + 60
+    steps = sorted(int(p.name) for p in (finished_run / CHECKPOINTS).iterdir())
+    assert steps == [2 * STEPS_PER_EPOCH - 2, 2 * STEPS_PER_EPOCH]  # --keep-checkpoints 2
+
+
+def test_adapter_reproduces_the_predictions(finished_run):
+    pretrained = load_adapter(finished_run / ADAPTER)
+    run = read_run(finished_run)
+    data = load_data(parse_config(RUN_FLAGS).data_args)
+    assert data.val["id"].tolist() == run.predictions["id"].tolist()
+    encoded = encode(pretrained.tokenizer, data.val, 32)
+    graphdef, params = nnx.split(pretrained.model)
+    logits, cls = evaluate(fast_compile(make_eval_step(graphdef)), params, encoded, global_batch=4,
+                           mesh=make_mesh(), dynamic=True)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probs, run.predictions[["p_entailment", "p_neutral",
+                                                       "p_contradiction"]], atol=1e-6)
+    np.testing.assert_allclose(cls, run.embeddings, atol=1e-6)
+
+
+@pytest.mark.parametrize("flags, field", [
+    (["--epochs", "0"], "--epochs"), (["--targets", "query,dense"], "targets"),
+    (["--batch-per-device", "100"], "--batch-per-device"),
+    (["--sequence-length", "100", "--no-dynamic-padding"], None),  # valid: control case
+    (["--sequence-length", "200"], "--sequence-length"),  # tiny preset has 128 positions
+    (["--data-dir", "/nonexistent"], "--data-dir"), (["--preset", "/nonexistent/x"], "--preset")])
+def test_bad_input_exits_2_before_writing(tiny_hf_preset, tmp_path, capsys, flags, field):
+    run_dir = tmp_path / "run"
+    argv = ["--preset", str(tiny_hf_preset), "--run-dir", str(run_dir), *RUN_FLAGS, *flags]
+    if field is None:  # the same command line minus the bad flag passes validation
+        prepare(parse_config(argv))
+        assert not run_dir.exists()
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and not run_dir.exists()
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and field in error and "\n" not in error
+
+
+def test_resuming_with_other_hyperparameters_is_refused(finished_run, tiny_hf_preset, capsys):
+    before = (finished_run / MANIFEST).read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--preset", str(tiny_hf_preset), "--run-dir", str(finished_run), *RUN_FLAGS,
+              "--lr", "1e-3"])
+    assert exit_info.value.code == 2 and "lr" in capsys.readouterr().err
+    assert (finished_run / MANIFEST).read_bytes() == before
+
+
+def test_kill_9_then_rerun_ends_bitwise_equal(finished_run, tiny_hf_preset, tmp_path, run_env):
+    run_dir = tmp_path / "killed"
+    command = train_command(tiny_hf_preset, run_dir)
+    kill_after = STEPS_PER_EPOCH + 2  # a checkpoint in the middle of epoch 2
+    process = subprocess.Popen(command, cwd=REPO, env=run_env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        steps = [int(p.name) for p in (run_dir / CHECKPOINTS).glob("*") if p.name.isdigit()]
+        if steps and max(steps) >= kill_after:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == -signal.SIGKILL, f"not killed mid-run:\n{output[-2000:]}"
+    assert json.loads((run_dir / MANIFEST).read_text())["status"] == "running"
+
+    rerun = subprocess.run(command, cwd=REPO, env=run_env, capture_output=True,
+                           text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed from step" in rerun.stdout
+    resumed = safetensors.numpy.load_file(str(run_dir / ADAPTER / ADAPTER_WEIGHTS))
+    reference = safetensors.numpy.load_file(str(finished_run / ADAPTER / ADAPTER_WEIGHTS))
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        assert np.array_equal(resumed[name], reference[name]), name
+    assert read_run(run_dir).history.equals(read_run(finished_run).history)
+    assert "resumed_at" in read_run(run_dir).manifest
