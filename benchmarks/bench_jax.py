@@ -1,0 +1,88 @@
+"""Configurations 3 and 4: jax_lora's own train step, LoRA or everything trainable.
+
+The model comes from jax_lora.weights.load_pretrained, the optimizer from jax_lora.optim and the
+jitted step from jax_lora.train.make_train_step, with the recipe's TrainConfig. Configuration 4
+is the same Flax model without adapters and with every parameter trainable, which isolates what
+LoRA itself saves. Timed: one `train_step` on a fixed batch already on the device, waited for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from benchmarks.spec import LORA_RANK, LORA_TARGETS, Config, Shape
+from benchmarks.worker import Bench, Job, fake_batch, run_worker
+from jax_lora.config import TrainConfig
+from jax_lora.lora import trainable_filter
+from jax_lora.optim import make_optimizer, param_counts, trainable_mask
+from jax_lora.train import (DROPOUT_STREAM, TrainState, make_mesh, make_train_step, replicate,
+                            shard_batch)
+from jax_lora.weights import load_pretrained
+
+
+@dataclass
+class JaxSetup:
+    """What train.py builds before its loop; `state` is replaced by every step."""
+    graphdef: nnx.GraphDef
+    state: TrainState
+    tx: optax.GradientTransformation
+    trainable: nnx.filterlib.Filter
+    mask: nnx.State
+    mesh: Mesh
+    dropout_base: jax.Array
+
+    def device_batch(self, shape: Shape, batch: int, seq_len: int, seed: int) -> dict:
+        """A fixed global batch, sharded over the mesh as train.py shards each batch."""
+        arrays = fake_batch(shape, batch, seq_len, seed)
+        return shard_batch({**arrays, "weights": np.ones(batch, np.float32)}, self.mesh)
+
+
+def setup(job: Job, full: bool) -> JaxSetup:
+    recipe = TrainConfig(preset=job.preset, seed=job.seed)
+    # The recipe's adapters are the seed's (r=16, alpha=16, query and value); full fine-tuning
+    # is the same model with no adapters and every parameter trainable.
+    lora = dataclasses.replace(recipe.lora, targets=() if full else LORA_TARGETS,
+                               rank=LORA_RANK, alpha=float(LORA_RANK))
+    graphdef, params = nnx.split(load_pretrained(job.preset, lora, seed=job.seed).model)
+    trainable = nnx.Param if full else trainable_filter(lora)
+    mask = trainable_mask(params, trainable)
+    tx = make_optimizer(recipe, mask, total_steps=1_000_000)
+    mesh = make_mesh()
+    state = replicate(TrainState(jnp.int32(0), params, tx.init(params)), mesh)
+    dropout_base = jax.random.fold_in(jax.random.key(job.seed), DROPOUT_STREAM)
+    return JaxSetup(graphdef, state, tx, trainable, mask, mesh, dropout_base)
+
+
+def build(job: Job, config: Config, shape: Shape) -> Bench:
+    jax_setup = setup(job, full=config.method == "full")
+    train_step = make_train_step(jax_setup.graphdef, jax_setup.tx, jax_setup.trainable,
+                                 jax_setup.dropout_base)
+
+    def make_step(seq_len: int):
+        batch = jax_setup.device_batch(shape, job.batch, seq_len, job.seed)
+
+        def step():
+            jax_setup.state, metrics = train_step(jax_setup.state, batch)
+            jax.block_until_ready((jax_setup.state, metrics))
+        return step
+
+    counts = param_counts(jax_setup.state.params, jax_setup.mask)
+    return Bench(make_step, counts["trainable"], counts["total"],
+                 {"framework": "jax", "jax": jax.__version__, "flax": flax.__version__,
+                  "dtype": str(jax.tree.leaves(jax_setup.state.params)[0].dtype),
+                  "devices": jax_setup.mesh.size, "backend": jax.default_backend(),
+                  "prng": jax.config.jax_default_prng_impl,
+                  "step": "jax_lora.train.make_train_step (jit, state donated)"})
+
+
+if __name__ == "__main__":
+    run_worker(build)

@@ -1,0 +1,236 @@
+"""Where the JAX LoRA step's time and memory go: a timing breakdown by variants of the step.
+
+    python -m benchmarks.profile_jax --shape minilm            # ~10 min on 2 cores
+    python -m benchmarks.profile_jax --shape mbert --steps 5
+
+Each variant runs in its own process (XLA flags and the PRNG implementation are per process) on
+the same fixed batch, compiled ahead of time so that compile seconds and XLA's temporary
+(activation) memory are read off the executable. Writes benchmarks/results/profile_jax_<shape>
+.{json,md} and prints the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# name: (environment of the process, what the variant shows)
+VARIANTS = {
+    "recipe": ({}, "jax_lora.train.make_train_step, as the trainer runs it"),
+    "no_dropout": ({}, "every dropout rate 0: what drawing the dropout masks costs"),
+    "rbg_prng": ({"JAX_DEFAULT_PRNG_IMPL": "rbg"},
+                 "dropout bits from the rbg PRNG instead of threefry"),
+    "grad_all": ({}, "gradients of every weight materialised (global norm over the full "
+                     "tree): what differentiating only the trainable part saves"),
+    "forward_only": ({}, "loss without gradient or update: the floor of any step"),
+    "bf16": ({}, "every parameter and activation in bfloat16 (the model's float32 constants "
+                 "made weak-typed for this run): is bf16 faster on this CPU?"),
+    "two_devices": ({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+                    "two CPU devices, the batch split over a data mesh (train.py's sharding)"),
+    "onednn": ({"XLA_FLAGS": "--xla_cpu_use_onednn=true"}, "XLA:CPU with oneDNN matmuls"),
+    "xnnpack": ({"XLA_FLAGS": "--xla_cpu_use_xnnpack=true"}, "XLA:CPU with XNNPACK"),
+}
+
+
+def variant_step(name: str, jax_setup, batch):
+    """(jitted step, its arguments) for one variant; the step returns (state, metrics)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from jax_lora.train import TrainState, batch_metrics, make_train_step
+
+    s = jax_setup
+    if name in ("bf16", "no_dropout"):
+        # Both change static module attributes, which live in the graphdef.
+        model = nnx.merge(s.graphdef, s.state.params)
+        attribute, value = ("dtype", jnp.bfloat16) if name == "bf16" else ("rate", 0.0)
+        for _, module in nnx.iter_modules(model):
+            if hasattr(module, attribute):
+                setattr(module, attribute, value)
+        if name == "no_dropout":
+            model.config = dataclasses.replace(model.config, dropout=0.0)
+        state = to_bfloat16(s) if name == "bf16" else s.state
+        return make_train_step(nnx.split(model)[0], s.tx, s.trainable, s.dropout_base), (
+            state, batch)
+    if name not in ("grad_all", "forward_only"):
+        return make_train_step(s.graphdef, s.tx, s.trainable, s.dropout_base), (s.state, batch)
+
+    def loss_fn(params, batch, key):
+        logits = nnx.merge(s.graphdef, params)(batch["token_ids"], batch["segment_ids"],
+                                                batch["padding_mask"], dropout_key=key)
+        metrics = batch_metrics(logits, batch["labels"], batch["weights"])
+        return metrics["loss_sum"] / metrics["count"], metrics
+
+    def grad_all(state, batch):
+        key = jax.random.fold_in(s.dropout_base, state.step)
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, key)
+        updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        return TrainState(state.step + 1, optax.apply_updates(state.params, updates),
+                          opt_state), metrics
+
+    def forward_only(state, batch):
+        key = jax.random.fold_in(s.dropout_base, state.step)
+        return state, loss_fn(state.params, batch, key)[1]
+
+    if name == "grad_all":
+        return jax.jit(grad_all, donate_argnums=0), (s.state, batch)
+    return jax.jit(forward_only), (s.state, batch)
+
+
+def to_bfloat16(jax_setup):
+    """The training state in bfloat16, and models.py's float32 scalar (the query scale) made a
+    Python float, which JAX treats as weakly typed, so activations stay bfloat16."""
+    import jax
+    import jax.numpy as jnp
+
+    import jax_lora.models as models
+    from jax_lora.train import TrainState, replicate
+
+    class WeakFloat32:
+        float32 = staticmethod(float)
+
+        def __getattr__(self, name):
+            return getattr(jnp, name)
+
+    models.jnp = WeakFloat32()
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16)
+                          if jnp.issubdtype(x.dtype, jnp.floating) else x, jax_setup.state.params)
+    return replicate(TrainState(jax_setup.state.step, params, jax_setup.tx.init(params)),
+                     jax_setup.mesh)
+
+
+def host_input_ms(jax_setup, shape, batch: int, seq_len: int) -> float:
+    """Per-step host work of train.py's input path: slice a dynamic-padding batch out of the
+    pre-tokenized arrays and put it on the device mesh."""
+    import numpy as np
+
+    from benchmarks.worker import fake_batch
+    from jax_lora.input_pipeline import Encoded, train_batches
+    from jax_lora.train import shard_batch
+
+    rows = 64 * batch
+    arrays = fake_batch(shape, rows, seq_len, seed=1)
+    encoded = Encoded(arrays["token_ids"], arrays["segment_ids"], arrays["padding_mask"],
+                      arrays["labels"])
+    start = time.perf_counter()
+    for item in train_batches(encoded, batch, seed=0, epoch=0, dynamic=True):
+        np.asarray(shard_batch(item, jax_setup.mesh)["token_ids"])
+    return 1e3 * (time.perf_counter() - start) / (rows // batch)
+
+
+def worker(name: str, job_json: str) -> dict:
+    import jax
+
+    from benchmarks.bench_jax import setup
+    from benchmarks.spec import get_shape
+    from benchmarks.worker import Job, peak_rss_bytes, time_steps
+
+    job = Job.from_json(job_json)
+    shape = get_shape(job.shape)
+    jax_setup = setup(job, full=False)
+    batch = jax_setup.device_batch(shape, job.batch, job.seq_len, job.seed)
+    jitted, args = variant_step(name, jax_setup, batch)
+    started = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    compile_s = time.perf_counter() - started
+    memory = compiled.memory_analysis()
+    holder = {"state": args[0]}
+
+    def step():
+        holder["state"], metrics = compiled(holder["state"], batch)
+        jax.block_until_ready((holder["state"], metrics))
+
+    _, times = time_steps(step, job.warmup, job.steps)
+    result = {"variant": name, "median_step_s": statistics.median(times), "step_times_s": times,
+              "compile_s": compile_s, "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+              "peak_rss_bytes": peak_rss_bytes(), "devices": jax_setup.mesh.size,
+              "prng": jax.config.jax_default_prng_impl}
+    if name == "recipe":
+        result["host_input_ms"] = host_input_ms(jax_setup, shape, job.batch, job.seq_len)
+    return result
+
+
+def run(args) -> dict:
+    from benchmarks.run import run_module, weights
+    from benchmarks.worker import Job
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="watson-profile-") as folder:
+        job = Job("jax_lora", args.shape, args.batch, args.seq_len, args.steps, args.warmup,
+                  weights(args.shape, Path(folder)))
+        for name in args.variants.split(","):
+            env, what = VARIANTS[name]
+            result = run_module("benchmarks.profile_jax",
+                                ["--worker", name, "--json-args", job.to_json()], env)
+            rows.append({**result, "variant": name, "what": what, "env": env})
+            print(f"  {name:<13} {result['status']} "
+                  f"{result.get('median_step_s', 0) * 1e3:.0f} ms", file=sys.stderr, flush=True)
+    return {"shape": args.shape, "batch": args.batch, "seq_len": args.seq_len,
+            "steps": args.steps, "warmup": args.warmup, "variants": rows,
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": "python -m benchmarks.profile_jax " + " ".join(sys.argv[1:])}
+
+
+def markdown(doc: dict) -> str:
+    base = next((r["median_step_s"] for r in doc["variants"]
+                 if r["variant"] == "recipe" and r["status"] == "ok"), None)
+    lines = [f"# JAX LoRA step profile: {doc['shape']}, batch {doc['batch']} x {doc['seq_len']}",
+             "", f"`{doc['command']}` ({doc['date_utc']}); median of {doc['steps']} steps.", "",
+             "| variant | what it shows | ms/step | vs recipe | compile s | XLA temp MiB "
+             "| peak RSS MiB |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in doc["variants"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['variant']} | {r['what']} | {r['status']}: "
+                         f"{r.get('error', '')} | | | | |")
+            continue
+        ratio = f"{r['median_step_s'] / base:.2f}" if base else "–"
+        temp = "–" if r["temp_bytes"] is None else f"{r['temp_bytes'] / 2**20:.0f}"
+        lines.append(f"| {r['variant']} | {r['what']} | {r['median_step_s'] * 1e3:.0f} | {ratio} "
+                     f"| {r['compile_s']:.1f} | {temp} | {r['peak_rss_bytes'] / 2**20:.0f} |")
+    host = next((r.get("host_input_ms") for r in doc["variants"] if r["variant"] == "recipe"), None)
+    if host is not None:
+        lines += ["", f"Host input path (slice a dynamic-padding batch + device_put): "
+                      f"{host:.2f} ms per step."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--json-args", help=argparse.SUPPRESS)
+    parser.add_argument("--shape", default="minilm", help="mbert, minilm or tiny [default: minilm]")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.variants.split(",") if name not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)}; "
+                     f"choose among {', '.join(VARIANTS)}")
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.json_args)), flush=True)
+        return
+    doc = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"profile_jax_{args.shape}"
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    text = markdown(doc)
+    stem.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""What is benchmarked: model shapes, the five configurations, and each step's FLOPs.
+
+No framework is imported here: run.py computes FLOPs for every worker from the same formulas,
+so every configuration is measured against one definition (written out in BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+NUM_CLASSES = 3
+# Every LoRA configuration: r=16, alpha=16 on query and value (the seed's PEFT config).
+LORA_RANK = 16
+LORA_TARGETS = ("query", "value")
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str  # key in SHAPES, on the command line and in the results
+    vocab_size: int  # rows of the token embedding
+    num_layers: int  # transformer layers
+    hidden_dim: int  # H
+    num_heads: int  # attention heads
+    intermediate_dim: int  # FFN inner width
+    pretrained: bool  # True: the real all-MiniLM-L6-v2 weights; False: random weights
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# mBERT-base (bert_base_multi / bert-base-multilingual-cased) with random weights: the
+# pretrained files are not reachable here, and step time does not depend on weight values.
+MBERT = Shape("mbert", 119_547, 12, 768, 12, 3072, pretrained=False)
+# Tiny random shape for the harness test only: seconds per configuration.
+TINY = Shape("tiny", 512, 2, 32, 2, 64, pretrained=False)
+
+
+def minilm_shape() -> Shape:
+    """all-MiniLM-L6-v2, read from the config.json of the folder the weights come from."""
+    from shared.presets import minilm_dir
+
+    config = json.loads((minilm_dir() / "config.json").read_text())
+    return Shape("minilm", config["vocab_size"], config["num_hidden_layers"],
+                 config["hidden_size"], config["num_attention_heads"],
+                 config["intermediate_size"], pretrained=True)
+
+
+def get_shape(name: str) -> Shape:
+    if name == "minilm":
+        return minilm_shape()
+    shapes = {shape.name: shape for shape in (MBERT, TINY)}
+    if name not in shapes:
+        raise ValueError(f"--shapes {name}: unknown shape; choose among mbert, minilm, tiny")
+    return shapes[name]
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str  # key on the command line and in the results
+    number: int  # the issue's numbering, 1-5
+    framework: str  # worker module benchmarks/bench_<framework>.py
+    method: str  # "full", "lora_adapter" (x·A·B beside x·W) or "lora_merged" (x·(W + A·B))
+    label: str  # one line for the tables
+
+
+CONFIGS = (
+    Config("tf_full", 1, "tf", "full", "TF keras-hub full fine-tune (tf_baseline)"),
+    Config("tf_lora", 2, "tf", "lora_merged", "TF keras-hub enable_lora(16)"),
+    Config("jax_lora", 3, "jax", "lora_adapter", "JAX LoRA (jax_lora)"),
+    Config("jax_full", 4, "jax", "full", "JAX full fine-tune (same Flax model)"),
+    Config("torch_peft", 5, "torch", "lora_adapter", "PyTorch + transformers + PEFT LoRA"),
+)
+CONFIG_BY_NAME = {config.name: config for config in CONFIGS}
+
+
+def forward_flops(shape: Shape, batch: int, seq_len: int) -> dict[str, int]:
+    """Multiply-adds x2 of one forward pass, by part. Embedding lookups, softmax, LayerNorm,
+    GELU and the optimizer are not matmuls and are left out, as in the usual 6·N·tokens count."""
+    tokens = batch * seq_len
+    hidden, layers = shape.hidden_dim, shape.num_layers
+    return {
+        "projections": 2 * tokens * layers * 4 * hidden * hidden,  # query, key, value, output
+        "ffn": 2 * tokens * layers * 2 * hidden * shape.intermediate_dim,
+        "attention": 4 * batch * seq_len * seq_len * hidden * layers,  # Q·Kᵀ and P·V
+        # Pooler and head see the [CLS] token only.
+        "pooler": 2 * batch * hidden * hidden,
+        "head": 2 * batch * hidden * NUM_CLASSES,
+    }
+
+
+def step_flops(shape: Shape, batch: int, seq_len: int, method: str) -> int:
+    """FLOPs one training step needs with this method: forward + the backward it requires.
+
+    A trained matmul costs 3x its forward (forward, input gradient, weight gradient). A frozen
+    matmul on the gradient path costs 2x (no weight gradient). Attention matmuls multiply two
+    activations, so both gradients are needed: 3x. LoRA-adapted projections:
+    - lora_adapter (PEFT, jax_lora): x·W frozen (2x) plus x·A·B trained (3x its
+      2·tokens·r·2H);
+    - lora_merged (Keras enable_lora): x·(W + s·A·B) needs the weight gradient of the merged
+      kernel to reach A and B, so 3x, plus the merge A·B itself (3x its 2·H²·r) each step.
+    """
+    fwd = forward_flops(shape, batch, seq_len)
+    if method == "full":
+        return 3 * sum(fwd.values())
+    if method not in ("lora_adapter", "lora_merged"):
+        raise ValueError(f"method {method!r}: expected full, lora_adapter or lora_merged")
+    hidden, layers, tokens = shape.hidden_dim, shape.num_layers, batch * seq_len
+    adapted = len(LORA_TARGETS) * layers  # projections with adapters
+    per_projection = 2 * tokens * hidden * hidden
+    frozen = (2 * (fwd["projections"] + fwd["ffn"] + fwd["pooler"])
+              + 3 * (fwd["attention"] + fwd["head"]))
+    if method == "lora_adapter":
+        return frozen + 3 * adapted * 2 * tokens * LORA_RANK * 2 * hidden
+    return frozen + adapted * per_projection + 3 * adapted * 2 * hidden * hidden * LORA_RANK

@@ -1,0 +1,211 @@
+"""The benchmark harness end to end on a tiny shape: every installed configuration runs 2 steps
+in its own process and the results document has the promised fields and consistent numbers.
+Not a timing test: no assertion depends on how fast anything ran."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import epoch, report, run
+from benchmarks.report import REFERENCES
+from benchmarks.run import REQUIRED_MODULES
+from benchmarks.spec import (CONFIGS, LORA_RANK, MBERT, NUM_CLASSES, TINY, forward_flops,
+                             step_flops)
+
+REPO = Path(__file__).resolve().parent.parent.parent
+BATCH, SEQ_LEN, STEPS = 2, 16, 2
+RESULT_FIELDS = {"job", "status", "median_step_s", "step_times_s", "peak_rss_bytes",
+                 "trainable_params", "total_params", "info", "metrics", "wall_s"}
+METRIC_FIELDS = {"steps_per_s", "examples_per_s", "model_flops_per_step",
+                 "full_ft_flops_per_step", "achieved_gflops", "full_ft_equivalent_gflops",
+                 "pct_of_peak"}
+
+
+def installed(config) -> bool:
+    return all(importlib.util.find_spec(name) for name in REQUIRED_MODULES[config.framework])
+
+
+def bert_params(shape) -> int:
+    """Every parameter of BertTextClassifier at this shape (no adapters), counted by hand."""
+    h, f = shape.hidden_dim, shape.intermediate_dim
+    embeddings = (shape.vocab_size + 512 + 2) * h + 2 * h  # token, position, segment, LayerNorm
+    layer = 4 * (h * h + h) + (h * f + f) + (f * h + h) + 2 * 2 * h
+    return embeddings + shape.num_layers * layer + (h * h + h) + (h * NUM_CLASSES + NUM_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    command = [sys.executable, "benchmarks/run.py", "--suite", "quick", "--shapes", "tiny",
+               "--steps", str(STEPS), "--warmup", "1", "--batch", str(BATCH),
+               "--seq-len", str(SEQ_LEN), "--peak-size", "128", "--jobs", "5", "--out", str(out)]
+    # The workers compile more than they run here: XLA's cheapest codegen halves the test's time
+    # (TF's jit_compile reads XLA_FLAGS too). The five configurations run at once (--jobs 5).
+    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0 "
+                                      "--xla_llvm_disable_expensive_passes=true"}
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "quick.json").read_text()), (out / "quick.md").read_text()
+
+
+def test_every_installed_configuration_ran_and_others_skipped(quick_run):
+    doc, _ = quick_run
+    assert doc["schema"] == "watson-peft-benchmarks/1"
+    assert doc["command"].startswith("python benchmarks/run.py --suite quick")
+    assert {"cpu", "cores", "memory_gib", "platform", "git_commit"} <= set(doc["machine"])
+    assert doc["matmul_peak"]["status"] == "ok"
+    assert doc["matmul_peak"]["peak_fp32_gflops"] == max(
+        v for k, v in doc["matmul_peak"]["gflops"].items() if k.endswith("fp32"))
+    by_config = {r["job"]["config"]: r for r in doc["results"]}
+    assert list(by_config) == [c.name for c in CONFIGS]
+    for config in CONFIGS:
+        result = by_config[config.name]
+        if not installed(config):
+            assert result["status"] == "skipped" and "not installed" in result["reason"]
+            continue
+        assert result["status"] == "ok", result
+        assert RESULT_FIELDS <= set(result) and METRIC_FIELDS <= set(result["metrics"])
+        assert len(result["step_times_s"]) == STEPS
+        assert result["peak_rss_bytes"] > 50 * 2**20  # a Python process with a framework loaded
+
+
+def test_derived_numbers_follow_from_the_measurements(quick_run):
+    doc, _ = quick_run
+    peak = doc["matmul_peak"]["peak_fp32_gflops"]
+    ran = {r["job"]["config"]: r for r in doc["results"] if r["status"] == "ok"}
+    for name, result in ran.items():
+        metrics, median = result["metrics"], result["median_step_s"]
+        flops = step_flops(TINY, BATCH, SEQ_LEN, result["method"])
+        assert metrics["model_flops_per_step"] == flops
+        assert metrics["examples_per_s"] == pytest.approx(BATCH / median)
+        assert metrics["achieved_gflops"] == pytest.approx(flops / median / 1e9)
+        assert metrics["pct_of_peak"] == pytest.approx(100 * flops / median / 1e9 / peak)
+        for ref in REFERENCES:
+            if ref in ran:
+                assert metrics[f"speedup_vs_{ref}"] == pytest.approx(
+                    ran[ref]["median_step_s"] / median)
+                assert metrics[f"rss_vs_{ref}"] == pytest.approx(
+                    result["peak_rss_bytes"] / ran[ref]["peak_rss_bytes"])
+    if "tf_full" in ran:
+        assert ran["tf_full"]["metrics"]["speedup_vs_tf_full"] == 1.0
+
+
+def test_parameter_counts_match_the_shape(quick_run):
+    doc, _ = quick_run
+    ran = {r["job"]["config"]: r for r in doc["results"] if r["status"] == "ok"}
+    h, layers, heads = TINY.hidden_dim, TINY.num_layers, TINY.num_heads
+    head = h * NUM_CLASSES + NUM_CLASSES
+    adapters = layers * 2 * LORA_RANK * (h + h)  # PEFT-style A [H, r] and B [r, H] on Q and V
+    # keras-hub factorises per head: A [H, heads, r], B [r, head_dim]; Q/V biases train too.
+    keras_adapters = layers * 2 * (h * heads * LORA_RANK + LORA_RANK * (h // heads) + h)
+    expected = {"tf_full": (bert_params(TINY), bert_params(TINY)),
+                "tf_lora": (keras_adapters + head, None),
+                "jax_lora": (adapters + head, bert_params(TINY) + adapters),
+                "jax_full": (bert_params(TINY), bert_params(TINY)),
+                "torch_peft": (adapters + head, None)}
+    for name, result in ran.items():
+        trainable, total = expected[name]
+        assert result["trainable_params"] == trainable, name
+        if total is not None:
+            assert result["total_params"] == total, name
+
+
+def test_markdown_quotes_every_configuration(quick_run):
+    doc, markdown = quick_run
+    assert doc["command"] in markdown
+    for result in doc["results"]:
+        label = next(c.label for c in CONFIGS if c.name == result["job"]["config"])
+        assert label in markdown
+    assert "## Targets (JAX LoRA)" in markdown or "jax_lora" not in {
+        r["job"]["config"] for r in doc["results"] if r["status"] == "ok"}
+
+
+def test_flops_formula():
+    # Full fine-tuning: 3x the forward pass. With H=32, F=64, L=2 the projections and FFN
+    # hold 2·(4·32² + 2·32·64) = 16,384 weights: 6 · 16,384 · tokens (the 6·N·D rule).
+    tokens = BATCH * SEQ_LEN
+    forward = forward_flops(TINY, BATCH, SEQ_LEN)
+    assert forward["projections"] + forward["ffn"] == 2 * 16_384 * tokens
+    assert step_flops(TINY, BATCH, SEQ_LEN, "full") == 3 * sum(forward.values())
+    lora = step_flops(TINY, BATCH, SEQ_LEN, "lora_adapter")
+    merged = step_flops(TINY, BATCH, SEQ_LEN, "lora_merged")
+    frozen = 2 * (forward["projections"] + forward["ffn"] + forward["pooler"])
+    trained = 3 * (forward["attention"] + forward["head"])
+    assert lora == frozen + trained + 3 * 4 * 2 * tokens * LORA_RANK * 2 * 32
+    assert merged == frozen + trained + 4 * 2 * tokens * 32 * 32 + 3 * 4 * 2 * 32 * 32 * LORA_RANK
+    with pytest.raises(ValueError, match="method"):
+        step_flops(TINY, BATCH, SEQ_LEN, "half")
+
+
+@pytest.mark.parametrize("flags, field", [(["--configs", "tf_full,nope"], "--configs"),
+                                          (["--shapes", "huge"], "--shapes"),
+                                          (["--steps", "0"], "--steps")])
+def test_bad_flags_exit_2_and_write_nothing(tmp_path, capsys, flags, field):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main([*flags, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(f"error: {field}") and stderr.count("\n") == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_epoch_estimate_sums_measured_steps_over_the_recipes_batches(watson_dir):
+    """The epoch arithmetic on the real split, with step times that grow with length (the
+    workers themselves are exercised above)."""
+    jobs = []
+
+    def run_config(config, job):
+        jobs.append(job)
+        seconds = {length: length / 100 for length in (job.seq_len, *job.extra_seq_lens)}
+        return {"status": "ok", "median_step_s": seconds[job.seq_len],
+                "extra_seq_lens": {str(k): {"median_step_s": v} for k, v in seconds.items()}}
+
+    estimate = epoch.estimate(watson_dir, "unused-preset", warmup=1, steps=3,
+                              run_config=run_config)
+    assert estimate["status"] == "ok" and estimate["source"]["rows"] == 8484
+    tf_row, jax_row = estimate["trainers"]
+    assert (tf_row["steps"], tf_row["steps_per_length"]) == (530, {"512": 530})
+    assert tf_row["epoch_s"] == pytest.approx(530 * 5.12)
+    assert jax_row["steps"] == 530 == sum(jax_row["steps_per_length"].values())
+    assert jax_row["epoch_s"] == pytest.approx(
+        sum(int(k) / 100 * n for k, n in jax_row["steps_per_length"].items()))
+    assert set(jax_row["steps_per_length"]) <= {"32", "64", "128", "256", "512"}
+    assert estimate["speedup"] == pytest.approx(tf_row["epoch_s"] / jax_row["epoch_s"])
+    assert tf_row["epoch_flops"] == 530 * step_flops(MBERT, 16, 512, "full")
+    assert estimate["flops_ratio"] == pytest.approx(
+        tf_row["epoch_flops"] / jax_row["epoch_flops"])
+    assert f"**{estimate['speedup']:.1f}×** faster" in "\n".join(report.epoch_lines(estimate))
+    assert [(j.config, j.shape, j.batch) for j in jobs] == [("tf_full", "mbert", 16),
+                                                            ("jax_lora", "mbert", 16)]
+
+
+def test_epoch_estimate_skips_without_data(tmp_path):
+    estimate = epoch.estimate(tmp_path, "unused-preset", warmup=1, steps=3, run_config=None)
+    assert estimate["status"] == "skipped" and str(tmp_path) in estimate["reason"]
+
+
+def test_a_configuration_whose_packages_are_missing_is_skipped(monkeypatch):
+    monkeypatch.setitem(run.REQUIRED_MODULES, "torch", ("torch", "no_such_module_peft"))
+    job = run.Job("torch_peft", "tiny", BATCH, SEQ_LEN, STEPS, 1, "unused-preset")
+    result = run.run_config(run.CONFIG_BY_NAME["torch_peft"], job)
+    assert result["status"] == "skipped"
+    assert result["reason"] == ("not installed: no_such_module_peft "
+                                "(bash benchmarks/setup_peer.sh)")
+
+
+def test_results_are_quoted_between_the_suites_markers(tmp_path, monkeypatch):
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("intro\n<!-- begin results/quick.md -->\nold\n<!-- end results/quick.md -->\n"
+                   "<!-- begin results/full.md -->\nkept\n<!-- end results/full.md -->\n")
+    monkeypatch.setattr(run, "DOC", doc)
+    run.quote_in_doc("quick", "# Benchmarks\n\n| a |\n")
+    assert doc.read_text() == ("intro\n<!-- begin results/quick.md -->\n## Benchmarks\n\n| a |\n"
+                               "<!-- end results/quick.md -->\n<!-- begin results/full.md -->\n"
+                               "kept\n<!-- end results/full.md -->\n")
