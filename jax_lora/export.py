@@ -80,3 +80,38 @@ def export_preset(model: BertClassifier, tokenizer: Tokenizer, out_dir: str | Pa
         out_dir.rmdir()
     staging.rename(out_dir)
     return out_dir
+
+
+def main(argv=None) -> None:
+    """python -m jax_lora.export --run-dir RUN --out DIR: a finished run as a keras-hub preset."""
+    import argparse
+    import json
+
+    from jax_lora.checkpoint import ADAPTER, load_adapter
+    from shared.cli import exit_on_bad_input
+    from shared.run_dir import MANIFEST
+
+    parser = argparse.ArgumentParser(
+        prog="python -m jax_lora.export",
+        description="Merge a jax_lora run's adapter into its base BERT and write a keras-hub "
+                    "preset folder that keras_hub.models.BertTextClassifier.from_preset loads.")
+    parser.add_argument("--run-dir", type=Path, required=True, help="a finished jax_lora run")
+    parser.add_argument("--out", type=Path, required=True, help="new folder for the preset")
+    parser.add_argument("--preset", default=None,
+                        help="the base weights, when they moved since training [default: the "
+                             "preset recorded in the adapter]")
+    args = parser.parse_args(argv)
+    with exit_on_bad_input():
+        manifest_path = args.run_dir / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"--run-dir {args.run_dir}: no {MANIFEST}; pass a jax_lora run")
+        sequence_length = json.loads(manifest_path.read_text())["config"]["sequence_length"]
+        pretrained = load_adapter(args.run_dir / ADAPTER, args.preset)
+        export_preset(pretrained.model, pretrained.tokenizer, args.out,
+                      sequence_length=sequence_length)
+    print(f"keras-hub preset written to {args.out}; load it with "
+          f"keras_hub.models.BertTextClassifier.from_preset({str(args.out)!r})")
+
+
+if __name__ == "__main__":
+    main()

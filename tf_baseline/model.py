@@ -1,0 +1,145 @@
+"""The notebook's model: distribution strategy, BertTextClassifier from a preset, optional LoRA."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import keras
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+from shared.data import LABEL_NAMES
+from shared.presets import PresetError, preset_kind
+
+NUM_CLASSES = len(LABEL_NAMES)
+TASK_CONFIG = "task.json"  # what keras-hub's save_to_preset adds for a whole classifier
+
+
+def make_strategy(cpu_replicas: int | None) -> tf.distribute.Strategy:
+    """The notebook's: a TPU when one answers, else MirroredStrategy over what TF sees."""
+    if cpu_replicas:
+        return _cpu_mirrored_strategy(cpu_replicas)
+    try:
+        tpu = tf.distribute.cluster_resolver.TPUClusterResolver.connect()
+        return tf.distribute.TPUStrategy(tpu)
+    except ValueError:  # no TPU: CPU, one GPU or several GPUs
+        return tf.distribute.MirroredStrategy()
+
+
+def _cpu_mirrored_strategy(replicas: int) -> tf.distribute.Strategy:
+    # MirroredStrategy() alone never mirrors over CPUs, so several replicas on a machine
+    # without accelerators (tests, CI) need logical CPUs, named explicitly.
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    except RuntimeError:  # devices already initialised: fine if they match the request
+        pass
+    logical = tf.config.list_logical_devices("CPU")
+    if len(logical) != replicas:
+        raise ValueError(f"--cpu-replicas {replicas}: TensorFlow already runs with "
+                         f"{len(logical)} logical CPU(s) in this process; start a new process")
+    return tf.distribute.MirroredStrategy([device.name for device in logical])
+
+
+def describe_strategy(strategy: tf.distribute.Strategy) -> dict:
+    return {"strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
+            "devices": list(strategy.extended.worker_devices)}
+
+
+def load_preprocessor(preset: str, sequence_length: int | None):
+    """The preset's own preprocessor: [CLS] premise [SEP] hypothesis [SEP], round-robin."""
+    overrides = {} if sequence_length is None else {"sequence_length": sequence_length}
+    return _from_preset(keras_hub.models.BertTextClassifierPreprocessor, preset, **overrides)
+
+
+def load_classifier(preset: str, strategy: tf.distribute.Strategy, lora_rank: int | None = None):
+    """BertTextClassifier for 3 classes without preprocessor, its variables on `strategy`.
+
+    The preprocessor runs in the tf.data pipeline instead (see data.py), so fit, evaluate and
+    predict take token ids. A backbone-only preset gets a fresh head, as in the notebook; a
+    classifier preset (a run's `preset/`) brings its trained head.
+    """
+    # keras-hub re-initialises a saved head when num_classes is passed, even unchanged.
+    head = {} if (Path(preset) / TASK_CONFIG).is_file() else {"num_classes": NUM_CLASSES}
+    with strategy.scope():
+        classifier = _from_preset(keras_hub.models.BertTextClassifier, preset,
+                                  preprocessor=None, **head)
+        if classifier.num_classes != NUM_CLASSES:
+            raise PresetError(f"--preset {preset}: holds a classifier for "
+                              f"{classifier.num_classes} classes; Watson has {NUM_CLASSES}")
+        if lora_rank:
+            # keras-hub needs LoRA variables created under the scope, like every other one.
+            classifier.backbone.enable_lora(lora_rank)
+    return classifier
+
+
+def _from_preset(cls, preset: str, **kwargs):
+    kind = preset_kind(preset)
+    try:
+        return cls.from_preset(preset, **kwargs)
+    except Exception as err:  # keras-hub raises many types (hub, JSON, shape, class mismatch)
+        where = ("a keras-hub preset name; it needs network access to the model hub, or attach "
+                 "the model under /kaggle/input and pass its folder") if kind == "name" else \
+            "a folder that keras-hub cannot load as a BERT preset"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PresetError(f"--preset {preset}: {where} ({type(err).__name__}: {reason})") from None
+
+
+def check_sequence_length(preprocessor, classifier) -> None:
+    limit = classifier.backbone.max_sequence_length
+    if preprocessor.sequence_length > limit:
+        raise ValueError(f"--sequence-length {preprocessor.sequence_length}: the preset's "
+                         f"position table holds {limit}; pass at most {limit}")
+
+
+def describe_weights(preset: str) -> dict:
+    """The manifest's `weights`: where they came from, and a hash when they are a local file."""
+    kind = preset_kind(preset)
+    files = {"hf": "model.safetensors", "keras_dir": "model.weights.h5"}
+    path = Path(preset) / files[kind] if kind in files else None
+    return {"preset": preset, "kind": kind, "sha256": _sha256(path) if path else None}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def count_params(classifier) -> dict:
+    """Parameter counts as Keras sees them: with LoRA, keras-hub's per-head factors count."""
+    total = int(sum(np.prod(v.shape) for v in classifier.weights))
+    trainable = int(sum(np.prod(v.shape) for v in classifier.trainable_weights))
+    return {"total": total, "trainable": trainable,
+            "trainable_pct": round(100.0 * trainable / total, 4)}
+
+
+def inference_model(classifier) -> keras.Model:
+    """Logits and final-layer [CLS] vectors in one backbone pass.
+
+    The classifier's dropout is the identity at inference, so the logits equal
+    classifier.predict's; the [CLS] vector is sequence_output[:, 0, :], the definition the
+    JAX side uses for its embeddings too.
+    """
+    features = classifier.backbone.input
+    outputs = classifier.backbone(features)
+    return keras.Model(features, {
+        "logits": classifier.output_dense(outputs["pooled_output"]),
+        "cls": outputs["sequence_output"][:, 0, :],
+    })
+
+
+def save_preset(classifier, preprocessor, preset_dir: Path) -> None:
+    """A keras-hub preset of the trained classifier, with its preprocessor, for `predict`."""
+    # An uncompiled twin sharing the trained layers: saving the compiled classifier would
+    # store its Adam moments too, twice the size of the weights.
+    twin = keras_hub.models.BertTextClassifier(
+        classifier.backbone, classifier.num_classes, preprocessor=preprocessor,
+        activation=classifier.activation, dropout=classifier.dropout)
+    twin.output_dense.set_weights(classifier.output_dense.get_weights())
+    twin.save_to_preset(str(preset_dir))

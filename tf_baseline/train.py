@@ -1,0 +1,226 @@
+r"""Full fine-tuning of multilingual BERT with keras-hub: the Kaggle KerasNLP starter notebook.
+
+    python tf_baseline/train.py                 # bert_base_multi, 3 epochs, Kaggle split
+    MINILM=$(python -c 'from shared.presets import minilm_dir; print(minilm_dir())')
+    python tf_baseline/train.py --preset $MINILM --sequence-length 64 --epochs 1 --limit 300 \
+        --run-dir /tmp/tfcheck --quiet          # offline: MiniLM on the embedded sample
+
+Expected (notebook's saved runs, TPU v3-8, ~39 s per epoch): validation accuracy 0.56-0.63
+after each of the 3 epochs, varying run to run. The run directory (shared/run_dir.py)
+gets the manifest, predictions.csv (all validation rows), history.csv, submission.csv,
+cls_embeddings.npy, and preset/ (the trained classifier, reloadable by `predict`).
+Killed runs resume from run_dir/backup when the same command is run again.
+
+API: `train(config) -> run_dir`, `predict(run_dir, frame) -> probabilities`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no CUDA chatter
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from shared.cli import Data, exit_on_bad_input, load_data  # noqa: E402
+from shared.run_dir import (HISTORY_COLUMNS, MANIFEST, RunWriter, library_versions,  # noqa: E402
+                            peak_host_rss_mb, predictions_frame, submission_frame)
+from tf_baseline.callbacks import EpochRecorder, ExactResume, peak_gpu_memory_mb  # noqa: E402
+from tf_baseline.config import TrainConfig, parse_config  # noqa: E402
+from tf_baseline.data import text_dataset  # noqa: E402
+from tf_baseline.model import (check_sequence_length, count_params, describe_strategy,  # noqa: E402
+                               describe_weights, inference_model, load_classifier,
+                               load_preprocessor, make_strategy, save_preset)
+
+TRAINER = "tf_baseline"
+PRESET_DIR = "preset"  # the trained classifier inside a run directory
+BACKUP_DIR = "backup"  # resume state; removed once the run has finished
+PREDICT_BATCH = 64  # rows per predict batch when no strategy sets one
+
+
+@dataclass
+class Setup:
+    """Everything validated and built: what remains cannot fail on bad input."""
+    config: TrainConfig
+    data: Data
+    strategy: tf.distribute.Strategy
+    preprocessor: object
+    classifier: keras.Model
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_per_replica * self.strategy.num_replicas_in_sync
+
+
+def prepare(config: TrainConfig) -> Setup:
+    """Data, strategy and model, with every check that bad input can fail; writes nothing."""
+    data = load_data(config.data_args)
+    check_run_dir(config)
+    keras.backend.clear_session()  # fresh layer names, so a resumed run's state paths match
+    keras.utils.set_random_seed(config.seed)  # head init and dropout
+    strategy = make_strategy(config.cpu_replicas)
+    print(f"replicas: {strategy.num_replicas_in_sync} ({type(strategy).__name__})")
+    setup = Setup(config, data, strategy, load_preprocessor(config.preset, config.sequence_length),
+                  load_classifier(config.preset, strategy, config.lora_rank))
+    check_sequence_length(setup.preprocessor, setup.classifier)
+    for part, frame in (("training", data.train), ("validation", data.val)):
+        if len(frame) < setup.global_batch:  # the notebook drops incomplete batches
+            raise ValueError(f"--batch-per-replica {config.batch_per_replica}: a global batch "
+                             f"of {setup.global_batch} rows exceeds the {len(frame)} {part} "
+                             f"rows; use more rows or a smaller batch")
+    return setup
+
+
+def check_run_dir(config: TrainConfig) -> None:
+    """A run directory is new, empty, or an unfinished run of the same config (a resume)."""
+    run_dir = Path(config.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--run-dir {run_dir}: is a file; pass a folder")
+    manifest_path = run_dir / MANIFEST
+    if not manifest_path.is_file():
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise ValueError(f"--run-dir {run_dir}: folder holds files but no run; pass a new "
+                             f"or empty folder")
+        return
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{manifest_path}: not valid JSON ({err}); pass a new --run-dir") from None
+    if manifest.get("trainer") != TRAINER:
+        raise ValueError(f"--run-dir {run_dir}: holds a {manifest.get('trainer')} run; pass a "
+                         f"new folder")
+    if manifest.get("status") == "finished":
+        raise ValueError(f"--run-dir {run_dir}: holds a finished run; pass a new folder or "
+                         f"delete this one to run again")
+    before = {k: v for k, v in manifest.get("config", {}).items() if k in config.resume_key()}
+    changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in config.resume_key().items()
+               if before.get(k) != v]
+    if changed:
+        raise ValueError(f"--run-dir {run_dir}: holds an unfinished run with other settings "
+                         f"({'; '.join(changed)}); rerun its command to resume it, or pass a "
+                         f"new folder")
+
+
+def run(setup: Setup, callbacks=()) -> Path:
+    """Fit, predict, write the run directory. `callbacks` go after the run's own."""
+    config, data, strategy, classifier = (setup.config, setup.data, setup.strategy,
+                                          setup.classifier)
+    replicas = strategy.num_replicas_in_sync
+    run_dir = Path(config.run_dir)
+
+    # Data: the notebook's pipeline; incomplete batches dropped for fit and its validation.
+    train_ds = text_dataset(data.train, setup.preprocessor, setup.global_batch, labels=True,
+                            drop_remainder=True)
+    val_ds = text_dataset(data.val, setup.preprocessor, setup.global_batch, labels=True,
+                          drop_remainder=True)
+    steps = len(data.train) // setup.global_batch
+    print(f"data: {len(data.train)} train / {len(data.val)} validation rows, global batch "
+          f"{setup.global_batch}, {steps} steps per epoch")
+
+    # Optimizer and loss: the notebook's, the learning rate scaled by the replica count.
+    learning_rate = config.lr_per_replica * replicas
+    with strategy.scope():
+        classifier.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                           loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                           metrics=["accuracy"])
+
+    writer = RunWriter(run_dir)
+    writer.start(trainer=TRAINER, config=config.to_dict(), weights=describe_weights(config.preset),
+                 split=data.split.describe(), data=data.describe(),
+                 versions=library_versions("tensorflow", "keras", "keras-hub", "keras-nlp"),
+                 devices=describe_strategy(strategy), params=count_params(classifier))
+    writer.update(preprocessing=describe_preprocessor(setup.preprocessor),
+                  training={"optimizer": type(classifier.optimizer).__name__,
+                            "learning_rate": learning_rate, "global_batch": setup.global_batch,
+                            "steps_per_epoch": steps, "loss": type(classifier.loss).__name__,
+                            "from_logits": classifier.loss.from_logits})
+    backup = run_dir / BACKUP_DIR
+    if backup.is_dir():
+        print(f"resuming from {backup}")
+
+    # Fit. Order matters: the record and the exact state of an epoch exist before its backup.
+    classifier.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+                   verbose=0 if config.quiet else "auto",
+                   callbacks=[EpochRecorder(writer, steps * setup.global_batch),
+                              ExactResume(backup / "exact"),
+                              keras.callbacks.BackupAndRestore(str(backup / "keras"),
+                                                               double_checkpoint=True,
+                                                               delete_checkpoint=False),
+                              *callbacks])
+
+    # Outputs: predictions cover every validation and test row.
+    save_preset(classifier, setup.preprocessor, run_dir / PRESET_DIR)
+    with strategy.scope():
+        model = inference_model(classifier)
+    # One pass over validation + test rows: predict costs a trace per call.
+    rows = pd.concat([data.val, data.test]) if data.test is not None else data.val
+    all_probs, all_cls = predict_arrays(model, setup.preprocessor, rows, setup.global_batch)
+    probs, cls = all_probs[:len(data.val)], all_cls[:len(data.val)]
+    writer.write_predictions(predictions_frame(data.val, probs))
+    writer.write_embeddings(cls)
+    writer.write_history(pd.DataFrame(writer.manifest["epochs"])[list(HISTORY_COLUMNS)])
+    if data.test is not None:
+        writer.write_submission(submission_frame(data.test, all_probs[len(data.val):]))
+    # Peaks over every process the run took (a resumed run's epochs were partly elsewhere).
+    epochs = writer.manifest["epochs"]
+    writer.finish(peak_host_rss_mb=_peak(epochs, "peak_host_rss_mb", peak_host_rss_mb()),
+                  peak_accelerator_mem_mb=_peak(epochs, "peak_accelerator_mem_mb",
+                                                peak_gpu_memory_mb()))
+    shutil.rmtree(backup, ignore_errors=True)
+    accuracy = float((probs.argmax(axis=1) == data.val["label"].to_numpy()).mean())
+    print(f"validation accuracy {accuracy:.4f} on all {len(data.val)} rows "
+          f"(last epoch {epochs[-1]['seconds']:.1f} s); run directory {run_dir}")
+    return run_dir
+
+
+def _peak(epochs: list[dict], key: str, now: float | None) -> float | None:
+    return max((v for v in [now] + [e[key] for e in epochs] if v is not None), default=None)
+
+
+def train(config: TrainConfig, callbacks=()) -> Path:
+    """The whole run; resumes `config.run_dir` when it holds an unfinished run of `config`."""
+    return run(prepare(config), callbacks)
+
+
+def predict_arrays(model: keras.Model, preprocessor, frame: pd.DataFrame,
+                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(class probabilities [n, 3], [CLS] vectors [n, hidden]) for every row of `frame`."""
+    dataset = text_dataset(frame, preprocessor, batch_size, labels=False, drop_remainder=False)
+    outputs = model.predict(dataset, verbose=0)
+    logits = outputs["logits"].astype(np.float64)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True), outputs["cls"]
+
+
+def predict(run_dir: Path, frame: pd.DataFrame, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """Class probabilities [n, 3] of a finished run's classifier, on one device."""
+    preset = str(Path(run_dir) / PRESET_DIR)
+    strategy = tf.distribute.get_strategy()
+    model = inference_model(load_classifier(preset, strategy))
+    probs, _ = predict_arrays(model, load_preprocessor(preset, None), frame, batch_size)
+    return probs
+
+
+def describe_preprocessor(preprocessor) -> dict:
+    tokenizer = preprocessor.tokenizer
+    return {"sequence_length": preprocessor.sequence_length, "truncate": preprocessor.truncate,
+            "lowercase": tokenizer.lowercase, "strip_accents": tokenizer.strip_accents,
+            "vocabulary_size": tokenizer.vocabulary_size()}
+
+
+def main(argv=None) -> None:
+    with exit_on_bad_input():
+        setup = prepare(parse_config(argv))
+    run(setup)
+
+
+if __name__ == "__main__":
+    main()
