@@ -3,8 +3,8 @@
 Both recipes fine-tune bert_base_multi (mBERT-base shape) on the `kaggle` split:
 - tf_baseline (the exact notebook replica): every batch padded to the preset's 512 tokens,
   `len(train) // global_batch` steps;
-- jax_lora: dynamic padding, each batch cut at its longest row rounded up to a bucket
-  (jax_lora.input_pipeline), in the recipe's epoch-0 order.
+- jax_lora: the recipe's epoch-0 batches (length-grouped by default), each cut at its longest
+  row rounded up to a bucket (jax_lora.input_pipeline).
 Epoch time = sum over the recipe's batches of the step time measured at that batch's length
 (one worker per trainer times every length it needs). Batch sizes, seeds and buckets are read
 from the trainers' own configs and input pipeline, not restated here.
@@ -50,14 +50,14 @@ def train_lengths(data_dir: Path) -> tuple[np.ndarray, dict]:
 def jax_recipe(lengths: np.ndarray) -> tuple[int, list[int]]:
     """jax_lora's global batch on one device, and the padded length of each batch of epoch 0."""
     from jax_lora.config import TrainConfig
-    from jax_lora.input_pipeline import bucket_length, epoch_order, steps_per_epoch
+    from jax_lora.input_pipeline import bucket_length, epoch_batches
 
     recipe = TrainConfig()
     batch = recipe.batch_per_device
-    order = epoch_order(len(lengths), recipe.seed, epoch=0)
-    return batch, [bucket_length(int(lengths[order[i * batch:(i + 1) * batch]].max()),
-                                 recipe.sequence_length)
-                   for i in range(steps_per_epoch(len(lengths), batch))]
+    batches = epoch_batches(lengths, batch, seed=recipe.seed, epoch=0,
+                            group_by_length=recipe.group_by_length)
+    return batch, [bucket_length(int(lengths[rows].max()), recipe.sequence_length)
+                   for rows in batches]
 
 
 def tf_recipe_batch() -> int:

@@ -44,6 +44,7 @@ class TrainConfig:
     warmup_steps: int = 0  # steps of linear warm-up from 0 to --lr
     sequence_length: int = MAX_SEQUENCE_LENGTH  # tokens per row after truncation (max 512)
     dynamic_padding: bool = True  # pad each batch to its longest row, rounded up to a bucket
+    group_by_length: bool = True  # batch rows of similar length (less padding), in shuffled order
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapters and which head layers train
     checkpoint_every: int = 200  # steps between checkpoints, besides each epoch end; 0 = epoch ends
     keep_checkpoints: int = 3  # newest checkpoints kept in run_dir/checkpoints

@@ -7,9 +7,12 @@ at len(BUCKETS). Padding positions are masked in attention and BERT's positions 
 so a shorter pad changes no real token's value beyond float rounding.
 
 Training batches: a permutation per epoch seeded by (seed, epoch), remainder dropped (like the
-baseline), and addressable by step so a resumed run sees the same batches. Evaluation batches
-cover every row: rows sorted by length (less padding), the last batch filled with repeats of
-its last row that carry weight 0.
+baseline), and addressable by step so a resumed run sees the same batches. With length grouping
+(Hugging Face Trainer's group_by_length) the kept rows are then sorted by length within chunks
+of GROUP_CHUNK_BATCHES batches and the batches shuffled: a batch holds rows of similar length,
+so far fewer padding tokens, while which rows meet in a batch and when still changes every
+epoch. Evaluation batches cover every row: rows sorted by length (less padding), the last
+batch filled with repeats of its last row that carry weight 0.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ import numpy as np
 import pandas as pd
 
 BUCKETS = (32, 64, 128, 256, 512)
+# Batches per length-sorted chunk when grouping (Hugging Face's megabatch of 50): large enough
+# that neighbours in a chunk have near-equal lengths, small enough that a chunk is a random
+# sample of the epoch.
+GROUP_CHUNK_BATCHES = 50
+# Seeds the shuffle of grouped batches apart from the row permutation of the same (seed, epoch).
+BATCH_ORDER_STREAM = 1
 TOKEN_FIELDS = ("token_ids", "segment_ids", "padding_mask")
 
 
@@ -79,12 +88,28 @@ def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(rows)
 
 
+def epoch_batches(lengths: np.ndarray, global_batch: int, *, seed: int, epoch: int,
+                  group_by_length: bool) -> np.ndarray:
+    """Row indices [steps, global_batch] of this epoch's batches, from (seed, epoch) and the
+    rows' token lengths only, so a resume repeats them. The same rows are dropped with and
+    without grouping: the end of the epoch's permutation."""
+    steps = steps_per_epoch(len(lengths), global_batch)
+    order = epoch_order(len(lengths), seed, epoch)[:steps * global_batch]
+    if not group_by_length:
+        return order.reshape(steps, global_batch)
+    chunk = GROUP_CHUNK_BATCHES * global_batch  # a multiple of the batch: no batch spans chunks
+    chunks = np.split(order, range(chunk, len(order), chunk))
+    grouped = np.concatenate([rows[np.argsort(lengths[rows], kind="stable")] for rows in chunks])
+    batch_order = np.random.default_rng([seed, epoch, BATCH_ORDER_STREAM]).permutation(steps)
+    return grouped.reshape(steps, global_batch)[batch_order]
+
+
 def train_batches(data: Encoded, global_batch: int, *, seed: int, epoch: int, dynamic: bool,
-                  start: int = 0) -> Iterator[dict]:
+                  group_by_length: bool = False, start: int = 0) -> Iterator[dict]:
     """Batches `start`, `start`+1, ... of `epoch`; the incomplete last batch is dropped."""
-    order = epoch_order(len(data), seed, epoch)
-    for index in range(start, steps_per_epoch(len(data), global_batch)):
-        rows = order[index * global_batch:(index + 1) * global_batch]
+    batches = epoch_batches(data.lengths, global_batch, seed=seed, epoch=epoch,
+                            group_by_length=group_by_length)
+    for rows in batches[start:]:
         yield data.batch(rows, padded_length(data, rows, dynamic))
 
 

@@ -200,7 +200,8 @@ def train_epoch(setup: Setup, train_step, state: TrainState, *, epoch: int, star
     with compile_clock() as compiled:
         began = time.perf_counter()
         batches = train_batches(setup.encoded["train"], setup.global_batch, seed=config.seed,
-                                epoch=epoch, dynamic=config.dynamic_padding, start=start)
+                                epoch=epoch, dynamic=config.dynamic_padding,
+                                group_by_length=config.group_by_length, start=start)
         for index, batch in enumerate(batches, start=start + 1):
             state, metrics = train_step(state, shard_batch(batch, setup.mesh))
             totals = {k: totals[k] + metrics[k] for k in METRICS}

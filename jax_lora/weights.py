@@ -2,9 +2,10 @@
 
 Both readers map every tensor by name onto a parameter path of models.BertClassifier, check
 its shape, and fail on any tensor left over or any parameter left unset; the head and the LoRA
-factors are the only parameters that start fresh. Files are read directly (h5py, safetensors),
-so loading never imports TensorFlow; only a keras-hub preset *name* needs keras_hub, to
-download the preset folder.
+factors are the only parameters that start fresh. Tensors are read one at a time straight into
+the model, so loading needs the weights' memory plus one tensor, not twice the weights. Files
+are read directly (h5py, safetensors), so loading never imports TensorFlow; only a keras-hub
+preset *name* needs keras_hub, to download the preset folder.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import h5py
 import jax
@@ -59,6 +61,8 @@ KERAS_VARIABLES = {"embeddings": "embedding", "kernel": "kernel", "bias": "bias"
 
 # Parameters that start fresh instead of coming from the checkpoint.
 FRESH = nnx.Any(LoraParam, nnx.PathContains("head"))
+# What the readers yield: (parameter path, array, tensor name in the file).
+Tensor = tuple[tuple, np.ndarray, str]
 
 
 class WeightsError(ValueError):
@@ -80,16 +84,15 @@ def load_pretrained(preset: str, lora: LoraConfig, *, num_classes: int = 3,
     kind = preset_kind(preset)
     directory = resolve_preset_name(preset) if kind == "name" else Path(preset)
     file_kind = "hf" if kind == "hf" else "keras_dir"
-    if file_kind == "hf":
-        config, tensors, weights_file = read_hf(directory)
-    else:
-        config, tensors, weights_file = read_keras(directory)
+    read = read_hf if file_kind == "hf" else read_keras
+    config, tensors, weights_file = read(directory)
+    # Hashed before the model fills: file_sha256 holds the whole file in memory while it runs.
+    sha256 = file_sha256(weights_file)
     model = _fresh_model(config, num_classes, lora, seed)
     assign(model, tensors, weights_file)
     return Pretrained(model=model, config=config,
                       tokenizer=Tokenizer.from_preset_dir(directory, file_kind),
-                      source={"preset": preset, "kind": kind,
-                              "sha256": file_sha256(weights_file)})
+                      source={"preset": preset, "kind": kind, "sha256": sha256})
 
 
 def _fresh_model(config: BertConfig, num_classes: int, lora: LoraConfig,
@@ -130,10 +133,8 @@ def resolve_preset_name(preset: str) -> Path:
     return directory
 
 
-def read_hf(directory: Path) -> tuple[BertConfig, dict, Path]:
-    """BertConfig and {parameter path: (array, tensor name)} from a Hugging Face BERT folder."""
-    from safetensors.numpy import load_file
-
+def read_hf(directory: Path) -> tuple[BertConfig, Iterator[Tensor], Path]:
+    """BertConfig, tensors (read lazily) and weights file of a Hugging Face BERT folder."""
     config_file, weights_file = directory / "config.json", directory / "model.safetensors"
     hf = json.loads(config_file.read_text(encoding="utf-8"))
     for field, expected in (("model_type", "bert"), ("position_embedding_type", "absolute")):
@@ -149,18 +150,24 @@ def read_hf(directory: Path) -> tuple[BertConfig, dict, Path]:
                         num_segments=hf.get("type_vocab_size", 2),
                         dropout=hf.get("hidden_dropout_prob", 0.1),
                         layer_norm_epsilon=hf.get("layer_norm_eps", 1e-12))
-    tensors = {}
-    for name, array in load_file(weights_file).items():
-        if HF_IGNORED.fullmatch(name):
-            continue
-        path = _hf_path(name.removeprefix("bert."))
-        if path is None:
-            raise WeightsError(f"{weights_file}: tensor {name} has no place in the model")
-        # torch Linear stores [out, in]; embeddings are [rows, H] in both.
-        if path[-1] == "kernel":
-            array = array.T
-        tensors[path] = (array, name)
-    return config, tensors, weights_file
+    return config, _hf_tensors(weights_file), weights_file
+
+
+def _hf_tensors(weights_file: Path) -> Iterator[Tensor]:
+    from safetensors import safe_open
+
+    # pread, not the default mmap: mapped pages stay resident until the file is closed, which
+    # would bring back a second copy of the weights.
+    with safe_open(weights_file, framework="numpy", backend="pread") as weights:
+        for name in weights.keys():
+            if HF_IGNORED.fullmatch(name):
+                continue
+            path = _hf_path(name.removeprefix("bert."))
+            if path is None:
+                raise WeightsError(f"{weights_file}: tensor {name} has no place in the model")
+            array = weights.get_tensor(name)
+            # torch Linear stores [out, in]; embeddings are [rows, H] in both.
+            yield path, (array.T if path[-1] == "kernel" else array), name
 
 
 def _hf_path(name: str) -> tuple | None:
@@ -182,11 +189,8 @@ def _hf_path(name: str) -> tuple | None:
     return (*prefix, leaf)
 
 
-def read_keras(directory: Path) -> tuple[BertConfig, dict, Path]:
-    """BertConfig and {parameter path: (array, tensor name)} from a keras-hub preset folder.
-
-    Keras 3 names h5 groups after layer classes (`transformer_encoder_3`), so tensors are
-    mapped through the layer names stored in each group's `vars` attributes instead."""
+def read_keras(directory: Path) -> tuple[BertConfig, Iterator[Tensor], Path]:
+    """BertConfig, tensors (read lazily) and weights file of a keras-hub preset folder."""
     config_file, weights_file = directory / "config.json", directory / "model.weights.h5"
     saved = json.loads(config_file.read_text(encoding="utf-8"))
     if saved.get("class_name") != "BertBackbone":
@@ -199,13 +203,19 @@ def read_keras(directory: Path) -> tuple[BertConfig, dict, Path]:
                         max_sequence_length=keras.get("max_sequence_length", 512),
                         num_segments=keras.get("num_segments", 2),
                         dropout=keras.get("dropout", 0.1))
-    tensors = {}
+    return config, _keras_tensors(weights_file), weights_file
+
+
+def _keras_tensors(weights_file: Path) -> Iterator[Tensor]:
+    """Keras 3 names h5 groups after layer classes (`transformer_encoder_3`), so tensors are
+    mapped through the layer names stored in each group's `vars` attributes instead."""
     with h5py.File(weights_file, "r") as h5:
-        for name, array in _keras_named_tensors(h5, weights_file):
+        for name, dataset in _keras_named_datasets(h5, weights_file):
             layer, _, index = name.rpartition("/")
             path = keras_parameter_path(layer, _h5_variable_name(layer, index))
             if path is None:
                 raise WeightsError(f"{weights_file}: tensor {name} has no place in the model")
+            array = dataset[()]
             # Attention kernels are [H, heads, head_dim] (q, k, v) and [heads, head_dim, H]
             # (output), biases [heads, head_dim]; ours are [d_in, d_out] and [d_out].
             if path[-1] == "kernel" and path[-2] == "output":
@@ -214,8 +224,7 @@ def read_keras(directory: Path) -> tuple[BertConfig, dict, Path]:
                 array = array.reshape(array.shape[0], -1)
             elif path[-1] == "bias":
                 array = array.reshape(-1)
-            tensors[path] = (array, name)
-    return config, tensors, weights_file
+            yield path, array, name
 
 
 def _h5_variable_name(layer: str, index: str) -> str:
@@ -226,8 +235,8 @@ def _h5_variable_name(layer: str, index: str) -> str:
     return names[int(index)] if index.isdigit() and int(index) < len(names) else index
 
 
-def _keras_named_tensors(h5: h5py.File, weights_file: Path):
-    """(layer-name path/index, array) for every variable, e.g. transformer_layer_0/
+def _keras_named_datasets(h5: h5py.File, weights_file: Path) -> list[tuple[str, h5py.Dataset]]:
+    """(layer-name path/index, unread dataset) for every variable, e.g. transformer_layer_0/
     self_attention_layer/query/0."""
     found = []
 
@@ -244,7 +253,7 @@ def _keras_named_tensors(h5: h5py.File, weights_file: Path):
                                        f"re-save the preset with keras >= 3")
                 names.append(group["vars"].attrs["name"])
         # names[0] is the backbone itself.
-        found.append(("/".join([*names[1:], parts[-1]]), item[()]))
+        found.append(("/".join([*names[1:], parts[-1]]), item))
 
     h5.visititems(visit)
     return found
@@ -268,21 +277,24 @@ def keras_parameter_path(layer: str, variable: str) -> tuple | None:
     return (*prefix, KERAS_VARIABLES[variable]) if variable in allowed else None
 
 
-def assign(model: BertClassifier, tensors: dict, weights_file: Path) -> None:
-    """Copy every tensor into the model; all parameters but head and LoRA must be covered."""
-    tensors = dict(tensors)
+def assign(model: BertClassifier, tensors: Iterable[Tensor], weights_file: Path) -> None:
+    """Put each tensor into the model as it is read; every parameter but head and LoRA must
+    receive exactly one."""
     state = nnx.state(model, nnx.Not(FRESH))
-    for path, variable in nnx.to_flat_state(state):
-        if path not in tensors:
-            raise WeightsError(f"{weights_file}: no tensor for parameter "
-                               f"{'/'.join(map(str, path))}")
-        array, name = tensors.pop(path)
+    unset, set_from = dict(nnx.to_flat_state(state)), {}
+    for path, array, name in tensors:
+        where = "/".join(map(str, path))
+        if path not in unset:
+            reason = f"already set from {set_from[path]}" if path in set_from else "maps to"
+            raise WeightsError(f"{weights_file}: tensor {name} has no place in the model "
+                               f"({reason} {where})")
+        variable = unset.pop(path)
         if array.shape != variable.shape:
             raise WeightsError(f"{weights_file}: tensor {name} has shape {array.shape}, "
-                               f"parameter {'/'.join(map(str, path))} needs {variable.shape}")
+                               f"parameter {where} needs {variable.shape}")
         variable.set_value(np.asarray(array, np.float32))
-    if tensors:
-        path, (_, name) = next(iter(tensors.items()))
-        raise WeightsError(f"{weights_file}: tensor {name} has no place in the model "
-                           f"(maps to {'/'.join(map(str, path))})")
+        set_from[path] = name
+    if unset:
+        raise WeightsError(f"{weights_file}: no tensor for parameter "
+                           f"{'/'.join(map(str, next(iter(unset))))}")
     nnx.update(model, state)

@@ -35,7 +35,8 @@ def default_data_dir() -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    with open(path, "rb") as handle:  # streamed: weight files can be gigabytes
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def load_train(data_dir: Path, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> pd.DataFrame:

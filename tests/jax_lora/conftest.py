@@ -1,7 +1,6 @@
 """Tiny random presets for the jax_lora tests, built here, never downloaded.
 
-- `write_tiny_hf_preset(dir)`: a Hugging Face BERT folder (numpy + safetensors, no TensorFlow),
-  uncased, with a vocabulary built from data/sample so sample rows tokenize to varied lengths.
+- `tiny_hf_preset` (tests/conftest.py): a random Hugging Face BERT folder.
 - `keras_hub_reference`: one TensorFlow subprocess (keras_reference.py; pytest itself never
   imports TensorFlow) that builds `tiny_keras_preset` (a cased keras-hub BertTextClassifier
   preset with its head, saved by keras-hub) and records keras-hub's token ids and model
@@ -10,9 +9,7 @@
 
 from __future__ import annotations
 
-import collections
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +22,6 @@ from shared.data import SAMPLE_DATA_DIR, load_test, load_train
 from shared.presets import PresetError, minilm_dir
 
 KERAS_REFERENCE = Path(__file__).with_name("keras_reference.py")
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Texts where keras-hub and Hugging Face BERT tokenizers disagree or rules are easy to get
 # wrong: casing/NFKC, accents, spacing characters, CJK, over-long words, literal specials.
 EDGE_TEXTS = [
@@ -37,13 +33,6 @@ EDGE_TEXTS = [
     "variation\ufe0fselector", "Hangul filler \u3164x", "مُحَمَّد with tashkeel",
     "Thai ภาษาไทย", "हिन्दी", "compat ideograph \uf900", "$100 + 5% = <tag> ^ ` | ~ ??",
 ]
-TINY_HF_CONFIG = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": None,
-                  "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                  "intermediate_size": 64, "max_position_embeddings": 128, "type_vocab_size": 2,
-                  "hidden_dropout_prob": 0.1, "layer_norm_eps": 1e-12,
-                  "position_embedding_type": "absolute", "hidden_act": "gelu"}
-
-
 @pytest.fixture(scope="session")
 def tiny_config() -> BertConfig:
     """The model-only tests' config (random init, no preset)."""
@@ -60,64 +49,6 @@ def tiny_batch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return token_ids, segment_ids, (token_ids > 0).astype(np.int32)
 
 
-def tiny_vocabulary(lowercase: bool, words: int = 300) -> list[str]:
-    """Specials, the most frequent sample words, and every sample character with and without
-    "##", so every sample text tokenizes without [UNK] into a few hundred ids."""
-    frame = load_train(SAMPLE_DATA_DIR)
-    text = " ".join(frame["premise"].tolist() + frame["hypothesis"].tolist())
-    text = text.lower() if lowercase else text
-    counts = collections.Counter(re.findall(r"\w+", text))
-    vocabulary = SPECIAL_TOKENS + [w for w, n in counts.most_common(words) if len(w) > 1]
-    characters = sorted({c for c in text if not c.isspace()})
-    return vocabulary + characters + ["##" + c for c in characters]
-
-
-def write_vocabulary(path: Path, vocabulary: list[str]) -> Path:
-    path.write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
-    return path
-
-
-def write_tiny_hf_preset(directory: Path, seed: int = 0) -> Path:
-    """A random uncased 2-layer BERT as a Hugging Face folder; returns `directory`."""
-    from safetensors.numpy import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    vocabulary = tiny_vocabulary(lowercase=True)
-    config = {**TINY_HF_CONFIG, "vocab_size": len(vocabulary)}
-    rng = np.random.default_rng(seed)
-    hidden, inner = config["hidden_size"], config["intermediate_size"]
-
-    def normal(*shape, mean=0.0):
-        return (mean + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-
-    def dense(name, d_in, d_out):  # torch layout [out, in]
-        return {f"{name}.weight": normal(d_out, d_in), f"{name}.bias": normal(d_out)}
-
-    def layer_norm(name):
-        return {f"{name}.weight": normal(hidden, mean=1.0), f"{name}.bias": normal(hidden)}
-
-    tensors = {"embeddings.word_embeddings.weight": normal(len(vocabulary), hidden),
-               "embeddings.position_embeddings.weight": normal(128, hidden),
-               "embeddings.token_type_embeddings.weight": normal(2, hidden),
-               "embeddings.position_ids": np.arange(128, dtype=np.int64)[None],
-               **layer_norm("embeddings.LayerNorm"), **dense("pooler.dense", hidden, hidden)}
-    for i in range(config["num_hidden_layers"]):
-        prefix = f"encoder.layer.{i}"
-        for name in ("query", "key", "value"):
-            tensors.update(dense(f"{prefix}.attention.self.{name}", hidden, hidden))
-        tensors.update(dense(f"{prefix}.attention.output.dense", hidden, hidden))
-        tensors.update(layer_norm(f"{prefix}.attention.output.LayerNorm"))
-        tensors.update(dense(f"{prefix}.intermediate.dense", hidden, inner))
-        tensors.update(dense(f"{prefix}.output.dense", inner, hidden))
-        tensors.update(layer_norm(f"{prefix}.output.LayerNorm"))
-    save_file(tensors, str(directory / "model.safetensors"))
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
-    (directory / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
-    write_vocabulary(directory / "vocab.txt", vocabulary)
-    return directory
-
-
 def run_keras_reference(*args) -> None:
     """keras_reference.py in a fresh interpreter; its stderr is shown when it fails."""
     result = subprocess.run([sys.executable, str(KERAS_REFERENCE), *map(str, args)],
@@ -130,11 +61,6 @@ def run_keras_reference(*args) -> None:
 def keras_reference():
     """run_keras_reference, for tests (test files cannot import conftest)."""
     return run_keras_reference
-
-
-@pytest.fixture(scope="session")
-def tiny_hf_preset(tmp_path_factory) -> Path:
-    return write_tiny_hf_preset(tmp_path_factory.mktemp("tiny_hf"))
 
 
 def make_sentence_pairs(frames) -> dict[str, list[str]]:
@@ -151,14 +77,14 @@ def sentence_pairs():
 
 
 @pytest.fixture(scope="session")
-def keras_hub_reference(tiny_hf_preset, tmp_path_factory) -> dict:
+def keras_hub_reference(tiny_hf_preset, make_vocabulary, tmp_path_factory) -> dict:
     """{'root', 'pairs', 'presets': {name: (folder, kind)}}; keras-hub's results are
     root/<name>_tokens.npz and root/<name>_outputs.npz, the export round trip of the tiny HF
     model root/exported + root/export.npz (see keras_reference.py)."""
     root = tmp_path_factory.mktemp("keras_hub_reference")
     pairs = make_sentence_pairs([load_train(SAMPLE_DATA_DIR), load_test(SAMPLE_DATA_DIR)])
     (root / "pairs.json").write_text(json.dumps(pairs), encoding="utf-8")
-    vocabulary = write_vocabulary(root / "vocabulary.txt", tiny_vocabulary(lowercase=False))
+    vocabulary = make_vocabulary(root / "vocabulary.txt", lowercase=False)
     presets = {"tiny_keras": (root / "tiny_keras", "keras_dir"), "tiny_hf": (tiny_hf_preset, "hf")}
     try:
         presets["minilm"] = (minilm_dir(), "hf")

@@ -1,10 +1,16 @@
-"""Batches: buckets, per-epoch shuffles that a resume repeats, evaluation that covers every row."""
+"""Batches: buckets, per-epoch shuffles that a resume repeats, length grouping, evaluation
+that covers every row."""
 
 import numpy as np
 import pytest
 
-from jax_lora.input_pipeline import (Encoded, bucket_length, epoch_order, eval_batches,
-                                     steps_per_epoch, train_batches)
+from jax_lora.config import TrainConfig
+from jax_lora.input_pipeline import (GROUP_CHUNK_BATCHES, Encoded, bucket_length, encode,
+                                     epoch_batches, epoch_order, eval_batches, steps_per_epoch,
+                                     train_batches)
+from jax_lora.tokenizer import Tokenizer
+from shared.cli import load_data
+from shared.data import SAMPLE_DATA_DIR
 
 
 def fake_encoded(lengths, sequence_length=128):
@@ -39,14 +45,66 @@ def test_train_batches_drop_remainder_and_reshuffle_per_epoch():
     assert not np.array_equal(epoch_order(10, 7, 1), epoch_order(10, 8, 1))
 
 
-def test_resumed_epoch_yields_the_same_batches():
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_resumed_epoch_yields_the_same_batches(group_by_length):
     data = fake_encoded(np.arange(1, 21) * 5)
-    full = list(train_batches(data, 4, seed=0, epoch=2, dynamic=True))
-    resumed = list(train_batches(data, 4, seed=0, epoch=2, dynamic=True, start=3))
+    full = list(train_batches(data, 4, seed=0, epoch=2, dynamic=True,
+                              group_by_length=group_by_length))
+    resumed = list(train_batches(data, 4, seed=0, epoch=2, dynamic=True,
+                                 group_by_length=group_by_length, start=3))
     assert len(resumed) == 2
     for a, b in zip(full[3:], resumed):
         for key in a:
             assert np.array_equal(a[key], b[key])
+
+
+def test_grouped_batches_keep_every_row_once_and_follow_seed_and_epoch():
+    batch, rows = 8, 2 * GROUP_CHUNK_BATCHES * 8 + 25 * 8 + 5  # 2.5 chunks, remainder of 5
+    lengths = np.random.default_rng(0).integers(3, 200, rows)
+    steps = steps_per_epoch(rows, batch)
+
+    def batches(seed=3, epoch=1, group_by_length=True):
+        return epoch_batches(lengths, batch, seed=seed, epoch=epoch,
+                             group_by_length=group_by_length)
+
+    grouped, plain = batches(), batches(group_by_length=False)
+    assert grouped.shape == plain.shape == (steps, batch)
+    # Every row once; the dropped remainder is the same with and without grouping.
+    assert len(set(grouped.ravel().tolist())) == steps * batch
+    assert sorted(grouped.ravel().tolist()) == sorted(plain.ravel().tolist())
+    # Each batch lies inside one chunk of the epoch's permutation, as a run of its sorted rows.
+    position = np.empty(rows, int)
+    position[epoch_order(rows, 3, 1)] = np.arange(rows)
+    chunk_of = position // (GROUP_CHUNK_BATCHES * batch)
+    assert all(len(set(chunk_of[b].tolist())) == 1 for b in grouped)
+    for chunk in range(3):
+        chunk_batches = [b for b in grouped if chunk_of[b[0]] == chunk]
+        spans = sorted((lengths[b].min(), lengths[b].max()) for b in chunk_batches)
+        assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(spans, spans[1:]))
+    # The batches are shuffled, not served shortest first.
+    widest = lengths[grouped].max(axis=1)
+    assert not (np.all(np.diff(widest) >= 0) or np.all(np.diff(widest) <= 0))
+    # Deterministic in (seed, epoch) and nothing else.
+    assert np.array_equal(grouped, batches())
+    assert not np.array_equal(grouped, batches(epoch=2))
+    assert not np.array_equal(grouped, batches(seed=4))
+
+
+def test_grouping_cuts_padding_on_the_sample(tiny_hf_preset):
+    """Padding tokens of three recipe epochs (batch 16, dynamic buckets) on the embedded
+    sample's training split; measured: grouped 28,523 vs 54,123 random (ratio 0.53)."""
+    recipe = TrainConfig(data_dir=SAMPLE_DATA_DIR)
+    train = load_data(recipe.data_args).train
+    data = encode(Tokenizer.from_preset_dir(tiny_hf_preset, "hf"), train, 128)
+    padding = {}
+    for group_by_length in (False, True):
+        masks = [batch["padding_mask"] for epoch in range(3) for batch in train_batches(
+            data, recipe.batch_per_device, seed=recipe.seed, epoch=epoch, dynamic=True,
+            group_by_length=group_by_length)]
+        batch = recipe.batch_per_device
+        assert sum(len(m) for m in masks) == 3 * (len(train) // batch) * batch
+        padding[group_by_length] = sum(int(m.size - m.sum()) for m in masks)
+    assert padding[True] < 0.65 * padding[False]
 
 
 def test_dynamic_padding_keeps_every_real_token():

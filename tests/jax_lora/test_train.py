@@ -171,6 +171,10 @@ def test_flags_map_onto_the_config():
             config.limit) == (False, 1e-3, "linear", 5, 40)
     assert parse_config(["--targets", "query,key,ffn_out"]).lora.targets == (
         "query", "key", "ffn_out")
+    assert TrainConfig().group_by_length and TrainConfig().to_dict()["group_by_length"] is True
+    ungrouped = parse_config(["--no-group-by-length"])
+    assert ungrouped.to_dict()["group_by_length"] is False
+    assert ungrouped.resume_key() != TrainConfig().resume_key()  # other batches: no resuming
     assert "passes over the training split" in build_parser().format_help()
 
 
@@ -211,6 +215,7 @@ def test_run_directory_holds_the_contract(finished_run):
     manifest = run.manifest
     assert set(MANIFEST_KEYS) <= set(manifest) and manifest["trainer"] == "jax_lora"
     assert manifest["config"]["lr"] == 2e-4 and manifest["config"]["lora"]["rank"] == 16
+    assert manifest["config"]["group_by_length"] is True  # the default: resume test groups too
     assert manifest["devices"]["replicas"] == len(jax.devices())
     assert manifest["params"]["trainable"] == 2 * 2 * 16 * (32 + 32) + (32 * 3 + 3)
     assert manifest["split"]["n_train"] == 42 and len(run.predictions) == 18

@@ -74,6 +74,9 @@ def test_prefixed_checkpoint_with_pretraining_heads_loads(tiny_hf_preset, tmp_pa
      r"no tensor for parameter layers/1/ffn_out/bias"),
     (lambda t: t.update({"pooler.dense.weight": np.zeros((32, 31), np.float32)}),
      r"tensor pooler\.dense\.weight has shape \(31, 32\)"),
+    (lambda t: t.update({"bert.pooler.dense.bias": t["pooler.dense.bias"]}),
+     r"tensor (bert\.)?pooler\.dense\.bias has no place in the model \(already set from "
+     r"(bert\.)?pooler\.dense\.bias pooler/bias\)"),
 ])
 def test_mismatched_checkpoint_fails_with_one_line(tiny_hf_preset, tmp_path, edit, message):
     preset = _edited_hf_copy(tiny_hf_preset, tmp_path / "edited", edit)

@@ -1,0 +1,49 @@
+"""The main job end to end on a tiny random BERT: both trainers, the probe, the evaluator."""
+
+import json
+import subprocess
+import sys
+
+from shared.run_dir import read_run
+
+TINY_RUN = ["--sequence-length", "32", "--epochs", "1", "--limit", "120", "--quiet"]
+
+
+def compare(preset, out, *extra):
+    return subprocess.run([sys.executable, "-m", "shared.compare", "--preset", str(preset),
+                           "--out", str(out), "--probe", *TINY_RUN, *extra],
+                          capture_output=True, text=True)
+
+
+def test_compare_isolates_a_failing_trainer_then_completes(tiny_hf_preset, tmp_path):
+    out = tmp_path / "cmp"
+    # A trainer that fails (here on a bad flag) is reported; the others run and are compared.
+    first = compare(tiny_hf_preset, out, "--tf-args", "--lr-per-replica -1")
+    assert first.returncode == 1, first.stderr[-2000:]
+    assert "tf_full: FAILED (exit code 2)" in first.stderr
+    assert not (out / "tf_full").exists()
+    partial = json.loads((out / "report" / "report.json").read_text())
+    assert sorted(run["name"] for run in partial["runs"]) == ["jax_lora", "jax_probe"]
+
+    # Rerun: finished runs are kept, the missing one trains, the report covers all three.
+    second = compare(tiny_hf_preset, out)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "jax_lora: " in second.stdout and "already finished; kept" in second.stdout
+    assert "tf_full: finished" in second.stdout
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert sorted(run["name"] for run in report["runs"]) == ["jax_lora", "jax_probe", "tf_full"]
+    runs = {run["name"]: read_run(out / run["name"]) for run in report["runs"]}
+    assert len({run.split_fingerprint for run in runs.values()}) == 1
+    assert {run.manifest["trainer"] for run in runs.values()} == {"tf_baseline", "jax_lora"}
+    probe = runs["jax_probe"].manifest
+    assert probe["config"]["lora"]["targets"] == []
+    assert probe["params"]["trainable"] == 32 * 3 + 3  # the head alone: hidden 32 -> 3 classes
+    assert (out / "report" / "report.md").stat().st_size > 1000
+
+
+def test_compare_rejects_bad_data_before_training(tmp_path):
+    (tmp_path / "train.csv").write_text("id,premise\n1,x\n")
+    result = subprocess.run([sys.executable, "-m", "shared.compare", "--data-dir", str(tmp_path),
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 2 and "missing column(s) hypothesis" in result.stderr
+    assert not (tmp_path / "out").exists()
