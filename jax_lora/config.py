@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jax_lora.lora import LoraConfig
-from shared.cli import add_data_args
+from shared.cli import (DATA_FIELDS, add_config_flags, add_data_args, check_fields,
+                        data_namespace, flag_dest)
 from shared.data import DEFAULT_MAX_TEXT_CHARS
 from shared.presets import KAGGLE_PRESET
 
 SCHEDULES = ("constant", "linear")
 MAX_SEQUENCE_LENGTH = 512  # BERT's position table, and the baseline's maximum
-# Fields whose flags shared.cli.add_data_args defines (same names, same defaults).
-DATA_FIELDS = ("data_dir", "split", "train_fraction", "seed", "limit", "max_text_chars")
 # Fields that change how a run is watched or stored, not what it computes; a resumed run may
 # differ from its checkpoints in these and nothing else.
 RESUME_NEUTRAL = ("run_dir", "quiet", "checkpoint_every", "keep_checkpoints")
@@ -69,10 +65,7 @@ class TrainConfig:
             ("checkpoint-every", self.checkpoint_every >= 0, "must be >= 0 (0 = epoch ends)"),
             ("keep-checkpoints", self.keep_checkpoints >= 1, "must be >= 1"),
         ]
-        for flag, ok, problem in checks:
-            if not ok:
-                value = getattr(self, flag.replace("-", "_"))
-                raise ValueError(f"--{flag} {value}: {problem}")
+        check_fields(self, checks)
         if not (self.lora.targets or self.lora.train_head or self.lora.train_pooler):
             raise ValueError("--targets is empty and --no-train-head: nothing would train; "
                              "give adapter targets or train the head")
@@ -80,7 +73,7 @@ class TrainConfig:
     @property
     def data_args(self) -> argparse.Namespace:
         """The data fields as shared.cli.load_data expects them."""
-        return argparse.Namespace(**{name: getattr(self, name) for name in DATA_FIELDS})
+        return data_namespace(self)
 
     def to_dict(self) -> dict:
         """Every hyperparameter, JSON-ready (the manifest's `config`)."""
@@ -102,8 +95,9 @@ def json_ready(value):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Fine-tune BERT with LoRA adapters (JAX/Flax) on the Watson NLI data.")
-    _add_fields(parser.add_argument_group("training"), TrainConfig, skip=DATA_FIELDS + ("lora",))
-    _add_fields(parser.add_argument_group("LoRA"), LoraConfig, rename=LORA_FLAG_NAMES)
+    add_config_flags(parser.add_argument_group("training"), TrainConfig,
+                     skip=DATA_FIELDS + ("lora",))
+    add_config_flags(parser.add_argument_group("LoRA"), LoraConfig, rename=LORA_FLAG_NAMES)
     add_data_args(parser)
     return parser
 
@@ -111,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 def from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from parsed flags; raises ValueError naming the flag on a bad value."""
     values = vars(args)
-    lora = LoraConfig(**{f.name: values[_dest(f.name, LORA_FLAG_NAMES)]
+    lora = LoraConfig(**{f.name: values[flag_dest(f.name, LORA_FLAG_NAMES)]
                          for f in dataclasses.fields(LoraConfig)})
     return TrainConfig(lora=lora, **{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)
                                      if f.name != "lora"})
@@ -119,37 +113,3 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
 
 def parse_config(argv=None) -> TrainConfig:
     return from_args(build_parser().parse_args(argv))
-
-
-def _add_fields(group, cls, *, skip=(), rename=None) -> None:
-    """One flag per dataclass field: --field-name, typed by the annotation, help = its comment."""
-    rename = rename or {}
-    hints = typing.get_type_hints(cls)
-    comments = dict(re.findall(r"^\s+(\w+): .*?  # (.*)$", inspect.getsource(cls), re.M))
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        kind = hints[f.name]
-        help_text = comments[f.name].replace("%", "%%")  # argparse formats help with %
-        options = {"default": default, "help": f"{help_text} [default: {_show(default)}]"}
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(kind) is tuple:
-            options["type"] = _comma_list
-        else:
-            options["type"] = kind
-        group.add_argument("--" + _dest(f.name, rename).replace("_", "-"), **options)
-
-
-def _dest(name: str, rename: dict) -> str:
-    """The argparse destination of a field's flag."""
-    return rename.get(name, name).replace("-", "_")
-
-
-def _comma_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _show(default) -> str:
-    return ",".join(default) if isinstance(default, tuple) else str(default)

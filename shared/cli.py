@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import inspect
+import re
 import sys
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,3 +84,60 @@ def exit_on_bad_input():
     except (DataError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+
+
+# ---------------------------------------------------------------- config dataclasses as flags
+
+# TrainConfig fields whose flags add_data_args defines (same names, same defaults): both
+# trainers' configs carry them, so one split definition serves both.
+DATA_FIELDS = ("data_dir", "split", "train_fraction", "seed", "limit", "max_text_chars")
+METAVARS = {int: "N", float: "X", Path: "DIR"}
+
+
+def data_namespace(config) -> argparse.Namespace:
+    """A trainer config's data fields, as load_data expects them."""
+    return argparse.Namespace(**{name: getattr(config, name) for name in DATA_FIELDS})
+
+
+def check_fields(config, checks) -> None:
+    """Raise a one-line ValueError for the first (flag, ok, problem) whose `ok` is false."""
+    for flag, ok, problem in checks:
+        if not ok:
+            raise ValueError(f"--{flag} {getattr(config, flag.replace('-', '_'))}: {problem}")
+
+
+def add_config_flags(group, cls, *, skip=(), rename=None) -> None:
+    """One flag per dataclass field: --field-name, typed by the annotation, help = the comment
+    after the field, so a config's documentation and its --help cannot drift apart."""
+    rename = rename or {}
+    hints = typing.get_type_hints(cls)
+    comments = dict(re.findall(r"^\s+(\w+): .*?  # (.*)$", inspect.getsource(cls), re.M))
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        default = (field.default_factory() if field.default is dataclasses.MISSING
+                   else field.default)
+        help_text = comments[field.name].replace("%", "%%")
+        if "[default:" not in help_text:  # a comment may say what a None default means
+            shown = ",".join(default) if isinstance(default, tuple) else default
+            help_text += f" [default: {shown}]"
+        options = {"default": default, "help": help_text}
+        kind = hints[field.name]
+        if isinstance(kind, types.UnionType):  # `int | None`: the flag takes an int
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            options["type"], options["metavar"] = _comma_list, "A,B"
+        else:
+            options["type"], options["metavar"] = kind, METAVARS.get(kind, field.name.upper())
+        group.add_argument("--" + flag_dest(field.name, rename).replace("_", "-"), **options)
+
+
+def flag_dest(name: str, rename: dict) -> str:
+    """The argparse destination of a field's flag."""
+    return rename.get(name, name).replace("-", "_")
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())

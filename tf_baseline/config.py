@@ -15,26 +15,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
-import re
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.cli import add_data_args
+from shared.cli import (DATA_FIELDS, add_config_flags, add_data_args, check_fields,
+                        data_namespace)
 from shared.data import DEFAULT_MAX_TEXT_CHARS
 from shared.presets import KAGGLE_PRESET, preset_kind
 
-# Fields whose flags shared.cli.add_data_args defines (same names, same defaults).
-DATA_FIELDS = ("data_dir", "split", "train_fraction", "seed", "limit", "max_text_chars")
 # Fields that change how a run is watched or where it lives, not what it computes: a run may
 # be resumed with different values of these.
 RESUME_NEUTRAL = ("run_dir", "quiet")
 # [CLS] premise [SEP] hypothesis [SEP] needs five positions to hold one token of each text.
 MIN_SEQUENCE_LENGTH = 5
-METAVARS = {int: "N", float: "X", Path: "DIR"}
 
 
 @dataclass(frozen=True)
@@ -67,15 +61,13 @@ class TrainConfig:
             ("cpu-replicas", self.cpu_replicas is None or self.cpu_replicas >= 1,
              "must be >= 1"),
         ]
-        for flag, ok, problem in checks:
-            if not ok:
-                raise ValueError(f"--{flag} {getattr(self, flag.replace('-', '_'))}: {problem}")
+        check_fields(self, checks)
         preset_kind(self.preset)  # a missing or unusable folder fails here, before any work
 
     @property
     def data_args(self) -> argparse.Namespace:
         """The data fields as shared.cli.load_data expects them."""
-        return argparse.Namespace(**{name: getattr(self, name) for name in DATA_FIELDS})
+        return data_namespace(self)
 
     def to_dict(self) -> dict:
         """Every value, JSON-ready (the manifest's `config`)."""
@@ -91,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune multilingual BERT with keras-hub on the Watson NLI data, "
                     "replicating the Kaggle KerasNLP starter notebook; rerun the same command "
                     "to resume an interrupted run.")
-    _add_fields(parser.add_argument_group("model and training"), skip=DATA_FIELDS)
+    add_config_flags(parser.add_argument_group("model and training"), TrainConfig,
+                     skip=DATA_FIELDS)
     add_data_args(parser)
     return parser
 
@@ -100,25 +93,3 @@ def parse_config(argv=None) -> TrainConfig:
     """TrainConfig from command-line flags; raises ValueError naming the flag on a bad value."""
     values = vars(build_parser().parse_args(argv))
     return TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)})
-
-
-def _add_fields(group, *, skip) -> None:
-    """One flag per field: --field-name, typed by the annotation, help = the field's comment."""
-    hints = typing.get_type_hints(TrainConfig)
-    comments = dict(re.findall(r"^\s+(\w+): .*?  # (.*)$", inspect.getsource(TrainConfig), re.M))
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in skip:
-            continue
-        kind = hints[f.name]
-        help_text = comments[f.name].replace("%", "%%")  # argparse formats help with %
-        if f.default is not None and kind is not bool and "[default:" not in help_text:
-            help_text += f" [default: {f.default}]"
-        options = {"default": f.default, "help": help_text}
-        if kind is bool:
-            options["action"] = "store_true"
-        else:
-            # `int | None` flags take an int; leaving the flag out keeps None.
-            options["type"] = next(t for t in typing.get_args(kind) if t is not type(None)) \
-                if isinstance(kind, types.UnionType) else kind
-            options["metavar"] = METAVARS.get(options["type"], f.name.upper())
-        group.add_argument("--" + f.name.replace("_", "-"), **options)
