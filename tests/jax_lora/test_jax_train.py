@@ -125,7 +125,7 @@ def test_dynamic_padding_gives_the_same_predictions_as_fixed():
 def test_two_devices_give_the_same_step_as_one():
     script = textwrap.dedent("""
         import json, jax, numpy as np
-        from tests.jax_lora.test_train import fresh_state, named, synthetic
+        from tests.jax_lora.test_jax_train import fresh_state, named, synthetic
         from jax_lora.lora import LoraConfig, trainable_filter
         from jax_lora.train import make_mesh, make_train_step, replicate, shard_batch
         assert len(jax.devices()) == 2
