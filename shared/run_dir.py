@@ -132,7 +132,11 @@ class RunWriter:
         self._save()
 
     def add_epoch(self, epoch: int, seconds: float, examples: int, **extra) -> None:
-        """Record one epoch's wall time (re-recording an epoch replaces it, for resumes)."""
+        """Record one epoch's wall time (re-recording an epoch replaces it, for resumes).
+
+        `seconds` is the whole epoch as a Keras epoch counts it: the training steps with any
+        compiling, then the validation pass; both trainers record it so, so that epoch times
+        and examples/s compare like with like. Trainers add `train_seconds` (steps only)."""
         record = {"epoch": int(epoch), "seconds": float(seconds),
                   "examples_per_s": float(examples / seconds) if seconds > 0 else None, **extra}
         epochs = [e for e in self.manifest["epochs"] if e["epoch"] != record["epoch"]]

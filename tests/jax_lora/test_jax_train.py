@@ -223,6 +223,9 @@ def test_run_directory_holds_the_contract(finished_run):
     assert run.history["epoch"].tolist() == [1, 2]
     assert [e["epoch"] for e in manifest["epochs"]] == [1, 2]
     assert all(e["examples_per_s"] > 0 and e["compile_seconds"] >= 0 for e in manifest["epochs"])
+    for e in manifest["epochs"]:   # the same meaning as tf_baseline's: the whole epoch
+        assert e["seconds"] == pytest.approx(e["train_seconds"] + e["eval_seconds"])
+        assert e["train_seconds"] >= e["compile_seconds"]
     assert manifest["epochs"][1]["examples_per_s"] == pytest.approx(
         STEPS_PER_EPOCH * 4 / manifest["epochs"][1]["seconds"])
     np.testing.assert_allclose(run.predictions[["p_entailment", "p_neutral",
