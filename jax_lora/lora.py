@@ -52,12 +52,27 @@ class LoraParam(nnx.Param):
     """An adapter factor (lora_a or lora_b); its type is what the trainable rule selects."""
 
 
+DROPOUT_BITS = 16  # the drop probability is resolved to 1 / 2**16
+
+
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout; key=None (evaluation) or rate=0 is the identity."""
+    """Inverted dropout; key=None (evaluation) or rate=0 is the identity.
+
+    The mask compares 16-bit random integers with round(rate · 2**16), drawn with threefry's
+    non-partitionable layout: on a 2-core CPU that draws a [16, 12, 128, 128] attention mask in
+    4 ms instead of the 47 ms of `jax.random.bernoulli` (32-bit floats, partitionable layout),
+    and makes the mBERT LoRA training step 1.12x faster (benchmarks/BENCHMARKS.md). A rate of
+    0.1 drops with probability 6554 / 65536 = 0.1000061; kept values are scaled by the inverse
+    of that exact keep probability, so the expected output is x.
+    """
     if key is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+    threshold = round(rate * 2**DROPOUT_BITS)
+    with jax.threefry_partitionable(False):
+        bits = jax.random.bits(key, x.shape, jnp.uint16)
+    keep = bits >= jnp.uint16(threshold)
+    scale = 2**DROPOUT_BITS / (2**DROPOUT_BITS - threshold)
+    return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros_like(x))
 
 
 class LoRALinear(nnx.Module):

@@ -3,11 +3,12 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from jax_lora.lora import (LORA_TARGETS, LoraConfig, LoRALinear, LoraParam, merge_lora,
+from jax_lora.lora import (LORA_TARGETS, LoraConfig, LoRALinear, LoraParam, dropout, merge_lora,
                            trainable_filter)
 from jax_lora.models import BertClassifier, BertConfig
 
@@ -109,3 +110,24 @@ def test_lora_dropout_only_touches_the_adapter_path(tiny_config, tiny_batch):
     np.testing.assert_array_equal(model(*tiny_batch, dropout_key=key), model(*tiny_batch))
     _randomize_lora_b(model, seed=2)
     assert not np.allclose(model(*tiny_batch, dropout_key=key), model(*tiny_batch))
+
+
+def test_dropout_drops_at_the_rate_keeps_the_mean_and_is_deterministic():
+    x = jnp.ones((64, 128, 128), jnp.float32)
+    key = jax.random.key(3)
+    out = np.asarray(dropout(x, 0.1, key))
+    dropped = (out == 0).mean()
+    # 1,048,576 draws: the standard error of the dropped fraction is 0.0003.
+    assert abs(dropped - 6554 / 65536) < 0.0015
+    np.testing.assert_allclose(out[out != 0], 65536 / (65536 - 6554), rtol=1e-6)
+    assert abs(out.mean() - 1.0) < 0.005
+    # The mask is threefry's non-partitionable 16-bit draw (not the default layout), under jit
+    # too; the same key gives the same mask, another key another.
+    with jax.threefry_partitionable(False):
+        bits = np.asarray(jax.random.bits(key, x.shape, jnp.uint16))
+    np.testing.assert_array_equal(out != 0, bits >= 6554)
+    assert not np.array_equal(np.asarray(jax.random.bits(key, x.shape, jnp.uint16)), bits)
+    np.testing.assert_array_equal(jax.jit(dropout, static_argnums=1)(x, 0.1, key), out)
+    np.testing.assert_array_equal(dropout(x, 0.1, key), out)
+    assert not np.array_equal(dropout(x, 0.1, jax.random.key(4)), out)
+    assert dropout(x, 0.1, None) is x and dropout(x, 0.0, key) is x
