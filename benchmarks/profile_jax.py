@@ -25,6 +25,9 @@ REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {
     "recipe": ({}, "jax_lora.train.make_train_step, as the trainer runs it"),
     "no_dropout": ({}, "every dropout rate 0: what drawing the dropout masks costs"),
+    "bernoulli_dropout": ({}, "dropout masks from jax.random.bernoulli (32-bit uniform floats, "
+                              "JAX's default partitionable threefry): jax_lora's masks before "
+                              "the 16-bit non-partitionable draw"),
     "rbg_prng": ({"JAX_DEFAULT_PRNG_IMPL": "rbg"},
                  "dropout bits from the rbg PRNG instead of threefry"),
     "grad_all": ({}, "gradients of every weight materialised (global norm over the full "
@@ -49,6 +52,11 @@ def variant_step(name: str, jax_setup, batch):
     from jax_lora.train import TrainState, batch_metrics, make_train_step
 
     s = jax_setup
+    if name == "bernoulli_dropout":
+        import jax_lora.lora
+        import jax_lora.models
+        jax_lora.lora.dropout = jax_lora.models.dropout = bernoulli_dropout
+        return make_train_step(s.graphdef, s.tx, s.trainable, s.dropout_base), (s.state, batch)
     if name in ("bf16", "no_dropout"):
         # Both change static module attributes, which live in the graphdef.
         model = nnx.merge(s.graphdef, s.state.params)
@@ -85,6 +93,17 @@ def variant_step(name: str, jax_setup, batch):
     if name == "grad_all":
         return jax.jit(grad_all, donate_argnums=0), (s.state, batch)
     return jax.jit(forward_only), (s.state, batch)
+
+
+def bernoulli_dropout(x, rate, key):
+    """Inverted dropout as jax_lora drew it before: a Bernoulli mask from 32-bit floats."""
+    import jax
+    import jax.numpy as jnp
+
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 def to_bfloat16(jax_setup):
@@ -157,7 +176,31 @@ def worker(name: str, job_json: str) -> dict:
               "prng": jax.config.jax_default_prng_impl}
     if name == "recipe":
         result["host_input_ms"] = host_input_ms(jax_setup, shape, job.batch, job.seq_len)
+        result["attention_mask_ms"] = attention_mask_ms(shape, job.batch, job.seq_len)
     return result
+
+
+def attention_mask_ms(shape, batch: int, seq_len: int) -> dict:
+    """Median ms to draw one dropout mask of the attention probabilities' shape
+    [batch, heads, T, T], jitted, by jax_lora's dropout and by the Bernoulli one before it."""
+    import jax
+    import jax.numpy as jnp
+
+    from jax_lora.lora import dropout
+
+    x = jnp.ones((batch, shape.num_heads, seq_len, seq_len), jnp.float32)
+    key = jax.random.key(0)
+    out = {}
+    for label, function in (("jax_lora", dropout), ("bernoulli", bernoulli_dropout)):
+        draw = jax.jit(function, static_argnums=1)
+        jax.block_until_ready(draw(x, 0.1, key))
+        times = []
+        for _ in range(10):
+            started = time.perf_counter()
+            jax.block_until_ready(draw(x, 0.1, key))
+            times.append(time.perf_counter() - started)
+        out[label] = 1e3 * statistics.median(times)
+    return out
 
 
 def run(args) -> dict:
@@ -201,6 +244,13 @@ def markdown(doc: dict) -> str:
     if host is not None:
         lines += ["", f"Host input path (slice a dynamic-padding batch + device_put): "
                       f"{host:.2f} ms per step."]
+    masks = next((r.get("attention_mask_ms") for r in doc["variants"]
+                  if r["variant"] == "recipe"), None)
+    if masks:
+        lines += ["", f"One dropout mask of the attention probabilities' shape "
+                      f"[{doc['batch']}, heads, {doc['seq_len']}, {doc['seq_len']}], jitted "
+                      f"(dropout of a tensor of ones): jax_lora's {masks['jax_lora']:.1f} ms, "
+                      f"the Bernoulli draw {masks['bernoulli']:.1f} ms."]
     return "\n".join(lines) + "\n"
 
 

@@ -60,8 +60,8 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
 
     The mask compares 16-bit random integers with round(rate · 2**16), drawn with threefry's
     non-partitionable layout: on a 2-core CPU that draws a [16, 12, 128, 128] attention mask in
-    4 ms instead of the 47 ms of `jax.random.bernoulli` (32-bit floats, partitionable layout),
-    and makes the mBERT LoRA training step 1.12x faster (benchmarks/BENCHMARKS.md). A rate of
+    5.7 ms instead of the 31.3 ms of `jax.random.bernoulli` (32-bit floats, partitionable
+    layout), and the MiniLM LoRA step takes 0.92x the time (benchmarks/BENCHMARKS.md). A rate of
     0.1 drops with probability 6554 / 65536 = 0.1000061; kept values are scaled by the inverse
     of that exact keep probability, so the expected output is x.
     """

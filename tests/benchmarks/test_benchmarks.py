@@ -210,3 +210,20 @@ def test_results_are_quoted_between_the_suites_markers(tmp_path, monkeypatch):
     assert doc.read_text() == ("intro\n<!-- begin results/quick.md -->\n## Benchmarks\n\n| a |\n"
                                "<!-- end results/quick.md -->\n<!-- begin results/full.md -->\n"
                                "kept\n<!-- end results/full.md -->\n")
+
+
+def test_profile_runs_its_variants_on_a_tiny_shape(tmp_path):
+    """The JAX profile's recipe and old-dropout variants, 2 steps each: rows, mask timings."""
+    command = [sys.executable, "-m", "benchmarks.profile_jax", "--shape", "tiny",
+               "--batch", str(BATCH), "--seq-len", str(SEQ_LEN), "--steps", str(STEPS),
+               "--warmup", "1", "--variants", "recipe,bernoulli_dropout", "--out", str(tmp_path)]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "profile_jax_tiny.json").read_text())
+    rows = {row["variant"]: row for row in doc["variants"]}
+    assert set(rows) == {"recipe", "bernoulli_dropout"}
+    assert all(row["status"] == "ok" and len(row["step_times_s"]) == STEPS
+               for row in rows.values())
+    assert set(rows["recipe"]["attention_mask_ms"]) == {"jax_lora", "bernoulli"}
+    text = (tmp_path / "profile_jax_tiny.md").read_text()
+    assert "| bernoulli_dropout |" in text and "One dropout mask" in text
