@@ -33,8 +33,10 @@ def operations(shape, batch: int, seq_len: int):
     """(name, function, arguments, matmul FLOPs or 0) at one layer's shapes."""
     import jax
     import jax.numpy as jnp
+    from flax import nnx
 
     from jax_lora.lora import dropout
+    from jax_lora.models import attend
 
     tokens, h, f, n = batch * seq_len, shape.hidden_dim, shape.intermediate_dim, shape.num_heads
     keys = iter(jax.random.split(jax.random.key(0), 9))
@@ -45,14 +47,10 @@ def operations(shape, batch: int, seq_len: int):
     probs = jax.random.normal(next(keys), (batch, n, seq_len, seq_len))
     mask = jnp.ones((batch, seq_len), bool)
 
-    def attention(q, k, v, mask):  # as jax_lora.models.Attention, after the projections
-        logits = jnp.einsum("btnd,bsnd->bnts", q, k)
-        logits = jnp.where(mask[:, None, None, :], logits, -1e9)
-        return jnp.einsum("bnts,bsnd->btnd", jax.nn.softmax(logits, axis=-1), v)
+    layer_norm = nnx.LayerNorm(h, epsilon=1e-12, use_fast_variance=False, rngs=nnx.Rngs(0))
 
-    def layer_norm(x):
-        mean = x.mean(-1, keepdims=True)
-        return (x - mean) * jax.lax.rsqrt(((x - mean) ** 2).mean(-1, keepdims=True) + 1e-12)
+    def attention(q, k, v, mask):  # jax_lora's attention after the projections, no dropout
+        return attend(q, k, v, mask, 0.0, None)
 
     attention_flops = 4 * batch * seq_len * seq_len * h
     return [
@@ -68,7 +66,7 @@ def operations(shape, batch: int, seq_len: int):
         (f"softmax {batch}×{n}×{seq_len}×{seq_len}", lambda p: jax.nn.softmax(p, axis=-1),
          (probs,), 0),
         (f"GELU (tanh) {tokens}×{f}", lambda a: jax.nn.gelu(a, approximate=True), (inner,), 0),
-        (f"LayerNorm {tokens}×{h}", layer_norm, (x,), 0),
+        (f"LayerNorm {tokens}×{h}", lambda a: layer_norm(a), (x,), 0),
         (f"dropout mask + apply {batch}×{n}×{seq_len}×{seq_len}",
          lambda p, k: dropout(p, 0.1, k), (probs, next(keys)), 0),
         (f"dropout mask + apply {tokens}×{h}", lambda a, k: dropout(a, 0.1, k), (x, next(keys)), 0),
@@ -79,11 +77,15 @@ def main(argv=None) -> None:
     from benchmarks.spec import get_shape
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="mbert", help="mbert, minilm or tiny [default: mbert]")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--shape", default="mbert", choices=("mbert", "minilm", "tiny"),
+                        help="model shape [default: mbert]")
+    parser.add_argument("--batch", type=int, default=16, help="rows per call [default: 16]")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per row [default: 128]")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls [default: 20]")
     args = parser.parse_args(argv)
+    for flag in ("batch", "seq_len", "repeats"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= 1")
     import jax
 
     shape = get_shape(args.shape)

@@ -186,20 +186,15 @@ def attention_mask_ms(shape, batch: int, seq_len: int) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from benchmarks.ops_jax import timed
     from jax_lora.lora import dropout
 
     x = jnp.ones((batch, shape.num_heads, seq_len, seq_len), jnp.float32)
     key = jax.random.key(0)
     out = {}
     for label, function in (("jax_lora", dropout), ("bernoulli", bernoulli_dropout)):
-        draw = jax.jit(function, static_argnums=1)
-        jax.block_until_ready(draw(x, 0.1, key))
-        times = []
-        for _ in range(10):
-            started = time.perf_counter()
-            jax.block_until_ready(draw(x, 0.1, key))
-            times.append(time.perf_counter() - started)
-        out[label] = 1e3 * statistics.median(times)
+        draw = jax.jit(lambda x, key, function=function: function(x, 0.1, key))
+        out[label] = timed(draw, x, key, repeats=10)[0]
     return out
 
 

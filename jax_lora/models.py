@@ -73,6 +73,15 @@ class Embeddings(nnx.Module):
         return dropout(self.layer_norm(x), self.rate, dropout_key)
 
 
+def attend(query, key, value, padding_mask, rate: float, dropout_key):
+    """Masked softmax attention on [B, T, heads, head_dim] projections (query already scaled),
+    dropout on the probabilities; returns the context [B, T, heads, head_dim]."""
+    logits = jnp.einsum("btnd,bsnd->bnts", query, key)
+    logits = jnp.where(padding_mask[:, None, None, :], logits, MASKED_LOGIT)
+    probs = dropout(jax.nn.softmax(logits, axis=-1), rate, dropout_key)
+    return jnp.einsum("bnts,bsnd->btnd", probs, value)
+
+
 class Attention(nnx.Module):
     def __init__(self, config: BertConfig, lora: LoraConfig, *, rngs: nnx.Rngs):
         h = config.hidden_dim
@@ -94,11 +103,9 @@ class Attention(nnx.Module):
         # Keras MHA scales the query before the dot product; the order changes the last bits.
         query = heads(self.query, 0) * jnp.float32(1.0 / head_dim ** 0.5)
         key, value = heads(self.key, 1), heads(self.value, 2)
-        logits = jnp.einsum("btnd,bsnd->bnts", query, key)
-        logits = jnp.where(padding_mask[:, None, None, :], logits, MASKED_LOGIT)
-        probs = dropout(jax.nn.softmax(logits, axis=-1), self.rate, _fold(dropout_key, 3))
-        context = jnp.einsum("bnts,bsnd->btnd", probs, value).reshape(batch, length, hidden)
-        return self.output(context, dropout_key=_fold(dropout_key, 4))
+        context = attend(query, key, value, padding_mask, self.rate, _fold(dropout_key, 3))
+        return self.output(context.reshape(batch, length, hidden),
+                           dropout_key=_fold(dropout_key, 4))
 
 
 class TransformerLayer(nnx.Module):

@@ -227,3 +227,16 @@ def test_profile_runs_its_variants_on_a_tiny_shape(tmp_path):
     assert set(rows["recipe"]["attention_mask_ms"]) == {"jax_lora", "bernoulli"}
     text = (tmp_path / "profile_jax_tiny.md").read_text()
     assert "| bernoulli_dropout |" in text and "One dropout mask" in text
+
+
+def test_ops_table_has_every_operation_and_rejects_bad_flags(capsys):
+    from benchmarks import ops_jax
+
+    ops_jax.main(["--shape", "tiny", "--batch", str(BATCH), "--seq-len", str(SEQ_LEN),
+                  "--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 10  # header + one row per operation
+    assert all(float(row.split("|")[2]) > 0 for row in rows[1:])
+    with pytest.raises(SystemExit) as exit_info:
+        ops_jax.main(["--repeats", "0"])
+    assert exit_info.value.code == 2 and "--repeats 0: must be >= 1" in capsys.readouterr().err
