@@ -82,7 +82,8 @@ def estimate(data_dir: Path, preset: str, warmup: int, steps: int,
         needed = sorted(set(step_lengths))
         job = Job(config_name, SHAPE, batch, needed[0], steps, warmup, preset,
                   extra_seq_lens=tuple(needed[1:]))
-        result = run_config(CONFIG_BY_NAME[config_name], job)
+        config = CONFIG_BY_NAME[config_name]
+        result = run_config(config, job)
         if result["status"] != "ok":
             return {"status": result["status"],
                     "reason": f"{config_name}: {result.get('reason') or result.get('error')}"}
@@ -90,15 +91,15 @@ def estimate(data_dir: Path, preset: str, warmup: int, steps: int,
                       **{int(k): v["median_step_s"] for k, v in result["extra_seq_lens"].items()}}
         counts = Counter(step_lengths)
         trainers.append({
-            "trainer": trainer, "config": config_name, "label": CONFIG_BY_NAME[config_name].label,
+            "trainer": trainer, "config": config_name, "label": config.label,
             "batch": batch, "steps": len(step_lengths),
             "steps_per_length": {str(k): counts[k] for k in needed},
             "median_step_s_per_length": {str(k): per_length[k] for k in needed},
             "lengths_summary": ", ".join(f"{k}×{counts[k]}" for k in needed),
             "epoch_s": sum(per_length[k] * n for k, n in counts.items()),
             # Machine-independent cross-check: the matmul work of the same batches.
-            "epoch_flops": sum(step_flops(get_shape(SHAPE), batch, k, CONFIG_BY_NAME[
-                config_name].method) * n for k, n in counts.items()),
+            "epoch_flops": sum(step_flops(get_shape(SHAPE), batch, k, config.method,
+                                          config.cls_only) * n for k, n in counts.items()),
         })
     return {"status": "ok", "shape": SHAPE, "source": source, "warmup": warmup,
             "timed_steps_per_length": steps,

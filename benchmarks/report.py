@@ -26,7 +26,7 @@ def derive(result: dict, peak_gflops: float | None) -> dict:
     job = result["job"]
     shape, config = get_shape(job["shape"]), CONFIG_BY_NAME[job["config"]]
     median = result["median_step_s"]
-    flops = step_flops(shape, job["batch"], job["seq_len"], config.method)
+    flops = step_flops(shape, job["batch"], job["seq_len"], config.method, config.cls_only)
     full_flops = step_flops(shape, job["batch"], job["seq_len"], "full")
     metrics = {
         "steps_per_s": 1.0 / median,

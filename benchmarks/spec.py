@@ -62,54 +62,71 @@ class Config:
     framework: str  # worker module benchmarks/bench_<framework>.py
     method: str  # "full", "lora_adapter" (x·A·B beside x·W) or "lora_merged" (x·(W + A·B))
     label: str  # one line for the tables
+    cls_only: bool = False  # the last layer runs for the [CLS] row only (jax_lora's model)
 
 
 CONFIGS = (
     Config("tf_full", 1, "tf", "full", "TF keras-hub full fine-tune (tf_baseline)"),
     Config("tf_lora", 2, "tf", "lora_merged", "TF keras-hub enable_lora(16)"),
-    Config("jax_lora", 3, "jax", "lora_adapter", "JAX LoRA (jax_lora)"),
-    Config("jax_full", 4, "jax", "full", "JAX full fine-tune (same Flax model)"),
+    Config("jax_lora", 3, "jax", "lora_adapter", "JAX LoRA (jax_lora)", cls_only=True),
+    Config("jax_full", 4, "jax", "full", "JAX full fine-tune (same Flax model)", cls_only=True),
     Config("torch_peft", 5, "torch", "lora_adapter", "PyTorch + transformers + PEFT LoRA"),
 )
 CONFIG_BY_NAME = {config.name: config for config in CONFIGS}
 
 
-def forward_flops(shape: Shape, batch: int, seq_len: int) -> dict[str, int]:
+def query_rows(shape: Shape, batch: int, seq_len: int, cls_only: bool) -> int:
+    """Rows that go through the query and output projections and the FFN, over all layers:
+    every token, except in the last layer when only the [CLS] row is computed there (the one
+    row the pooler reads; keys and values still cover every token)."""
+    tokens = batch * seq_len
+    return tokens * (shape.num_layers - 1) + (batch if cls_only else tokens)
+
+
+def forward_flops(shape: Shape, batch: int, seq_len: int,
+                  cls_only: bool = False) -> dict[str, int]:
     """Multiply-adds x2 of one forward pass, by part. Embedding lookups, softmax, LayerNorm,
-    GELU and the optimizer are not matmuls and are left out, as in the usual 6·N·tokens count."""
+    GELU and the optimizer are not matmuls and are left out, as in the usual 6·N·tokens count.
+    cls_only: the last layer computes the [CLS] row only (see query_rows)."""
     tokens = batch * seq_len
     hidden, layers = shape.hidden_dim, shape.num_layers
+    rows = query_rows(shape, batch, seq_len, cls_only)
     return {
-        "projections": 2 * tokens * layers * 4 * hidden * hidden,  # query, key, value, output
-        "ffn": 2 * tokens * layers * 2 * hidden * shape.intermediate_dim,
-        "attention": 4 * batch * seq_len * seq_len * hidden * layers,  # Q·Kᵀ and P·V
+        # key and value on every token; query and output on the query rows
+        "projections": 2 * hidden * hidden * (2 * tokens * layers + 2 * rows),
+        "ffn": 2 * rows * 2 * hidden * shape.intermediate_dim,
+        "attention": 4 * rows * seq_len * hidden,  # Q·Kᵀ and P·V: each query row meets T keys
         # Pooler and head see the [CLS] token only.
         "pooler": 2 * batch * hidden * hidden,
         "head": 2 * batch * hidden * NUM_CLASSES,
     }
 
 
-def step_flops(shape: Shape, batch: int, seq_len: int, method: str) -> int:
+def step_flops(shape: Shape, batch: int, seq_len: int, method: str,
+               cls_only: bool = False) -> int:
     """FLOPs one training step needs with this method: forward + the backward it requires.
 
     A trained matmul costs 3x its forward (forward, input gradient, weight gradient). A frozen
     matmul on the gradient path costs 2x (no weight gradient). Attention matmuls multiply two
     activations, so both gradients are needed: 3x. LoRA-adapted projections:
     - lora_adapter (PEFT, jax_lora): x·W frozen (2x) plus x·A·B trained (3x its
-      2·tokens·r·2H);
+      2·rows·r·2H);
     - lora_merged (Keras enable_lora): x·(W + s·A·B) needs the weight gradient of the merged
       kernel to reach A and B, so 3x, plus the merge A·B itself (3x its 2·H²·r) each step.
+    cls_only: the last layer computes the [CLS] row only (see query_rows).
     """
-    fwd = forward_flops(shape, batch, seq_len)
+    fwd = forward_flops(shape, batch, seq_len, cls_only)
     if method == "full":
         return 3 * sum(fwd.values())
     if method not in ("lora_adapter", "lora_merged"):
         raise ValueError(f"method {method!r}: expected full, lora_adapter or lora_merged")
-    hidden, layers, tokens = shape.hidden_dim, shape.num_layers, batch * seq_len
+    hidden, layers = shape.hidden_dim, shape.num_layers
     adapted = len(LORA_TARGETS) * layers  # projections with adapters
-    per_projection = 2 * tokens * hidden * hidden
+    # value adapters see every token, query adapters the query rows
+    adapter_rows = batch * seq_len * layers + query_rows(shape, batch, seq_len, cls_only)
     frozen = (2 * (fwd["projections"] + fwd["ffn"] + fwd["pooler"])
               + 3 * (fwd["attention"] + fwd["head"]))
     if method == "lora_adapter":
-        return frozen + 3 * adapted * 2 * tokens * LORA_RANK * 2 * hidden
-    return frozen + adapted * per_projection + 3 * adapted * 2 * hidden * hidden * LORA_RANK
+        return frozen + 3 * 2 * adapter_rows * LORA_RANK * 2 * hidden
+    return (frozen + 2 * adapter_rows * hidden * hidden
+            + 3 * adapted * 2 * hidden * hidden * LORA_RANK)

@@ -74,8 +74,9 @@ class Embeddings(nnx.Module):
 
 
 def attend(query, key, value, padding_mask, rate: float, dropout_key):
-    """Masked softmax attention on [B, T, heads, head_dim] projections (query already scaled),
-    dropout on the probabilities; returns the context [B, T, heads, head_dim]."""
+    """Masked softmax attention on [B, T, heads, head_dim] projections (query already scaled;
+    it may have fewer rows than key/value), dropout on the probabilities; returns the context
+    [B, T_query, heads, head_dim]."""
     logits = jnp.einsum("btnd,bsnd->bnts", query, key)
     logits = jnp.where(padding_mask[:, None, None, :], logits, MASKED_LOGIT)
     probs = dropout(jax.nn.softmax(logits, axis=-1), rate, dropout_key)
@@ -92,19 +93,21 @@ class Attention(nnx.Module):
         self.num_heads = config.num_heads
         self.rate = config.dropout
 
-    def __call__(self, x, padding_mask, dropout_key):
-        batch, length, hidden = x.shape
+    def __call__(self, x, padding_mask, dropout_key, *, cls_only: bool = False):
+        """cls_only: queries (and so the output) for position 0 only; keys/values for all."""
+        batch, _, hidden = x.shape
         head_dim = hidden // self.num_heads
 
-        def heads(projection, site):
-            y = projection(x, dropout_key=_fold(dropout_key, site))
-            return y.reshape(batch, length, self.num_heads, head_dim)
+        def heads(projection, inputs, site):
+            y = projection(inputs, dropout_key=_fold(dropout_key, site))
+            return y.reshape(batch, inputs.shape[1], self.num_heads, head_dim)
 
         # Keras MHA scales the query before the dot product; the order changes the last bits.
-        query = heads(self.query, 0) * jnp.float32(1.0 / head_dim ** 0.5)
-        key, value = heads(self.key, 1), heads(self.value, 2)
+        query = heads(self.query, x[:, :1] if cls_only else x, 0) * jnp.float32(
+            1.0 / head_dim ** 0.5)
+        key, value = heads(self.key, x, 1), heads(self.value, x, 2)
         context = attend(query, key, value, padding_mask, self.rate, _fold(dropout_key, 3))
-        return self.output(context.reshape(batch, length, hidden),
+        return self.output(context.reshape(batch, query.shape[1], hidden),
                            dropout_key=_fold(dropout_key, 4))
 
 
@@ -117,9 +120,13 @@ class TransformerLayer(nnx.Module):
         self.ffn_layer_norm = _layer_norm(config, rngs)
         self.rate = config.dropout
 
-    def __call__(self, x, padding_mask, dropout_key):
-        attended = self.attention(x, padding_mask, _fold(dropout_key, 10))
-        x = self.attention_layer_norm(x + dropout(attended, self.rate, _fold(dropout_key, 11)))
+    def __call__(self, x, padding_mask, dropout_key, *, cls_only: bool = False):
+        """[B, T, H] -> [B, T, H]; cls_only -> [B, 1, H], the [CLS] row alone (it still attends
+        to every position; every other row of the output is skipped)."""
+        attended = self.attention(x, padding_mask, _fold(dropout_key, 10), cls_only=cls_only)
+        residual = x[:, :1] if cls_only else x
+        x = self.attention_layer_norm(residual + dropout(attended, self.rate,
+                                                         _fold(dropout_key, 11)))
         inner = jax.nn.gelu(self.ffn_in(x, dropout_key=_fold(dropout_key, 12)), approximate=True)
         out = self.ffn_out(inner, dropout_key=_fold(dropout_key, 13))
         return self.ffn_layer_norm(x + dropout(out, self.rate, _fold(dropout_key, 14)))
@@ -139,16 +146,24 @@ class BertClassifier(nnx.Module):
         self.head = nnx.Linear(config.hidden_dim, num_classes, kernel_init=BERT_KERNEL_INIT,
                                rngs=rngs)
 
-    def encode(self, token_ids, segment_ids, padding_mask, *, dropout_key=None) -> dict:
+    def encode(self, token_ids, segment_ids, padding_mask, *, dropout_key=None,
+               cls_only: bool = False) -> dict:
         """{'sequence_output': [B,T,H], 'pooled_output': [B,H], 'cls': [B,H],
-        'hidden_states': one [B,T,H] per transformer layer, 'logits': [B, num_classes]}"""
+        'hidden_states': one [B,T,H] per transformer layer, 'logits': [B, num_classes]}
+
+        cls_only=True runs the last layer for the [CLS] row only, the one row the pooler
+        reads: the same pooled output and logits (to float rounding; in training the last
+        layer draws its dropout masks at the smaller shape), with the last layer's
+        projections, FFN and attention queries cut from T rows to 1. sequence_output and the
+        last hidden state are then [B, 1, H]."""
         # Layer i uses site key i; the embeddings and classifier use the two keys after them.
         num_layers = self.config.num_layers
         padding_mask = jnp.asarray(padding_mask).astype(bool)
         x = self.embeddings(token_ids, segment_ids, _fold(dropout_key, num_layers))
         hidden_states = []
         for index, layer in enumerate(self.layers):
-            x = layer(x, padding_mask, _fold(dropout_key, index))
+            x = layer(x, padding_mask, _fold(dropout_key, index),
+                      cls_only=cls_only and index == num_layers - 1)
             hidden_states.append(x)
         cls = x[:, 0]
         pooled = jnp.tanh(self.pooler(cls))
@@ -159,5 +174,7 @@ class BertClassifier(nnx.Module):
                 "hidden_states": hidden_states, "logits": logits}
 
     def __call__(self, token_ids, segment_ids, padding_mask, *, dropout_key=None):
-        """float32 logits [B, num_classes]; dropout_key=None is evaluation (no dropout)."""
-        return self.encode(token_ids, segment_ids, padding_mask, dropout_key=dropout_key)["logits"]
+        """float32 logits [B, num_classes]; dropout_key=None is evaluation (no dropout). Only
+        the [CLS] row goes through the last layer (`encode(cls_only=True)`)."""
+        return self.encode(token_ids, segment_ids, padding_mask, dropout_key=dropout_key,
+                           cls_only=True)["logits"]

@@ -114,7 +114,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, trainable, dropo
 def make_eval_step(graphdef):
     def eval_step(params: nnx.State, batch: dict):
         model = nnx.merge(graphdef, params)
-        encoded = model.encode(batch["token_ids"], batch["segment_ids"], batch["padding_mask"])
+        encoded = model.encode(batch["token_ids"], batch["segment_ids"], batch["padding_mask"],
+                               cls_only=True)
         return encoded["logits"], encoded["cls"]
 
     return jax.jit(eval_step)

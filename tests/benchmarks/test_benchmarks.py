@@ -16,8 +16,8 @@ import pytest
 from benchmarks import epoch, report, run
 from benchmarks.report import REFERENCES
 from benchmarks.run import REQUIRED_MODULES
-from benchmarks.spec import (CONFIGS, LORA_RANK, MBERT, NUM_CLASSES, TINY, forward_flops,
-                             step_flops)
+from benchmarks.spec import (CONFIG_BY_NAME, CONFIGS, LORA_RANK, MBERT, NUM_CLASSES, TINY,
+                             forward_flops, step_flops)
 
 REPO = Path(__file__).resolve().parent.parent.parent
 BATCH, SEQ_LEN, STEPS = 2, 16, 2
@@ -82,7 +82,8 @@ def test_derived_numbers_follow_from_the_measurements(quick_run):
     ran = {r["job"]["config"]: r for r in doc["results"] if r["status"] == "ok"}
     for name, result in ran.items():
         metrics, median = result["metrics"], result["median_step_s"]
-        flops = step_flops(TINY, BATCH, SEQ_LEN, result["method"])
+        flops = step_flops(TINY, BATCH, SEQ_LEN, result["method"],
+                           CONFIG_BY_NAME[name].cls_only)
         assert metrics["model_flops_per_step"] == flops
         assert metrics["examples_per_s"] == pytest.approx(BATCH / median)
         assert metrics["achieved_gflops"] == pytest.approx(flops / median / 1e9)
@@ -140,6 +141,18 @@ def test_flops_formula():
     trained = 3 * (forward["attention"] + forward["head"])
     assert lora == frozen + trained + 3 * 4 * 2 * tokens * LORA_RANK * 2 * 32
     assert merged == frozen + trained + 4 * 2 * tokens * 32 * 32 + 3 * 4 * 2 * 32 * 32 * LORA_RANK
+    # jax_lora's last layer computes the [CLS] row only: tokens - batch fewer rows through
+    # query, output, FFN and attention queries there, 2·(2H² + 2HF + 2TH) FLOPs each.
+    short = forward_flops(TINY, BATCH, SEQ_LEN, cls_only=True)
+    per_row = 2 * (2 * 32 * 32 + 2 * 32 * 64 + 2 * SEQ_LEN * 32)
+    assert sum(forward.values()) - sum(short.values()) == (tokens - BATCH) * per_row
+    assert (step_flops(TINY, BATCH, SEQ_LEN, "full", cls_only=True)
+            == 3 * sum(short.values()))
+    # ... and its query adapter sees BATCH rows instead of tokens in that layer
+    assert lora - step_flops(TINY, BATCH, SEQ_LEN, "lora_adapter", cls_only=True) == (
+        2 * (2 * 2 * 32 * 32 + 2 * 32 * 64 * 2) * (tokens - BATCH)
+        + 3 * 2 * SEQ_LEN * 32 * 2 * (tokens - BATCH)
+        + 3 * 2 * LORA_RANK * 2 * 32 * (tokens - BATCH))
     with pytest.raises(ValueError, match="method"):
         step_flops(TINY, BATCH, SEQ_LEN, "half")
 
@@ -212,21 +225,36 @@ def test_results_are_quoted_between_the_suites_markers(tmp_path, monkeypatch):
                                "kept\n<!-- end results/full.md -->\n")
 
 
-def test_profile_runs_its_variants_on_a_tiny_shape(tmp_path):
-    """The JAX profile's recipe and old-dropout variants, 2 steps each: rows, mask timings."""
+def run_profile(out: Path, variants: str, *flags: str) -> dict:
     command = [sys.executable, "-m", "benchmarks.profile_jax", "--shape", "tiny",
                "--batch", str(BATCH), "--seq-len", str(SEQ_LEN), "--steps", str(STEPS),
-               "--warmup", "1", "--variants", "recipe,bernoulli_dropout", "--out", str(tmp_path)]
+               "--warmup", "1", "--variants", variants, "--out", str(out), *flags]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads((tmp_path / "profile_jax_tiny.json").read_text())
+    doc = json.loads((out / f"profile_jax_tiny{'_ab' if flags else ''}.json").read_text())
     rows = {row["variant"]: row for row in doc["variants"]}
-    assert set(rows) == {"recipe", "bernoulli_dropout"}
+    assert list(rows) == variants.split(",")
     assert all(row["status"] == "ok" and len(row["step_times_s"]) == STEPS
                for row in rows.values())
+    return rows
+
+
+def test_profile_runs_its_variants_on_a_tiny_shape(tmp_path):
+    """The JAX profile's recipe and old-dropout variants, 2 steps each: rows, mask timings;
+    then --ab, where variants share a process: a patched variant built first must not leak
+    into the recipe (XLA's temporary memory of the recipe step is the same either way)."""
+    rows = run_profile(tmp_path, "recipe,bernoulli_dropout")
     assert set(rows["recipe"]["attention_mask_ms"]) == {"jax_lora", "bernoulli"}
+    assert not rows["recipe"]["shared_process"]
     text = (tmp_path / "profile_jax_tiny.md").read_text()
     assert "| bernoulli_dropout |" in text and "One dropout mask" in text
+
+    shared = run_profile(tmp_path, "bernoulli_dropout,full_last_layer,headmajor_attention,recipe",
+                         "--ab")
+    assert all(row["shared_process"] for row in shared.values())
+    assert shared["recipe"]["temp_bytes"] == rows["recipe"]["temp_bytes"]
+    assert shared["bernoulli_dropout"]["temp_bytes"] == rows["bernoulli_dropout"]["temp_bytes"]
+    assert "alternated their steps" in (tmp_path / "profile_jax_tiny_ab.md").read_text()
 
 
 def test_ops_table_has_every_operation_and_rejects_bad_flags(capsys):

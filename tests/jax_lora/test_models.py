@@ -48,3 +48,28 @@ def test_dropout_is_keyed_and_jittable(model, tiny_batch):
 def test_heads_must_divide_hidden_dim():
     with pytest.raises(ValueError, match="num_heads=4"):
         BertConfig(vocab_size=10, hidden_dim=10, num_layers=1, num_heads=4, intermediate_dim=8)
+
+
+def test_cls_only_last_layer_gives_the_full_models_logits_and_gradients(model, tiny_batch):
+    """The classifier reads the [CLS] row alone, so running the last layer for that row only
+    changes nothing it computes, forward or backward, while XLA does fewer FLOPs."""
+    full, short = model.encode(*tiny_batch), model.encode(*tiny_batch, cls_only=True)
+    for name in ("logits", "pooled_output", "cls"):
+        np.testing.assert_allclose(short[name], full[name], atol=1e-6)
+    assert short["sequence_output"].shape == (2, 1, 16)
+    np.testing.assert_array_equal(short["hidden_states"][0], full["hidden_states"][0])
+
+    graphdef, params = nnx.split(model)
+
+    def loss(params, cls_only):
+        out = nnx.merge(graphdef, params).encode(*tiny_batch, cls_only=cls_only)
+        return (out["logits"] ** 2).sum()
+
+    grads = [jax.grad(loss)(params, flag) for flag in (False, True)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(b, a, atol=1e-6)
+    flops = [jax.jit(loss, static_argnums=1).lower(params, flag).compile().cost_analysis()["flops"]
+             for flag in (False, True)]
+    assert flops[1] < flops[0]
+    # __call__ (training and evaluation) takes the short path.
+    np.testing.assert_array_equal(model(*tiny_batch), short["logits"])
