@@ -36,6 +36,10 @@ VARIANTS = {
                               "the 16-bit non-partitionable draw"),
     "full_last_layer": ({}, "the last layer computed for every row, as before jax_lora cut it to "
                             "the [CLS] row the classifier reads (encode(cls_only=False))"),
+    "remat_layers": ({}, "each transformer layer rematerialised (jax.checkpoint, nothing "
+                         "saved): its forward recomputed in the backward pass"),
+    "remat_dots": ({}, "each layer rematerialised except the outputs of its weight matmuls "
+                       "(dots_with_no_batch_dims_saveable)"),
     "headmajor_attention": ({}, "attention products as matmuls on [B, heads, T, head_dim] "
                                 "operands transposed first, instead of jax_lora's einsums"),
     "rbg_prng": ({"JAX_DEFAULT_PRNG_IMPL": "rbg"},
@@ -69,6 +73,12 @@ def variant_step(name: str, jax_setup, batch, patches: contextlib.ExitStack):
     if name == "bernoulli_dropout":
         patches.enter_context(mock.patch.object(jax_lora.lora, "dropout", bernoulli_dropout))
         patches.enter_context(mock.patch.object(jax_lora.models, "dropout", bernoulli_dropout))
+    elif name in ("remat_layers", "remat_dots"):
+        policy = (jax.checkpoint_policies.nothing_saveable if name == "remat_layers" else
+                  jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+        patches.enter_context(mock.patch.object(
+            jax_lora.models.TransformerLayer, "__call__",
+            rematerialised(jax_lora.models.TransformerLayer.__call__, policy)))
     elif name == "headmajor_attention":
         patches.enter_context(mock.patch.object(jax_lora.models, "attend", headmajor_attend))
     elif name == "full_last_layer":
@@ -112,6 +122,21 @@ def variant_step(name: str, jax_setup, batch, patches: contextlib.ExitStack):
     if name == "grad_all":
         return jax.jit(grad_all, donate_argnums=0), (s.state, batch)
     return jax.jit(forward_only), (s.state, batch)
+
+
+def rematerialised(layer_call, policy):
+    """A TransformerLayer.__call__ that runs the layer under jax.checkpoint with `policy`."""
+    import jax
+    from flax import nnx
+
+    def call(self, x, padding_mask, dropout_key, *, cls_only: bool = False):
+        graphdef, state = nnx.split(self)
+
+        def pure(state, x, padding_mask, dropout_key):
+            return layer_call(nnx.merge(graphdef, state), x, padding_mask, dropout_key,
+                              cls_only=cls_only)
+        return jax.checkpoint(pure, policy=policy)(state, x, padding_mask, dropout_key)
+    return call
 
 
 def headmajor_attend(query, key, value, padding_mask, rate: float, dropout_key):
