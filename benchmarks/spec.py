@@ -107,8 +107,10 @@ def step_flops(shape: Shape, batch: int, seq_len: int, method: str,
     """FLOPs one training step needs with this method: forward + the backward it requires.
 
     A trained matmul costs 3x its forward (forward, input gradient, weight gradient). A frozen
-    matmul on the gradient path costs 2x (no weight gradient). Attention matmuls multiply two
-    activations, so both gradients are needed: 3x. LoRA-adapted projections:
+    matmul on the gradient path costs 2x (no weight gradient); with LoRA, the first layer's
+    query/key/value projections are off it (their input comes from the frozen embeddings), 1x,
+    and so is its key gradient. Attention matmuls multiply two activations, so both gradients
+    are needed: 3x. LoRA-adapted projections:
     - lora_adapter (PEFT, jax_lora): x·W frozen (2x) plus x·A·B trained (3x its
       2·rows·r·2H);
     - lora_merged (Keras enable_lora): x·(W + s·A·B) needs the weight gradient of the merged
@@ -120,13 +122,18 @@ def step_flops(shape: Shape, batch: int, seq_len: int, method: str,
         return 3 * sum(fwd.values())
     if method not in ("lora_adapter", "lora_merged"):
         raise ValueError(f"method {method!r}: expected full, lora_adapter or lora_merged")
-    hidden, layers = shape.hidden_dim, shape.num_layers
+    hidden, layers, tokens = shape.hidden_dim, shape.num_layers, batch * seq_len
     adapted = len(LORA_TARGETS) * layers  # projections with adapters
     # value adapters see every token, query adapters the query rows
-    adapter_rows = batch * seq_len * layers + query_rows(shape, batch, seq_len, cls_only)
+    adapter_rows = tokens * layers + query_rows(shape, batch, seq_len, cls_only)
     frozen = (2 * (fwd["projections"] + fwd["ffn"] + fwd["pooler"])
               + 3 * (fwd["attention"] + fwd["head"]))
+    # Below the first layer only frozen embeddings: no gradient w.r.t. its input is needed, so
+    # its query, key and value projections (and adapters) skip their input gradients, and its
+    # keys (no adapter) need no gradient at all, which saves the Q·Kᵀ product's key gradient.
+    frozen -= 3 * 2 * tokens * hidden * hidden + 2 * batch * seq_len * seq_len * hidden
     if method == "lora_adapter":
-        return frozen + 3 * 2 * adapter_rows * LORA_RANK * 2 * hidden
+        return (frozen + 3 * 2 * adapter_rows * LORA_RANK * 2 * hidden
+                - len(LORA_TARGETS) * 2 * tokens * LORA_RANK * hidden)
     return (frozen + 2 * adapter_rows * hidden * hidden
             + 3 * adapted * 2 * hidden * hidden * LORA_RANK)

@@ -139,8 +139,13 @@ def test_flops_formula():
     merged = step_flops(TINY, BATCH, SEQ_LEN, "lora_merged")
     frozen = 2 * (forward["projections"] + forward["ffn"] + forward["pooler"])
     trained = 3 * (forward["attention"] + forward["head"])
-    assert lora == frozen + trained + 3 * 4 * 2 * tokens * LORA_RANK * 2 * 32
-    assert merged == frozen + trained + 4 * 2 * tokens * 32 * 32 + 3 * 4 * 2 * 32 * 32 * LORA_RANK
+    # The first layer's input is the frozen embeddings: no input gradient for its query, key
+    # and value projections (3 · 2·tokens·H²) or adapters (2 · 2·tokens·r·H), no key gradient.
+    first = 3 * 2 * tokens * 32 * 32 + 2 * BATCH * SEQ_LEN * SEQ_LEN * 32
+    assert lora == (frozen + trained - first + 3 * 4 * 2 * tokens * LORA_RANK * 2 * 32
+                    - 2 * 2 * tokens * LORA_RANK * 32)
+    assert merged == (frozen + trained - first + 4 * 2 * tokens * 32 * 32
+                      + 3 * 4 * 2 * 32 * 32 * LORA_RANK)
     # jax_lora's last layer computes the [CLS] row only: tokens - batch fewer rows through
     # query, output, FFN and attention queries there, 2·(2H² + 2HF + 2TH) FLOPs each.
     short = forward_flops(TINY, BATCH, SEQ_LEN, cls_only=True)
@@ -268,3 +273,28 @@ def test_ops_table_has_every_operation_and_rejects_bad_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
         ops_jax.main(["--repeats", "0"])
     assert exit_info.value.code == 2 and "--repeats 0: must be >= 1" in capsys.readouterr().err
+
+
+def test_trace_matmul_flops_agree_with_the_formula(tmp_path, capsys):
+    """The traced step's dots, read off the compiled HLO, carry the FLOPs that
+    spec.step_flops counts for jax_lora (first-layer savings and [CLS]-only last layer
+    included); the report has both tables."""
+    from benchmarks import trace_jax
+
+    doc = trace_jax.profile("tiny", BATCH, SEQ_LEN, warmup=1, steps=1)
+    hlo_flops = sum(flops for _, flops in doc["matmuls"].values())
+    # The last layer's key and value gradients contract over its single query row: outer
+    # products, which XLA writes as multiplies rather than dots (2·B·T·H FLOPs each).
+    outer_products = 2 * 2 * BATCH * SEQ_LEN * TINY.hidden_dim
+    assert hlo_flops + outer_products == step_flops(TINY, BATCH, SEQ_LEN, "lora_adapter",
+                                                    cls_only=True)
+    assert set(doc["matmuls"]) <= set(doc["operations"])  # every dot ran inside the trace
+    assert doc["wall_s_per_step"] > 0 and sum(doc["operations"].values()) > 0
+    trace_jax.main(["--shape", "tiny", "--batch", str(BATCH), "--seq-len", str(SEQ_LEN),
+                    "--steps", "1", "--warmup", "1", "--out", str(tmp_path)])
+    text = (tmp_path / "trace_jax_tiny.md").read_text()
+    assert "| operation kind |" in text and "| matmul (lhs · rhs → out) |" in text
+    assert text == capsys.readouterr().out.rstrip("\n") + "\n"
+    with pytest.raises(SystemExit) as exit_info:
+        trace_jax.main(["--steps", "0", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
