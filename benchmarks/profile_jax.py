@@ -36,10 +36,12 @@ VARIANTS = {
                               "the 16-bit non-partitionable draw"),
     "full_last_layer": ({}, "the last layer computed for every row, as before jax_lora cut it to "
                             "the [CLS] row the classifier reads (encode(cls_only=False))"),
-    "remat_layers": ({}, "each transformer layer rematerialised (jax.checkpoint, nothing "
-                         "saved): its forward recomputed in the backward pass"),
-    "remat_dots": ({}, "each layer rematerialised except the outputs of its weight matmuls "
-                       "(dots_with_no_batch_dims_saveable)"),
+    "memory_scheduler": ({}, "the recipe's step compiled with XLA:CPU's memory-optimised "
+                             "scheduler (what --remat turns on)"),
+    "remat_dots": ({}, "jax_lora --remat dots: each layer keeps only its weight matmuls' "
+                       "outputs for the backward pass (memory-optimised scheduler)"),
+    "remat_layers": ({}, "jax_lora --remat layers: each layer keeps only its input and is "
+                         "recomputed in the backward pass (memory-optimised scheduler)"),
     "headmajor_attention": ({}, "attention products as matmuls on [B, heads, T, head_dim] "
                                 "operands transposed first, instead of jax_lora's einsums"),
     "rbg_prng": ({"JAX_DEFAULT_PRNG_IMPL": "rbg"},
@@ -67,18 +69,12 @@ def variant_step(name: str, jax_setup, batch, patches: contextlib.ExitStack):
 
     import jax_lora.lora
     import jax_lora.models
-    from jax_lora.train import TrainState, batch_metrics, make_train_step
+    from jax_lora.train import TrainState, batch_metrics, compiler_options, make_train_step
 
     s = jax_setup
     if name == "bernoulli_dropout":
         patches.enter_context(mock.patch.object(jax_lora.lora, "dropout", bernoulli_dropout))
         patches.enter_context(mock.patch.object(jax_lora.models, "dropout", bernoulli_dropout))
-    elif name in ("remat_layers", "remat_dots"):
-        policy = (jax.checkpoint_policies.nothing_saveable if name == "remat_layers" else
-                  jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-        patches.enter_context(mock.patch.object(
-            jax_lora.models.TransformerLayer, "__call__",
-            rematerialised(jax_lora.models.TransformerLayer.__call__, policy)))
     elif name == "headmajor_attention":
         patches.enter_context(mock.patch.object(jax_lora.models, "attend", headmajor_attend))
     elif name == "full_last_layer":
@@ -86,6 +82,11 @@ def variant_step(name: str, jax_setup, batch, patches: contextlib.ExitStack):
             return self.encode(*inputs, dropout_key=dropout_key)["logits"]
         patches.enter_context(mock.patch.object(jax_lora.models.BertClassifier, "__call__",
                                                 every_row))
+    if name in ("memory_scheduler", "remat_dots", "remat_layers"):
+        model = nnx.merge(s.graphdef, s.state.params)
+        model.remat = name.removeprefix("remat_") if name.startswith("remat") else "none"
+        return make_train_step(nnx.split(model)[0], s.tx, s.trainable, s.dropout_base,
+                               options=compiler_options("layers")), (s.state, batch)
     if name in ("bf16", "no_dropout"):
         # Both change static module attributes, which live in the graphdef.
         model = nnx.merge(s.graphdef, s.state.params)
@@ -122,21 +123,6 @@ def variant_step(name: str, jax_setup, batch, patches: contextlib.ExitStack):
     if name == "grad_all":
         return jax.jit(grad_all, donate_argnums=0), (s.state, batch)
     return jax.jit(forward_only), (s.state, batch)
-
-
-def rematerialised(layer_call, policy):
-    """A TransformerLayer.__call__ that runs the layer under jax.checkpoint with `policy`."""
-    import jax
-    from flax import nnx
-
-    def call(self, x, padding_mask, dropout_key, *, cls_only: bool = False):
-        graphdef, state = nnx.split(self)
-
-        def pure(state, x, padding_mask, dropout_key):
-            return layer_call(nnx.merge(graphdef, state), x, padding_mask, dropout_key,
-                              cls_only=cls_only)
-        return jax.checkpoint(pure, policy=policy)(state, x, padding_mask, dropout_key)
-    return call
 
 
 def headmajor_attend(query, key, value, padding_mask, rate: float, dropout_key):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jax_lora.lora import LoraConfig
+from jax_lora.models import REMAT
 from shared.cli import (DATA_FIELDS, add_config_flags, add_data_args, check_fields,
                         data_namespace, flag_dest)
 from shared.data import DEFAULT_MAX_TEXT_CHARS
@@ -23,7 +24,7 @@ SCHEDULES = ("constant", "linear")
 MAX_SEQUENCE_LENGTH = 512  # BERT's position table, and the baseline's maximum
 # Fields that change how a run is watched or stored, not what it computes; a resumed run may
 # differ from its checkpoints in these and nothing else.
-RESUME_NEUTRAL = ("run_dir", "quiet", "checkpoint_every", "keep_checkpoints")
+RESUME_NEUTRAL = ("run_dir", "quiet", "checkpoint_every", "keep_checkpoints", "remat")
 # LoraConfig fields whose bare name would be ambiguous on the command line.
 LORA_FLAG_NAMES = {"dropout": "lora-dropout"}
 
@@ -41,6 +42,7 @@ class TrainConfig:
     sequence_length: int = MAX_SEQUENCE_LENGTH  # tokens per row after truncation (max 512)
     dynamic_padding: bool = True  # pad each batch to its longest row, rounded up to a bucket
     group_by_length: bool = True  # batch rows of similar length (less padding), in shuffled order
+    remat: str = "none"  # trade compute for activation memory: none, dots or layers (see README)
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapters and which head layers train
     checkpoint_every: int = 200  # steps between checkpoints, besides each epoch end; 0 = epoch ends
     keep_checkpoints: int = 3  # newest checkpoints kept in run_dir/checkpoints
@@ -59,6 +61,7 @@ class TrainConfig:
             ("lr", self.lr > 0, "must be > 0"),
             ("weight-decay", self.weight_decay >= 0, "must be >= 0"),
             ("schedule", self.schedule in SCHEDULES, f"choose one of {', '.join(SCHEDULES)}"),
+            ("remat", self.remat in REMAT, f"choose one of {', '.join(REMAT)}"),
             ("warmup-steps", self.warmup_steps >= 0, "must be >= 0"),
             ("sequence-length", 3 <= self.sequence_length <= MAX_SEQUENCE_LENGTH,
              f"must lie in [3, {MAX_SEQUENCE_LENGTH}] ([CLS] premise [SEP] hypothesis [SEP])"),

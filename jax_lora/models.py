@@ -18,6 +18,12 @@ from jax_lora.lora import BERT_KERNEL_INIT, LoraConfig, LoRALinear, dropout
 
 # keras.layers.Softmax fills masked logits with this value (float32), not -inf.
 MASKED_LOGIT = -1e9
+# What each transformer layer keeps for the backward pass (jax.checkpoint policies): "none"
+# keeps every activation the backward pass reads; "dots" only the outputs of the weight matmuls,
+# recomputing softmax, GELU, LayerNorm, dropout and the attention products; "layers" only the
+# layer's input, recomputing the whole layer. Less memory for more compute.
+REMAT = {"none": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+         "layers": jax.checkpoint_policies.nothing_saveable}
 
 
 @dataclass(frozen=True)
@@ -132,12 +138,27 @@ class TransformerLayer(nnx.Module):
         return self.ffn_layer_norm(x + dropout(out, self.rate, _fold(dropout_key, 14)))
 
 
+def run_layer(layer: TransformerLayer, x, padding_mask, dropout_key, *, cls_only: bool,
+              remat: str):
+    """layer(x, ...), under jax.checkpoint with the REMAT[remat] policy unless remat="none"."""
+    if remat == "none":
+        return layer(x, padding_mask, dropout_key, cls_only=cls_only)
+    graphdef, state = nnx.split(layer)
+
+    def pure(state, x, padding_mask, dropout_key):
+        return nnx.merge(graphdef, state)(x, padding_mask, dropout_key, cls_only=cls_only)
+    return jax.checkpoint(pure, policy=REMAT[remat])(state, x, padding_mask, dropout_key)
+
+
 class BertClassifier(nnx.Module):
     def __init__(self, config: BertConfig, *, num_classes: int = 3,
-                 lora: LoraConfig = LoraConfig(), rngs: nnx.Rngs):
+                 lora: LoraConfig = LoraConfig(), remat: str = "none", rngs: nnx.Rngs):
+        if remat not in REMAT:
+            raise ValueError(f"remat={remat!r}: choose one of {', '.join(REMAT)}")
         self.config = config
         self.num_classes = num_classes
         self.lora = lora
+        self.remat = remat  # a key of REMAT; may be set after loading (it holds no weights)
         self.embeddings = Embeddings(config, rngs=rngs)
         self.layers = nnx.List([TransformerLayer(config, lora, rngs=rngs)
                                 for _ in range(config.num_layers)])
@@ -162,8 +183,8 @@ class BertClassifier(nnx.Module):
         x = self.embeddings(token_ids, segment_ids, _fold(dropout_key, num_layers))
         hidden_states = []
         for index, layer in enumerate(self.layers):
-            x = layer(x, padding_mask, _fold(dropout_key, index),
-                      cls_only=cls_only and index == num_layers - 1)
+            x = run_layer(layer, x, padding_mask, _fold(dropout_key, index),
+                          cls_only=cls_only and index == num_layers - 1, remat=self.remat)
             hidden_states.append(x)
         cls = x[:, 0]
         pooled = jnp.tanh(self.pooler(cls))

@@ -89,7 +89,19 @@ def batch_metrics(logits, labels, weights) -> dict:
             "count": jnp.sum(weights)}
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, trainable, dropout_base):
+def compiler_options(remat: str) -> dict:
+    """XLA options of the train step. XLA:CPU's default scheduler runs independent operations
+    concurrently and so keeps recomputed activations alive as long as stored ones: with
+    rematerialisation on, the step needs its memory-optimised scheduler to use less memory
+    (benchmarks/BENCHMARKS.md)."""
+    if remat == "none" or jax.default_backend() != "cpu":
+        return {}
+    return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, trainable, dropout_base, *,
+                    options: dict | None = None):
+    """The jitted step (state donated); `options` are XLA compiler options (compiler_options)."""
     def loss_fn(trainable_params, frozen, batch, dropout_key):
         model = nnx.merge(graphdef, trainable_params, frozen)
         logits = model(batch["token_ids"], batch["segment_ids"], batch["padding_mask"],
@@ -108,7 +120,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, trainable, dropo
         params = optax.apply_updates(state.params, updates)
         return TrainState(state.step + 1, params, opt_state), metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(train_step, donate_argnums=0, compiler_options=options or None)
 
 
 def make_eval_step(graphdef):
@@ -270,13 +282,15 @@ def run(setup: Setup) -> Path:
 
     # Model and optimizer: the mask says which leaves move; the rest keep no optimizer state.
     model = setup.pretrained.model
+    model.remat = config.remat
     graphdef, params = nnx.split(model)
     trainable = trainable_filter(config.lora)
     mask = trainable_mask(params, trainable)
     tx = make_optimizer(config, mask, total_steps)
     state = replicate(TrainState(jnp.int32(0), params, tx.init(params)), mesh)
     dropout_base = jax.random.fold_in(jax.random.key(config.seed), DROPOUT_STREAM)
-    train_step = make_train_step(graphdef, tx, trainable, dropout_base)
+    train_step = make_train_step(graphdef, tx, trainable, dropout_base,
+                                 options=compiler_options(config.remat))
     predict = functools.partial(evaluate, make_eval_step(graphdef), mesh=mesh,
                                 global_batch=setup.global_batch, dynamic=config.dynamic_padding)
 
