@@ -176,6 +176,8 @@ def test_flags_map_onto_the_config():
     assert ungrouped.to_dict()["group_by_length"] is False
     assert ungrouped.resume_key() != TrainConfig().resume_key()  # other batches: no resuming
     assert "passes over the training split" in build_parser().format_help()
+    remat = parse_config(["--remat", "dots"])
+    assert remat.remat == "dots" and remat.resume_key() == TrainConfig().resume_key()
 
 
 # ---------------------------------------------------------------- whole runs of train.py
@@ -253,6 +255,7 @@ def test_adapter_reproduces_the_predictions(finished_run):
 
 @pytest.mark.parametrize("flags, field", [
     (["--epochs", "0"], "--epochs"), (["--targets", "query,dense"], "targets"),
+    (["--remat", "all"], "--remat"),
     (["--batch-per-device", "100"], "--batch-per-device"),
     (["--sequence-length", "100", "--no-dynamic-padding"], None),  # valid: control case
     (["--sequence-length", "200"], "--sequence-length"),  # tiny preset has 128 positions
@@ -308,3 +311,20 @@ def test_kill_9_then_rerun_ends_bitwise_equal(finished_run, tiny_hf_preset, tmp_
         assert np.array_equal(resumed[name], reference[name]), name
     assert read_run(run_dir).history.equals(read_run(finished_run).history)
     assert "resumed_at" in read_run(run_dir).manifest
+
+
+def test_remat_run_trains_the_same_adapters(finished_run, tiny_hf_preset, tmp_path, run_env):
+    """`--remat layers` recomputes each layer in the backward pass (with the memory-optimised
+    scheduler on CPU): the same adapters and validation predictions as the reference run."""
+    run_dir = tmp_path / "remat"
+    done = subprocess.run([*train_command(tiny_hf_preset, run_dir), "--remat", "layers"],
+                          cwd=REPO, env=run_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_run(run_dir).manifest["config"]["remat"] == "layers"
+    trained = safetensors.numpy.load_file(str(run_dir / ADAPTER / ADAPTER_WEIGHTS))
+    reference = safetensors.numpy.load_file(str(finished_run / ADAPTER / ADAPTER_WEIGHTS))
+    for name in reference:
+        np.testing.assert_allclose(trained[name], reference[name], atol=1e-5, err_msg=name)
+    columns = ["p_entailment", "p_neutral", "p_contradiction"]
+    np.testing.assert_allclose(read_run(run_dir).predictions[columns],
+                               read_run(finished_run).predictions[columns], atol=1e-5)
