@@ -80,19 +80,27 @@ def estimate(data_dir: Path, preset: str, warmup: int, steps: int,
     trainers = []
     for trainer, (config_name, batch, step_lengths) in plans.items():
         needed = sorted(set(step_lengths))
-        job = Job(config_name, SHAPE, batch, needed[0], steps, warmup, preset,
-                  extra_seq_lens=tuple(needed[1:]))
         config = CONFIG_BY_NAME[config_name]
-        result = run_config(config, job)
+        # A worker killed for lack of memory is timed again on micro-batches of half the
+        # rows: the recipe's step then costs `micro_batches` of them (as with accumulation).
+        micro_batches = 1
+        while True:
+            job = Job(config_name, SHAPE, batch // micro_batches, needed[0], steps, warmup,
+                      preset, extra_seq_lens=tuple(needed[1:]))
+            result = run_config(config, job)
+            if result.get("returncode") != -9 or batch // micro_batches < 2 or micro_batches > 2:
+                break
+            micro_batches *= 2
         if result["status"] != "ok":
             return {"status": result["status"],
                     "reason": f"{config_name}: {result.get('reason') or result.get('error')}"}
-        per_length = {needed[0]: result["median_step_s"],
-                      **{int(k): v["median_step_s"] for k, v in result["extra_seq_lens"].items()}}
+        per_length = {needed[0]: result["median_step_s"] * micro_batches,
+                      **{int(k): v["median_step_s"] * micro_batches
+                         for k, v in result["extra_seq_lens"].items()}}
         counts = Counter(step_lengths)
         trainers.append({
             "trainer": trainer, "config": config_name, "label": config.label,
-            "batch": batch, "steps": len(step_lengths),
+            "batch": batch, "steps": len(step_lengths), "micro_batches": micro_batches,
             "steps_per_length": {str(k): counts[k] for k in needed},
             "median_step_s_per_length": {str(k): per_length[k] for k in needed},
             "lengths_summary": ", ".join(f"{k}×{counts[k]}" for k in needed),

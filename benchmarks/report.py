@@ -156,7 +156,10 @@ def epoch_lines(epoch: dict | None) -> list[str]:
              "| trainer | batch | steps | padded lengths (length×steps) | PFLOP | epoch (min) |",
              "|---|---:|---:|---|---:|---:|"]
     for row in epoch["trainers"]:
-        lines.append(f"| {row['label']} | {row['batch']} | {row['steps']} "
+        micro = row.get("micro_batches", 1)
+        batch = (f"{row['batch']} (timed as {micro} × {row['batch'] // micro}: "
+                 f"{row['batch']} rows ran out of memory)" if micro > 1 else row["batch"])
+        lines.append(f"| {row['label']} | {batch} | {row['steps']} "
                      f"| {row['lengths_summary']} | {row['epoch_flops'] / 1e15:.2f} "
                      f"| {row['epoch_s'] / 60:.1f} |")
     lines += ["", f"JAX LoRA epoch is **{epoch['speedup']:.1f}×** faster than the TF replica's "

@@ -128,6 +128,10 @@ def run_module(module: str, args: list[str], env: dict | None = None) -> dict:
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
                           text=True, env={**os.environ, **(env or {})})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode < 0:  # killed: its last stderr line is unrelated
+        why = " (SIGKILL: out of memory? see dmesg)" if proc.returncode == -9 else ""
+        return {"status": "failed", "returncode": proc.returncode,
+                "error": f"killed by signal {-proc.returncode}{why}"}
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
         return {"status": "failed", "returncode": proc.returncode, "error": tail[-500:]}

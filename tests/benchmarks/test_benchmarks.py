@@ -298,3 +298,36 @@ def test_trace_matmul_flops_agree_with_the_formula(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         trace_jax.main(["--steps", "0", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+def test_epoch_estimate_times_half_batches_when_a_worker_runs_out_of_memory(watson_dir):
+    """A tf_full worker killed by SIGKILL at batch 16 (the OOM killer) is timed again at 8 and
+    each recipe step counts as two of those; the report says so."""
+    jobs = []
+
+    def run_config(config, job):
+        jobs.append((job.config, job.batch))
+        if job.config == "tf_full" and job.batch == 16:
+            return {"status": "failed", "returncode": -9, "error": "killed by signal 9"}
+        seconds = {length: job.batch * length / 1000 for length in (job.seq_len,
+                                                                     *job.extra_seq_lens)}
+        return {"status": "ok", "median_step_s": seconds[job.seq_len],
+                "extra_seq_lens": {str(k): {"median_step_s": v} for k, v in seconds.items()}}
+
+    estimate = epoch.estimate(watson_dir, "unused-preset", warmup=1, steps=3,
+                              run_config=run_config)
+    assert jobs == [("tf_full", 16), ("tf_full", 8), ("jax_lora", 16)]
+    tf_row, jax_row = estimate["trainers"]
+    assert (tf_row["batch"], tf_row["micro_batches"], jax_row["micro_batches"]) == (16, 2, 1)
+    assert tf_row["epoch_s"] == pytest.approx(530 * 2 * 8 * 512 / 1000)
+    assert "timed as 2 × 8" in "\n".join(report.epoch_lines(estimate))
+
+
+def test_a_killed_worker_is_reported_as_killed(monkeypatch):
+    def killed(*args, **kwargs):
+        return subprocess.CompletedProcess(args, -9, stdout="", stderr="an unrelated warning\n")
+
+    monkeypatch.setattr(run.subprocess, "run", killed)
+    result = run.run_module("benchmarks.bench_tf", [])
+    assert result["status"] == "failed" and result["returncode"] == -9
+    assert result["error"].startswith("killed by signal 9 (SIGKILL: out of memory?")
