@@ -24,8 +24,8 @@ from benchmarks.worker import Bench, Job, fake_batch, run_worker
 from jax_lora.config import TrainConfig
 from jax_lora.lora import trainable_filter
 from jax_lora.optim import make_optimizer, param_counts, trainable_mask
-from jax_lora.train import (DROPOUT_STREAM, TrainState, make_mesh, make_train_step, replicate,
-                            shard_batch)
+from jax_lora.train import (DROPOUT_STREAM, TrainState, compiler_options, make_mesh,
+                            make_train_step, replicate, shard_batch)
 from jax_lora.weights import load_pretrained
 
 
@@ -39,6 +39,8 @@ class JaxSetup:
     mask: nnx.State
     mesh: Mesh
     dropout_base: jax.Array
+    remat: str  # the recipe's --remat, set on the model
+    options: dict  # XLA compiler options of the step (jax_lora.train.compiler_options)
 
     def device_batch(self, shape: Shape, batch: int, seq_len: int, seed: int) -> dict:
         """A fixed global batch, sharded over the mesh as train.py shards each batch."""
@@ -52,20 +54,23 @@ def setup(job: Job, full: bool) -> JaxSetup:
     # is the same model with no adapters and every parameter trainable.
     lora = dataclasses.replace(recipe.lora, targets=() if full else LORA_TARGETS,
                                rank=LORA_RANK, alpha=float(LORA_RANK))
-    graphdef, params = nnx.split(load_pretrained(job.preset, lora, seed=job.seed).model)
+    model = load_pretrained(job.preset, lora, seed=job.seed).model
+    model.remat = recipe.remat  # as train.py sets it, with its compiler options below
+    graphdef, params = nnx.split(model)
     trainable = nnx.Param if full else trainable_filter(lora)
     mask = trainable_mask(params, trainable)
     tx = make_optimizer(recipe, mask, total_steps=1_000_000)
     mesh = make_mesh()
     state = replicate(TrainState(jnp.int32(0), params, tx.init(params)), mesh)
     dropout_base = jax.random.fold_in(jax.random.key(job.seed), DROPOUT_STREAM)
-    return JaxSetup(graphdef, state, tx, trainable, mask, mesh, dropout_base)
+    return JaxSetup(graphdef, state, tx, trainable, mask, mesh, dropout_base, recipe.remat,
+                    compiler_options(recipe.remat))
 
 
 def build(job: Job, config: Config, shape: Shape) -> Bench:
     jax_setup = setup(job, full=config.method == "full")
     train_step = make_train_step(jax_setup.graphdef, jax_setup.tx, jax_setup.trainable,
-                                 jax_setup.dropout_base)
+                                 jax_setup.dropout_base, options=jax_setup.options)
 
     def make_step(seq_len: int):
         batch = jax_setup.device_batch(shape, job.batch, seq_len, job.seed)
@@ -81,6 +86,7 @@ def build(job: Job, config: Config, shape: Shape) -> Bench:
                   "dtype": str(jax.tree.leaves(jax_setup.state.params)[0].dtype),
                   "devices": jax_setup.mesh.size, "backend": jax.default_backend(),
                   "prng": jax.config.jax_default_prng_impl,
+                  "remat": jax_setup.remat,
                   "step": "jax_lora.train.make_train_step (jit, state donated)"})
 
 

@@ -36,12 +36,12 @@ VARIANTS = {
                               "the 16-bit non-partitionable draw"),
     "full_last_layer": ({}, "the last layer computed for every row, as before jax_lora cut it to "
                             "the [CLS] row the classifier reads (encode(cls_only=False))"),
-    "memory_scheduler": ({}, "the recipe's step compiled with XLA:CPU's memory-optimised "
-                             "scheduler (what --remat turns on)"),
-    "remat_dots": ({}, "jax_lora --remat dots: each layer keeps only its weight matmuls' "
-                       "outputs for the backward pass (memory-optimised scheduler)"),
-    "remat_layers": ({}, "jax_lora --remat layers: each layer keeps only its input and is "
-                         "recomputed in the backward pass (memory-optimised scheduler)"),
+    "no_remat": ({}, "--remat none: every activation the backward pass reads is kept, "
+                     "default XLA:CPU scheduler (jax_lora's step before --remat dots)"),
+    "no_remat_memory_scheduler": ({}, "--remat none, but compiled with XLA:CPU's "
+                                      "memory-optimised scheduler"),
+    "remat_layers": ({}, "--remat layers: each layer keeps only its input and is recomputed "
+                         "in the backward pass (memory-optimised scheduler)"),
     "headmajor_attention": ({}, "attention products as matmuls on [B, heads, T, head_dim] "
                                 "operands transposed first, instead of jax_lora's einsums"),
     "rbg_prng": ({"JAX_DEFAULT_PRNG_IMPL": "rbg"},
@@ -82,11 +82,12 @@ def variant_step(name: str, jax_setup, batch, patches: contextlib.ExitStack):
             return self.encode(*inputs, dropout_key=dropout_key)["logits"]
         patches.enter_context(mock.patch.object(jax_lora.models.BertClassifier, "__call__",
                                                 every_row))
-    if name in ("memory_scheduler", "remat_dots", "remat_layers"):
+    if name in ("no_remat", "no_remat_memory_scheduler", "remat_layers"):
         model = nnx.merge(s.graphdef, s.state.params)
-        model.remat = name.removeprefix("remat_") if name.startswith("remat") else "none"
+        model.remat = "layers" if name == "remat_layers" else "none"
+        options = {} if name == "no_remat" else compiler_options("layers")
         return make_train_step(nnx.split(model)[0], s.tx, s.trainable, s.dropout_base,
-                               options=compiler_options("layers")), (s.state, batch)
+                               options=options), (s.state, batch)
     if name in ("bf16", "no_dropout"):
         # Both change static module attributes, which live in the graphdef.
         model = nnx.merge(s.graphdef, s.state.params)
@@ -97,10 +98,11 @@ def variant_step(name: str, jax_setup, batch, patches: contextlib.ExitStack):
         if name == "no_dropout":
             model.config = dataclasses.replace(model.config, dropout=0.0)
         state = to_bfloat16(s, patches) if name == "bf16" else s.state
-        return make_train_step(nnx.split(model)[0], s.tx, s.trainable, s.dropout_base), (
-            state, batch)
+        return make_train_step(nnx.split(model)[0], s.tx, s.trainable, s.dropout_base,
+                               options=s.options), (state, batch)
     if name not in ("grad_all", "forward_only"):
-        return make_train_step(s.graphdef, s.tx, s.trainable, s.dropout_base), (s.state, batch)
+        return make_train_step(s.graphdef, s.tx, s.trainable, s.dropout_base,
+                               options=s.options), (s.state, batch)
 
     def loss_fn(params, batch, key):
         logits = nnx.merge(s.graphdef, params)(batch["token_ids"], batch["segment_ids"],
@@ -121,7 +123,8 @@ def variant_step(name: str, jax_setup, batch, patches: contextlib.ExitStack):
         return state, loss_fn(state.params, batch, key)[1]
 
     if name == "grad_all":
-        return jax.jit(grad_all, donate_argnums=0), (s.state, batch)
+        return jax.jit(grad_all, donate_argnums=0, compiler_options=s.options or None), (
+            s.state, batch)
     return jax.jit(forward_only), (s.state, batch)
 
 

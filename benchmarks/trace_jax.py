@@ -105,8 +105,8 @@ def profile(shape_name: str, batch: int, seq_len: int, warmup: int, steps: int) 
         jax_setup = setup(job, full=False)
         batch_arrays = jax_setup.device_batch(get_shape(shape_name), batch, seq_len, job.seed)
         compiled = make_train_step(jax_setup.graphdef, jax_setup.tx, jax_setup.trainable,
-                                   jax_setup.dropout_base).lower(jax_setup.state,
-                                                                 batch_arrays).compile()
+                                   jax_setup.dropout_base, options=jax_setup.options).lower(
+                                       jax_setup.state, batch_arrays).compile()
         state = jax_setup.state
         for _ in range(warmup):
             state, metrics = compiled(state, batch_arrays)

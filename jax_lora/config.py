@@ -42,7 +42,7 @@ class TrainConfig:
     sequence_length: int = MAX_SEQUENCE_LENGTH  # tokens per row after truncation (max 512)
     dynamic_padding: bool = True  # pad each batch to its longest row, rounded up to a bucket
     group_by_length: bool = True  # batch rows of similar length (less padding), in shuffled order
-    remat: str = "none"  # trade compute for activation memory: none, dots or layers (see README)
+    remat: str = "dots"  # what each layer keeps for the backward pass: none, dots or layers (see README)
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapters and which head layers train
     checkpoint_every: int = 200  # steps between checkpoints, besides each epoch end; 0 = epoch ends
     keep_checkpoints: int = 3  # newest checkpoints kept in run_dir/checkpoints
