@@ -137,8 +137,9 @@ def markdown(doc: dict, command: str) -> str:
              f"`{command}` ({doc['date_utc']}, jax {doc['jax']}); {doc['steps']} traced steps. "
              f"Wall time {doc['wall_s_per_step'] * 1e3:.0f} ms per step (traced, so slower than "
              f"untraced); the operations' times add up to {total * 1e3:.0f} ms "
-             f"({total / doc['wall_s_per_step']:.2f}× the wall time: XLA:CPU overlaps "
-             "independent operations).", "",
+             f"({total / doc['wall_s_per_step']:.2f}× the wall time; above 1, XLA:CPU ran "
+             "independent operations at the same time, below 1 the rest is runtime work "
+             "between operations).", "",
              "| operation kind | ms per step | share of operation time | operations |",
              "|---|---:|---:|---:|"]
     for kind, seconds in kinds.most_common(15):
