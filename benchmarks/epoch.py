@@ -83,14 +83,12 @@ def estimate(data_dir: Path, preset: str, warmup: int, steps: int,
         config = CONFIG_BY_NAME[config_name]
         # A worker killed for lack of memory is timed again on micro-batches of half the
         # rows: the recipe's step then costs `micro_batches` of them (as with accumulation).
-        micro_batches = 1
-        while True:
+        for micro_batches in (1, 2, 4):
             job = Job(config_name, SHAPE, batch // micro_batches, needed[0], steps, warmup,
                       preset, extra_seq_lens=tuple(needed[1:]))
             result = run_config(config, job)
-            if result.get("returncode") != -9 or batch // micro_batches < 2 or micro_batches > 2:
+            if result.get("returncode") != -9 or batch // micro_batches < 2:
                 break
-            micro_batches *= 2
         if result["status"] != "ok":
             return {"status": result["status"],
                     "reason": f"{config_name}: {result.get('reason') or result.get('error')}"}

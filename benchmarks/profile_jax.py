@@ -69,7 +69,7 @@ def variant_step(name: str, jax_setup, batch, patches: contextlib.ExitStack):
 
     import jax_lora.lora
     import jax_lora.models
-    from jax_lora.train import TrainState, batch_metrics, compiler_options, make_train_step
+    from jax_lora.train import TrainState, batch_metrics, make_train_step, memory_scheduler
 
     s = jax_setup
     if name == "bernoulli_dropout":
@@ -85,7 +85,7 @@ def variant_step(name: str, jax_setup, batch, patches: contextlib.ExitStack):
     if name in ("no_remat", "no_remat_memory_scheduler", "remat_layers"):
         model = nnx.merge(s.graphdef, s.state.params)
         model.remat = "layers" if name == "remat_layers" else "none"
-        options = {} if name == "no_remat" else compiler_options("layers")
+        options = {} if name == "no_remat" else memory_scheduler()
         return make_train_step(nnx.split(model)[0], s.tx, s.trainable, s.dropout_base,
                                options=options), (s.state, batch)
     if name in ("bf16", "no_dropout"):
@@ -338,6 +338,9 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"--variants: unknown {', '.join(unknown)}; "
                      f"choose among {', '.join(VARIANTS)}")
+    for flag, least in (("batch", 1), ("seq_len", 1), ("steps", 1), ("warmup", 0)):
+        if getattr(args, flag) < least:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= {least}")
     if args.worker:
         print(json.dumps({"variants": worker(args.worker.split(","), args.json_args)}),
               flush=True)

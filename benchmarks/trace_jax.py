@@ -6,9 +6,9 @@ Builds jax_lora's train step as benchmarks.bench_jax does, compiles it for one f
 --warmup steps, then traces --steps steps with jax.profiler and sums the durations of the XLA:CPU
 operations in the trace: per operation kind (the HLO instruction's name without its number:
 `ynn_fusion`, `transpose_copy_fusion`, ...) and, for the operations that hold a matmul, per
-matmul shape with the GFLOP/s it reached inside the step. XLA:CPU runs independent operations
-concurrently on the two cores, so operation times add up to more than the step's wall time; the
-report gives both. Writes benchmarks/results/trace_jax_<shape>.md and prints it.
+matmul shape with the GFLOP/s it reached inside the step. XLA:CPU may run independent
+operations concurrently on the two cores, so operation times need not add up to the step's wall
+time; the report gives both. Writes benchmarks/results/trace_jax_<shape>.md and prints it.
 """
 
 from __future__ import annotations
@@ -176,6 +176,8 @@ def main(argv=None) -> None:
     for flag in ("batch", "seq_len", "steps"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= 1")
+    if args.warmup < 0:
+        parser.error(f"--warmup {args.warmup}: must be >= 0")
     doc = profile(args.shape, args.batch, args.seq_len, args.warmup, args.steps)
     command = "python -m benchmarks.trace_jax " + " ".join(sys.argv[1:] if argv is None else argv)
     text = markdown(doc, command.strip())

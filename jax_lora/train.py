@@ -89,14 +89,19 @@ def batch_metrics(logits, labels, weights) -> dict:
             "count": jnp.sum(weights)}
 
 
+def memory_scheduler() -> dict:
+    """XLA:CPU's memory-optimised scheduler as compiler options ({} on other backends)."""
+    if jax.default_backend() != "cpu":
+        return {}
+    return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
 def compiler_options(remat: str) -> dict:
     """XLA options of the train step. XLA:CPU's default scheduler runs independent operations
     concurrently and so keeps recomputed activations alive as long as stored ones: with
     rematerialisation on, the step needs its memory-optimised scheduler to use less memory
     (benchmarks/BENCHMARKS.md)."""
-    if remat == "none" or jax.default_backend() != "cpu":
-        return {}
-    return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+    return {} if remat == "none" else memory_scheduler()
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, trainable, dropout_base, *,

@@ -279,7 +279,7 @@ def test_trace_matmul_flops_agree_with_the_formula(tmp_path, capsys):
     """The traced step's dots, read off the compiled HLO, carry the FLOPs that
     spec.step_flops counts for jax_lora (first-layer savings and [CLS]-only last layer
     included); the report has both tables."""
-    from benchmarks import trace_jax
+    from benchmarks import profile_jax, trace_jax
 
     doc = trace_jax.profile("tiny", BATCH, SEQ_LEN, warmup=1, steps=1)
     hlo_flops = sum(flops for _, flops in doc["matmuls"].values())
@@ -298,9 +298,12 @@ def test_trace_matmul_flops_agree_with_the_formula(tmp_path, capsys):
     text = (tmp_path / "trace_jax_tiny.md").read_text()
     assert "| operation kind |" in text and "| matmul (lhs · rhs → out) |" in text
     assert text == capsys.readouterr().out.rstrip("\n") + "\n"
-    with pytest.raises(SystemExit) as exit_info:
-        trace_jax.main(["--steps", "0", "--out", str(tmp_path)])
-    assert exit_info.value.code == 2
+    for module, flags in ((trace_jax, ["--steps", "0"]), (trace_jax, ["--warmup", "-1"]),
+                          (profile_jax, ["--steps", "0"]), (profile_jax, ["--warmup", "-1"])):
+        with pytest.raises(SystemExit) as exit_info:
+            module.main([*flags, "--out", str(tmp_path / "bad")])
+        assert exit_info.value.code == 2, (module, flags)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_epoch_estimate_times_half_batches_when_a_worker_runs_out_of_memory(watson_dir):
