@@ -35,11 +35,11 @@ def train_lengths(data_dir: Path) -> tuple[np.ndarray, dict]:
     from jax_lora.config import TrainConfig
     from jax_lora.input_pipeline import encode
     from jax_lora.tokenizer import Tokenizer
-    from shared.cli import load_data
-    from shared.presets import minilm_dir
+    from shared.data.spec import DataSpec, load
+    from shared.runs.presets import minilm_dir
 
-    recipe = TrainConfig(data_dir=data_dir)
-    data = load_data(recipe.data_args)
+    recipe = TrainConfig(data=DataSpec(data_dir=data_dir))
+    data = load(recipe.data)
     tokenizer = Tokenizer.from_preset_dir(minilm_dir(), "hf")
     lengths = encode(tokenizer, data.train, recipe.sequence_length).lengths
     return lengths, {"rows": len(lengths), "split": data.split.describe(),

@@ -32,7 +32,7 @@ from benchmarks import epoch, random_preset, report  # noqa: E402
 from benchmarks.spec import CONFIGS, CONFIG_BY_NAME, Config, get_shape  # noqa: E402
 from benchmarks.worker import Job  # noqa: E402
 from shared.cli import exit_on_bad_input  # noqa: E402
-from shared.presets import minilm_dir  # noqa: E402
+from shared.runs.presets import minilm_dir  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ TINY = Shape("tiny", 512, 2, 32, 2, 64, pretrained=False)
 
 def minilm_shape() -> Shape:
     """all-MiniLM-L6-v2, read from the config.json of the folder the weights come from."""
-    from shared.presets import minilm_dir
+    from shared.runs.presets import minilm_dir
 
     config = json.loads((minilm_dir() / "config.json").read_text())
     return Shape("minilm", config["vocab_size"], config["num_hidden_layers"],

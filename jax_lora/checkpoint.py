@@ -1,9 +1,12 @@
 """Training checkpoints (orbax) and the stand-alone adapter artifact.
 
 run_dir/checkpoints/<step>/  trainable parameters + optimizer state + JSON progress. The base
-    weights are not in it: they are reloaded from the preset, whose checksum the config pins.
+    weights are not in it: they are reloaded from the preset; the run manifest records their
+    checksum and a resume with other weights is refused (shared/runs/reuse.py).
     Orbax writes into a temporary folder and renames it when complete, so a run killed
-    mid-save leaves no checkpoint that looks whole; only the newest `keep` are kept.
+    mid-save leaves no checkpoint that looks whole; only the newest `keep` are kept. A
+    checkpoint damaged later (a file cut short or garbled: a full disk, a broken copy) is
+    moved aside to <step>.damaged by restore_latest, which resumes from the one before it.
 run_dir/adapter/  adapter.safetensors (A/B, head, pooler if trained) + adapter.json (LoRA
     config, base preset and checksum): a few MB that turn the base model into the trained one.
 """
@@ -12,6 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import re
+import shutil
+import sys
 from pathlib import Path
 
 import jax
@@ -22,12 +29,21 @@ from flax import nnx
 
 from jax_lora.lora import LoraConfig, trainable_filter
 from jax_lora.weights import Pretrained, load_pretrained
-from shared.run_dir import atomic_write_bytes, atomic_write_text
+from shared.runs.reuse import RunStateError
+from shared.runs.run_dir import atomic_write_bytes, atomic_write_text
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_META = "adapter.json"
+DAMAGED_SUFFIX = ".damaged"
+# What orbax 0.12 / tensorstore 0.1 raise for a checkpoint whose files are cut short, garbled
+# or missing (tests/jax_lora/test_checkpoint_damage.py makes each kind): a tensorstore read
+# error is a plain ValueError whose message starts with its status code; a cut or garbled JSON
+# file (state/_METADATA, state/array_metadatas/, meta/metadata) json.JSONDecodeError or
+# UnicodeDecodeError; a missing file FileNotFoundError; a missing item folder (state/, meta/)
+# KeyError. Other ValueErrors (a tree or shape that does not match) are not damage.
+_TENSORSTORE_DAMAGE = re.compile(r"(DATA_LOSS|OUT_OF_RANGE|NOT_FOUND): ")
 
 
 def flat_arrays(state: nnx.State) -> dict[str, jax.Array]:
@@ -74,19 +90,114 @@ class Checkpoints:
 
     def restore(self, trainable: nnx.State, opt_state):
         """(trainable, opt_state, meta) of the newest checkpoint; the arguments give the tree
-        structure, shapes and shardings to restore into."""
+        structure, shapes and shardings to restore into. Fails on a damaged checkpoint: a
+        resume uses restore_latest."""
+        arrays, meta = self._restore_arrays(self.latest_step(), trainable, opt_state)
+        opt_state = jax.tree.unflatten(jax.tree.structure(opt_state), arrays["opt_state"])
+        return (replace_arrays(trainable, arrays["trainable"], str(self.manager.directory)),
+                opt_state, meta)
+
+    def restore_latest(self, trainable: nnx.State, opt_state):
+        """(step, trainable, opt_state, meta) of the newest checkpoint that restores, None when
+        there is no checkpoint. A damaged checkpoint is moved aside to <step>.damaged (so that
+        training saves that step afresh) with one warning line on stderr, and the one before it
+        is tried. RunStateError, changing nothing, when checkpoints exist but none restores."""
+        _drop_leftover_read_noise(self.manager.directory)
+        damaged = []  # (folder, reason), newest first
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self._restore_arrays(step, trainable, opt_state)
+            except (ValueError, OSError, KeyError) as err:
+                folder = Path(self.manager.directory) / str(step)
+                reason = _damage(err, folder)
+                if reason is None:
+                    raise
+                damaged.append((folder, " ".join(reason.split())))  # one line
+                continue
+            for folder, reason in damaged:
+                aside = folder.with_name(folder.name + DAMAGED_SUFFIX)
+                if aside.exists():  # from an earlier damage at the same step
+                    shutil.rmtree(aside)
+                folder.rename(aside)
+                print(f"warning: checkpoint {folder} is damaged ({reason}); moved it to "
+                      f"{aside.name} and resuming from step {step}", file=sys.stderr, flush=True)
+            if damaged:
+                self.manager.reload()  # forget the moved steps: their numbers are saved again
+            arrays, meta = restored
+            opt_state = jax.tree.unflatten(jax.tree.structure(opt_state), arrays["opt_state"])
+            folder = str(Path(self.manager.directory) / str(step))
+            return step, replace_arrays(trainable, arrays["trainable"], folder), opt_state, meta
+        if not damaged:
+            return None
+        for folder, reason in damaged:
+            print(f"warning: checkpoint {folder} is damaged ({reason})", file=sys.stderr,
+                  flush=True)
+        raise RunStateError(f"no checkpoint of the run can be restored, all are damaged: "
+                            f"{', '.join(str(folder) for folder, _ in damaged)}; rerun with "
+                            f"--restart to train from scratch (or delete the run directory)")
+
+    def _restore_arrays(self, step: int, trainable: nnx.State, opt_state) -> tuple[dict, dict]:
         like = {"trainable": flat_arrays(trainable), "opt_state": jax.tree.leaves(opt_state)}
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         restored = self.manager.restore(
-            self.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                        meta=ocp.args.JsonRestore()))
-        arrays = restored.state
-        opt_state = jax.tree.unflatten(jax.tree.structure(opt_state), arrays["opt_state"])
-        return (replace_arrays(trainable, arrays["trainable"], str(self.manager.directory)),
-                opt_state, restored.meta)
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                          meta=ocp.args.JsonRestore()))
+        return restored.state, restored.meta
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _damage(err: BaseException, folder: Path) -> str | None:
+    """A one-line account of `err` if it says checkpoint `folder`'s files are damaged, else
+    None."""
+    if isinstance(err, (json.JSONDecodeError, UnicodeDecodeError)):
+        return f"a JSON file is cut short or garbled: {err}"
+    if isinstance(err, OSError):
+        return f"{type(err).__name__}: {err}"
+    if isinstance(err, KeyError) and "not found in the checkpoint" in str(err):
+        return str(err.args[0])  # 'Item "meta" was not found in the checkpoint. ...'
+    text = str(err)
+    if not (isinstance(err, ValueError) and _TENSORSTORE_DAMAGE.match(text)):
+        return None
+    # 'CODE: Error opening "cast" driver: ...: Error reading ... of local file "F": what went
+    # wrong [tensorstore_spec=...]' -> 'CODE: what went wrong (file F)'
+    code, text = text.split(" [tensorstore_spec", 1)[0].split(": ", 1)
+    parts = text.split(": ")
+    last = max((i for i, part in enumerate(parts) if "local file" in part), default=None)
+    if last is None or last == len(parts) - 1:
+        return f"{code}: {parts[-1]}".replace(f"{folder}/", "")
+    path = re.findall(r'local file "([^"]+)"', parts[last])[-1]
+    return f"{code}: {': '.join(parts[last + 1:])} (file {path.replace(f'{folder}/', '')})"
+
+
+def _drop_leftover_read_noise(directory) -> None:
+    """Keep a damaged checkpoint to one warning line. When one read fails, orbax closes its
+    event loop while tensorstore's other reads are still in flight; as they finish they report
+    RuntimeError('Event loop is closed') through sys.unraisablehook (a dozen tracebacks), and
+    asyncio may log their futures' errors as 'never retrieved'. Drops exactly those."""
+    previous = sys.unraisablehook
+    if not getattr(previous, "drops_closed_loop_noise", False):
+        def hook(unraisable):
+            if not (isinstance(unraisable.exc_value, RuntimeError)
+                    and str(unraisable.exc_value) == "Event loop is closed"):
+                previous(unraisable)
+        hook.drops_closed_loop_noise = True
+        sys.unraisablehook = hook
+    logger = logging.getLogger("asyncio")
+    if not any(getattr(f, "directory", None) == str(directory) for f in logger.filters):
+        logger.addFilter(_UnretrievedReadFilter(str(directory)))
+
+
+class _UnretrievedReadFilter(logging.Filter):
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Future exception was never retrieved")
+                    and self.directory in message)
 
 
 def latest_meta(run_dir: Path) -> dict | None:

@@ -15,16 +15,13 @@ from pathlib import Path
 
 from jax_lora.lora import LoraConfig
 from jax_lora.models import REMAT
-from shared.cli import (DATA_FIELDS, add_config_flags, add_data_args, check_fields,
-                        data_namespace, flag_dest)
-from shared.data import DEFAULT_MAX_TEXT_CHARS
-from shared.presets import KAGGLE_PRESET
+from shared.cli import add_config_flags, check_fields, config_from_flags, config_to_dict
+from shared.data.spec import DataSpec
+from shared.runs.presets import KAGGLE_PRESET
+from shared.runs.tokenization import MIN_SEQUENCE_LENGTH
 
 SCHEDULES = ("constant", "linear")
 MAX_SEQUENCE_LENGTH = 512  # BERT's position table, and the baseline's maximum
-# Fields that change how a run is watched or stored, not what it computes; a resumed run may
-# differ from its checkpoints in these and nothing else.
-RESUME_NEUTRAL = ("run_dir", "quiet", "checkpoint_every", "keep_checkpoints", "remat")
 # LoraConfig fields whose bare name would be ambiguous on the command line.
 LORA_FLAG_NAMES = {"dropout": "lora-dropout"}
 
@@ -47,12 +44,10 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between checkpoints, besides each epoch end; 0 = epoch ends
     keep_checkpoints: int = 3  # newest checkpoints kept in run_dir/checkpoints
     quiet: bool = False  # no progress bar (CI logs)
-    data_dir: Path | None = None  # Watson CSV folder; None = Kaggle input if attached, else sample
-    split: str = "kaggle"  # train/validation rule of shared/split.py
-    train_fraction: float = 0.7  # share of train.csv that trains
-    seed: int = 0  # seed of the seeded split rules, head/adapter init, shuffling and dropout
-    limit: int | None = None  # use only the first N rows of train.csv and test.csv
-    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # reject texts longer than this
+    restart: bool = False  # discard what --run-dir holds (checkpoints, outputs) and train from scratch
+    check: bool = False  # check flags, data, preset and --run-dir, print what a run would do, write nothing
+    seed: int = 0  # seed of the head/adapter init, shuffling and dropout
+    data: DataSpec = field(default_factory=DataSpec)  # the rows and split
 
     def __post_init__(self):
         checks = [
@@ -63,8 +58,9 @@ class TrainConfig:
             ("schedule", self.schedule in SCHEDULES, f"choose one of {', '.join(SCHEDULES)}"),
             ("remat", self.remat in REMAT, f"choose one of {', '.join(REMAT)}"),
             ("warmup-steps", self.warmup_steps >= 0, "must be >= 0"),
-            ("sequence-length", 3 <= self.sequence_length <= MAX_SEQUENCE_LENGTH,
-             f"must lie in [3, {MAX_SEQUENCE_LENGTH}] ([CLS] premise [SEP] hypothesis [SEP])"),
+            ("sequence-length", MIN_SEQUENCE_LENGTH <= self.sequence_length <= MAX_SEQUENCE_LENGTH,
+             f"must lie in [{MIN_SEQUENCE_LENGTH}, {MAX_SEQUENCE_LENGTH}] ([CLS] premise [SEP] "
+             f"hypothesis [SEP] with a token of each)"),
             ("checkpoint-every", self.checkpoint_every >= 0, "must be >= 0 (0 = epoch ends)"),
             ("keep-checkpoints", self.keep_checkpoints >= 1, "must be >= 1"),
         ]
@@ -73,46 +69,19 @@ class TrainConfig:
             raise ValueError("--targets is empty and --no-train-head: nothing would train; "
                              "give adapter targets or train the head")
 
-    @property
-    def data_args(self) -> argparse.Namespace:
-        """The data fields as shared.cli.load_data expects them."""
-        return data_namespace(self)
-
     def to_dict(self) -> dict:
         """Every hyperparameter, JSON-ready (the manifest's `config`)."""
-        return json_ready(dataclasses.asdict(self))
-
-    def resume_key(self) -> dict:
-        """What a checkpoint must have been trained with for this config to continue it."""
-        return {k: v for k, v in self.to_dict().items() if k not in RESUME_NEUTRAL}
-
-
-def json_ready(value):
-    if isinstance(value, dict):
-        return {key: json_ready(item) for key, item in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [json_ready(item) for item in value]
-    return str(value) if isinstance(value, Path) else value
+        return config_to_dict(self)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Fine-tune BERT with LoRA adapters (JAX/Flax) on the Watson NLI data.")
-    add_config_flags(parser.add_argument_group("training"), TrainConfig,
-                     skip=DATA_FIELDS + ("lora",))
-    add_config_flags(parser.add_argument_group("LoRA"), LoraConfig, rename=LORA_FLAG_NAMES)
-    add_data_args(parser)
+    add_config_flags(parser, TrainConfig, title="training", rename=LORA_FLAG_NAMES)
     return parser
 
 
-def from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from parsed flags; raises ValueError naming the flag on a bad value."""
-    values = vars(args)
-    lora = LoraConfig(**{f.name: values[flag_dest(f.name, LORA_FLAG_NAMES)]
-                         for f in dataclasses.fields(LoraConfig)})
-    return TrainConfig(lora=lora, **{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)
-                                     if f.name != "lora"})
-
-
 def parse_config(argv=None) -> TrainConfig:
-    return from_args(build_parser().parse_args(argv))
+    """TrainConfig from command-line flags; raises ValueError naming the flag on a bad value."""
+    return config_from_flags(TrainConfig, vars(build_parser().parse_args(argv)),
+                             rename=LORA_FLAG_NAMES)

@@ -2,7 +2,10 @@
 
 The only jax_lora module that imports TensorFlow (lazily, inside export_preset): keras-hub
 itself builds the BertTextClassifier and writes the preset, so the folder holds exactly what
-keras-hub expects (config, weights, tokenizer assets, preprocessor, classifier head).
+keras-hub expects (config, weights, tokenizer assets, preprocessor, classifier head). A model
+whose tokenizer follows a Hugging Face folder's text rules gets them beside keras-hub's files
+(shared.runs.tokenization.NORMALIZER_FILE + README.md), which tf_baseline's load_preprocessor
+and jax_lora's Tokenizer.from_preset_dir apply when they load the folder.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from jax_lora.lora import LoraParam, merge_lora
 from jax_lora.models import BertClassifier
 from jax_lora.tokenizer import Tokenizer
 from jax_lora.weights import keras_parameter_path
+from shared.runs.tokenization import README_FILE
 
 # keras-hub BertBackbone hard-codes this; a model with another epsilon cannot round-trip.
 KERAS_HUB_LAYER_NORM_EPSILON = 1e-12
@@ -51,8 +55,7 @@ def export_preset(model: BertClassifier, tokenizer: Tokenizer, out_dir: str | Pa
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras_hub
 
-    keras_tokenizer = keras_hub.models.BertTokenizer(vocabulary=tokenizer.vocabulary,
-                                                     lowercase=tokenizer.lowercase)
+    keras_tokenizer = _keras_tokenizer(keras_hub, tokenizer)
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=config.vocab_size, num_layers=config.num_layers,
         num_heads=config.num_heads, hidden_dim=config.hidden_dim,
@@ -76,10 +79,24 @@ def export_preset(model: BertClassifier, tokenizer: Tokenizer, out_dir: str | Pa
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     classifier.save_to_preset(str(staging))
+    if tokenizer.normalizer is not None:  # the text rules travel with the model
+        tokenizer.normalizer.save(staging)
     if out_dir.exists():
         out_dir.rmdir()
     staging.rename(out_dir)
     return out_dir
+
+
+def _keras_tokenizer(keras_hub, tokenizer: Tokenizer):
+    """keras-hub's BertTokenizer with `tokenizer`'s settings; with a text normaliser, the ones
+    it asks for (split_on_cjk and max_bytes_per_word are not saved by keras-hub: the loaders
+    that read the normaliser file set them)."""
+    if tokenizer.normalizer is None:
+        return keras_hub.models.BertTokenizer(vocabulary=tokenizer.vocabulary,
+                                              lowercase=tokenizer.lowercase)
+    return keras_hub.models.BertTokenizer(vocabulary=tokenizer.vocabulary,
+                                          oov_token=tokenizer.normalizer.unk_token,
+                                          **tokenizer.normalizer.keras_hub_tokenizer_kwargs)
 
 
 def main(argv=None) -> None:
@@ -89,7 +106,7 @@ def main(argv=None) -> None:
 
     from jax_lora.checkpoint import ADAPTER, load_adapter
     from shared.cli import exit_on_bad_input
-    from shared.run_dir import MANIFEST
+    from shared.runs.run_dir import MANIFEST
 
     parser = argparse.ArgumentParser(
         prog="python -m jax_lora.export",
@@ -110,7 +127,9 @@ def main(argv=None) -> None:
         export_preset(pretrained.model, pretrained.tokenizer, args.out,
                       sequence_length=sequence_length)
     print(f"keras-hub preset written to {args.out}; load it with "
-          f"keras_hub.models.BertTextClassifier.from_preset({str(args.out)!r})")
+          f"keras_hub.models.BertTextClassifier.from_preset({str(args.out)!r})"
+          + (f", tokenizing as {args.out / README_FILE} says"
+             if (args.out / README_FILE).is_file() else ""))
 
 
 if __name__ == "__main__":

@@ -59,11 +59,11 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     """Inverted dropout; key=None (evaluation) or rate=0 is the identity.
 
     The mask compares 16-bit random integers with round(rate · 2**16), drawn with threefry's
-    non-partitionable layout: on a 2-core CPU that draws a [16, 12, 128, 128] attention mask in
-    5.7 ms instead of the 31.3 ms of `jax.random.bernoulli` (32-bit floats, partitionable
-    layout), and the MiniLM LoRA step takes 0.92x the time (benchmarks/BENCHMARKS.md). A rate of
-    0.1 drops with probability 6554 / 65536 = 0.1000061; kept values are scaled by the inverse
-    of that exact keep probability, so the expected output is x.
+    non-partitionable layout, because that is much cheaper on CPU than `jax.random.bernoulli`
+    (32-bit floats, partitionable layout); the measured timings are in
+    benchmarks/results/dropout/ and discussed in benchmarks/BENCHMARKS.md ("cheaper dropout
+    masks"). A rate of 0.1 drops with probability 6554 / 65536 = 0.1000061; kept values are
+    scaled by the inverse of that exact keep probability, so the expected output is x.
     """
     if key is None or rate == 0.0:
         return x

@@ -1,12 +1,15 @@
-"""Sentence-pair tokenization identical to keras-hub's BertTextClassifierPreprocessor, in Python.
+"""Sentence-pair tokenization identical to tf_baseline's keras-hub BertTextClassifierPreprocessor,
+in Python (no TensorFlow): ~3 s for the 12k Watson training rows.
 
 It reproduces keras-hub 0.32's TensorFlow path step by step (WordPieceTokenizer.pretokenize,
-FastWordpieceTokenizer, MultiSegmentPacker), not Hugging Face's BertTokenizer, which differs
-in small details that change ids: keras-hub splits only on [ \\t\\n\\r\\f], Cc and Cf (a
-no-break space stays inside a word), lowercases with NFKC_Casefold after splitting, keeps
-accents on uncased models (strip_accents=False), and maps words over 100 UTF-8 bytes to
-[UNK]. Pure Python (no TensorFlow): ~3 s for the 12k Watson training rows.
-tests/jax_lora/test_tokenizer.py checks equality with keras-hub on every Watson row.
+FastWordpieceTokenizer, MultiSegmentPacker). For a keras-hub preset that is the whole story:
+keras-hub splits only on [ \\t\\n\\r\\f], Cc and Cf (a no-break space stays inside a word),
+lowercases with NFKC_Casefold after splitting, keeps accents (strip_accents=False) and maps
+words over 100 UTF-8 bytes to [UNK]. A Hugging Face folder (or a preset saved from one) has
+its text put through the folder's own rules first (shared.runs.tokenization.TextNormalizer),
+and the WordPiece side set up as tf_baseline sets up keras-hub's for it, so the ids equal the
+folder's tokenizer.json. tests/jax_lora/test_tokenizer.py checks equality with keras-hub on
+every Watson row, and with tokenizer.json for MiniLM.
 """
 
 from __future__ import annotations
@@ -20,9 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.runs.tokenization import TextNormalizer, describe_normalizer, normalizer_for
+
 # FastWordpieceTokenizer's default max_bytes_per_word: longer words become the OOV token.
 MAX_BYTES_PER_WORD = 100
 SUFFIX = "##"
+# WordPieceTokenizer's config defaults, for fields a saved tokenizer.json leaves out.
+KERAS_HUB_DEFAULTS = {"split": True, "strip_accents": False, "special_tokens_in_strings": False,
+                      "suffix_indicator": SUFFIX, "lowercase": False, "special_tokens": None}
 CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
               (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
 # keras-hub PUNCTUATION_REGEX: the four ASCII symbol ranges plus Unicode category P.
@@ -40,8 +48,8 @@ def _char_class(ranges) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _splitter() -> re.Pattern:
-    """Splits on whitespace and keeps punctuation and CJK characters as words of their own.
+def _character_classes() -> tuple[str, str]:
+    """(punctuation, whitespace) as regex class bodies: keras-hub's split classes.
 
     Python's `re` has no \\p{..}; enumerating the code points gives the same classes. Built once
     (about a second)."""
@@ -53,10 +61,21 @@ def _splitter() -> re.Pattern:
         elif category in ("Cc", "Cf"):
             by_category["C"].append(code)
     punctuation = _char_class(_ranges(by_category["P"]) + list(ASCII_PUNCTUATION))
-    cjk = _char_class(CJK_RANGES)
     # RE2's \s (used by keras-hub through tf_text.regex_split) is ASCII [\t\n\f\r ] only.
     whitespace = r" \t\n\r\f" + _char_class(_ranges(by_category["C"]))
-    return re.compile(f"[{whitespace}]+|([{punctuation}{cjk}])")
+    return punctuation, whitespace
+
+
+@functools.lru_cache(maxsize=8)
+def _splitter(split_on_cjk: bool, special_tokens: tuple[str, ...]) -> re.Pattern:
+    """Splits on whitespace and keeps punctuation (and CJK characters) as words of their own;
+    special tokens, when given, are matched first and kept whole, as keras-hub's
+    special_tokens_in_strings does."""
+    punctuation, whitespace = _character_classes()
+    kept = f"[{punctuation}{_char_class(CJK_RANGES) if split_on_cjk else ''}]"
+    if special_tokens:
+        kept = "|".join([*map(re.escape, special_tokens), kept])
+    return re.compile(f"[{whitespace}]+|({kept})")
 
 
 def _ranges(codes: list[int]) -> list[tuple[int, int]]:
@@ -79,11 +98,17 @@ def _casefold(word: str) -> str:
 
 
 class Tokenizer:
-    """WordPiece + [CLS] premise [SEP] hypothesis [SEP] packing with round-robin truncation."""
+    """WordPiece + [CLS] premise [SEP] hypothesis [SEP] packing with round-robin truncation.
 
-    def __init__(self, vocabulary: list[str], *, lowercase: bool, oov_token: str = "[UNK]"):
+    With a `normalizer` (a Hugging Face folder's text rules) the texts go through it first and
+    the WordPiece side takes the keras-hub settings it asks for (normalizer.
+    keras_hub_tokenizer_kwargs and max_bytes_per_word), as tf_baseline configures keras-hub."""
+
+    def __init__(self, vocabulary: list[str], *, lowercase: bool, oov_token: str = "[UNK]",
+                 normalizer: TextNormalizer | None = None):
         self.vocabulary = list(vocabulary)
         self.lowercase = lowercase
+        self.normalizer = normalizer
         self.token_to_id = {token: index for index, token in enumerate(self.vocabulary)}
         if len(self.token_to_id) != len(self.vocabulary):
             repeated = next(t for t in self.token_to_id if self.vocabulary.count(t) > 1)
@@ -96,39 +121,67 @@ class Tokenizer:
         self.oov_id = self.token_to_id[oov_token]
         self.cls_id, self.sep_id = self.token_to_id["[CLS]"], self.token_to_id["[SEP]"]
         self.pad_id = self.token_to_id["[PAD]"]
+        self.split_on_cjk, self.special_tokens = True, ()  # keras-hub's defaults
+        self.max_bytes_per_word = MAX_BYTES_PER_WORD
+        if normalizer is not None:
+            self._follow(normalizer, oov_token)
+        self._split = _splitter(self.split_on_cjk, self.special_tokens)
         self._word_ids = functools.lru_cache(maxsize=1 << 18)(self._wordpiece)
+
+    def _follow(self, normalizer: TextNormalizer, oov_token: str) -> None:
+        settings = normalizer.keras_hub_tokenizer_kwargs
+        if self.lowercase != settings["lowercase"] or settings["strip_accents"]:
+            raise ValueError(f"lowercase={self.lowercase} with a text normaliser: the "
+                             f"normaliser decides casing and accents; pass lowercase=False")
+        if normalizer.unk_token != oov_token:
+            raise ValueError(f"the normaliser's unknown token {normalizer.unk_token!r} is not "
+                             f"oov_token {oov_token!r}; pass oov_token={normalizer.unk_token!r}")
+        missing = [t for t in normalizer.special_tokens if t not in self.token_to_id]
+        if missing:
+            raise ValueError(f"special token {missing[0]!r} of the normaliser is not in the "
+                             f"vocabulary; pass the model's own vocabulary")
+        self.split_on_cjk = settings["split_on_cjk"]
+        # Among them keras-hub's own KERAS_HUB_BERT_SPECIALS (the normaliser checks). keras-hub
+        # joins them in a set's order, which cannot matter for [X]-style tokens; longest first.
+        self.special_tokens = tuple(sorted(settings["special_tokens"], key=lambda t: (-len(t), t)))
+        self.max_bytes_per_word = normalizer.max_bytes_per_word
 
     @classmethod
     def from_preset_dir(cls, directory: Path, kind: str) -> "Tokenizer":
-        """The tokenizer keras-hub builds for a local preset ('keras_dir') or HF folder ('hf')."""
+        """The tokenizer tf_baseline builds for a local preset ('keras_dir') or HF folder
+        ('hf'): keras-hub's, after the folder's own text rules when it has them."""
         directory = Path(directory)
+        normalizer = normalizer_for(directory, kind)
         if kind == "hf":
-            # keras-hub's HF converter reads only do_lower_case (strip_accents stays False).
-            config_file = directory / "tokenizer_config.json"
-            config = _read_json(config_file)
-            if "do_lower_case" not in config:
-                raise ValueError(f"{config_file}: no do_lower_case; keras-hub needs it to know "
-                                 f"the casing")
-            return cls(_read_vocabulary(directory / "vocab.txt"),
-                       lowercase=bool(config["do_lower_case"]))
+            return cls(_read_vocabulary(directory / "vocab.txt"), lowercase=False,
+                       oov_token=normalizer.unk_token, normalizer=normalizer)
         config_file = directory / "tokenizer.json"
         config = _read_json(config_file).get("config", {})
-        # BERT presets use keras-hub's defaults for these; anything else is not reproduced.
-        for field, supported in (("split", True), ("strip_accents", False),
-                                 ("special_tokens_in_strings", False),
-                                 ("suffix_indicator", SUFFIX)):
-            if config.get(field, supported) != supported:
-                raise ValueError(f"{config_file}: {field}={config[field]!r} is not supported "
-                                 f"(only {supported!r})")
+        # BERT presets use keras-hub's defaults for these, presets saved with a normaliser its
+        # settings; anything else is not reproduced.
+        supported = {"split": True, "strip_accents": False, "special_tokens_in_strings": False,
+                     "suffix_indicator": SUFFIX}
+        if normalizer is not None:
+            supported.update(normalizer.keras_hub_tokenizer_kwargs)
+            del supported["split_on_cjk"]  # keras-hub does not save it
+        for field, value in supported.items():
+            if config.get(field, KERAS_HUB_DEFAULTS.get(field)) != value:
+                raise ValueError(f"{config_file}: {field}={config.get(field)!r} is not "
+                                 f"supported (only {value!r})")
         return cls(_read_vocabulary(directory / "assets" / "tokenizer" / "vocabulary.txt"),
                    lowercase=bool(config.get("lowercase", False)),
-                   oov_token=config.get("oov_token", "[UNK]"))
+                   oov_token=config.get("oov_token", "[UNK]"), normalizer=normalizer)
+
+    def describe(self) -> dict:
+        """For the run manifest: the text rules before WordPiece (None: keras-hub's own)."""
+        return {"lowercase": self.lowercase, "vocabulary_size": len(self.vocabulary),
+                "text_normalizer": describe_normalizer(self.normalizer)}
 
     def _wordpiece(self, word: str) -> tuple[int, ...]:
         """Greedy longest-match-first, the result FastWordpieceTokenizer gives."""
-        if self.lowercase:
+        if self.lowercase and word not in self.special_tokens:
             word = _casefold(word)  # after splitting, as keras-hub does
-        if len(word.encode("utf-8")) > MAX_BYTES_PER_WORD:
+        if len(word.encode("utf-8")) > self.max_bytes_per_word:
             return (self.oov_id,)
         ids, start = [], 0
         while start < len(word):
@@ -142,8 +195,16 @@ class Tokenizer:
                 return (self.oov_id,)
         return tuple(ids)
 
+    def normalize(self, texts: list[str]) -> list[str]:
+        """The texts as the WordPiece side sees them (unchanged without a normaliser)."""
+        return list(texts) if self.normalizer is None else self.normalizer(texts)
+
     def encode(self, text: str) -> list[int]:
-        return [i for word in _splitter().split(text) if word for i in self._word_ids(word)]
+        """The ids of one text, without [CLS]/[SEP]."""
+        return self._encode(self.normalize([text])[0])
+
+    def _encode(self, text: str) -> list[int]:
+        return [i for word in self._split.split(text) if word for i in self._word_ids(word)]
 
     def __call__(self, premises: list[str], hypotheses: list[str],
                  sequence_length: int) -> dict[str, np.ndarray]:
@@ -155,8 +216,9 @@ class Tokenizer:
                              f"([CLS], [SEP], [SEP] and one token)")
         token_ids = np.full((len(premises), sequence_length), self.pad_id, np.int32)
         segment_ids = np.zeros((len(premises), sequence_length), np.int32)
-        for row, (premise, hypothesis) in enumerate(zip(premises, hypotheses)):
-            first, second = _round_robin(self.encode(premise), self.encode(hypothesis),
+        pairs = zip(self.normalize(premises), self.normalize(hypotheses))
+        for row, (premise, hypothesis) in enumerate(pairs):
+            first, second = _round_robin(self._encode(premise), self._encode(hypothesis),
                                          sequence_length - 3)
             ids = [self.cls_id, *first, self.sep_id, *second, self.sep_id]
             token_ids[row, :len(ids)] = ids

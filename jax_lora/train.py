@@ -2,7 +2,7 @@
 
     python jax_lora/train.py                     # the recipe: bert_base_multi, Kaggle split,
                                                  # 3 epochs, 16 rows x devices, r=16 on Q/V
-    MINILM=$(python -c 'import shared.presets as p; print(p.minilm_dir())')
+    MINILM=$(python -c 'import shared.runs.presets as p; print(p.minilm_dir())')
     python jax_lora/train.py --preset $MINILM --epochs 1 --run-dir /tmp/jaxcheck --quiet
                                                  # offline smoke run on the embedded sample
 
@@ -22,7 +22,6 @@ if __package__ in (None, ""):  # `python jax_lora/train.py`: import the repo, no
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import contextlib
-import json
 import functools
 import time
 from dataclasses import dataclass
@@ -37,16 +36,19 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from jax_lora.checkpoint import ADAPTER, Checkpoints, latest_meta, save_adapter
+from jax_lora.checkpoint import ADAPTER, Checkpoints, save_adapter
 from jax_lora.config import TrainConfig, parse_config
 from jax_lora.input_pipeline import Encoded, encode, eval_batches, steps_per_epoch, train_batches
 from jax_lora.lora import trainable_filter
 from jax_lora.optim import (make_optimizer, param_counts, split_trainable, trainable_mask,
                             with_frozen_zeros)
 from jax_lora.weights import Pretrained, load_pretrained
-from shared.cli import Data, exit_on_bad_input, load_data
-from shared.run_dir import (HISTORY_COLUMNS, MANIFEST, RunWriter, library_versions,
-                            predictions_frame, submission_frame)
+from shared.cli import exit_on_bad_input, trainer_main
+from shared.data.spec import Data, load
+from shared.runs.presets import describe_preset
+from shared.runs.reuse import NEW, clear_run_dir, code_version, report_state, run_dir_state
+from shared.runs.run_dir import (HISTORY_COLUMNS, RunWriter, library_versions,
+                                 predictions_frame, softmax, submission_frame)
 
 TRAINER = "jax_lora"
 # Dropout keys come from their own stream: nnx.Rngs(seed) folds small counters into
@@ -69,6 +71,7 @@ class Setup:
     """Everything that is checked before the run directory is touched."""
     config: TrainConfig
     data: Data
+    state: str  # shared.runs.reuse: NEW or RESUME
     pretrained: Pretrained
     encoded: dict  # split name -> Encoded: "train", "val" and, when test.csv exists, "test"
     mesh: Mesh
@@ -196,13 +199,8 @@ def evaluate(eval_step, params, data: Encoded, *, global_batch: int, mesh: Mesh,
     return logits, cls
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def val_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
-    probs = softmax(logits.astype(np.float64))
+    probs = softmax(logits)
     return {"val_loss": float(-np.log(probs[np.arange(len(labels)), labels]).mean()),
             "val_accuracy": float((probs.argmax(axis=1) == labels).mean())}
 
@@ -242,16 +240,17 @@ def train_epoch(setup: Setup, train_step, state: TrainState, *, epoch: int, star
 
 # ---------------------------------------------------------------- setup (validation) and run
 
-def prepare(config: TrainConfig) -> Setup:
-    """Load and check everything; raises ValueError/DataError/FileNotFoundError on bad input."""
-    run_dir = Path(config.run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"--run-dir {run_dir}: is a file; pass a folder (new or a run's)")
-    if (run_dir / MANIFEST).is_file():
-        trainer = json.loads((run_dir / MANIFEST).read_text()).get("trainer")
-        if trainer != TRAINER:
-            raise ValueError(f"--run-dir {run_dir}: holds a {trainer} run; pass a new folder")
-    data = load_data(config.data_args)
+def prepare(config: TrainConfig) -> Setup | None:
+    """Load and check everything; raises ValueError/DataError/FileNotFoundError on bad input.
+    None when nothing is left to do: a --check, or this very run found finished in the run
+    directory (shared/runs/reuse.py)."""
+    data = load(config.data)
+    weights = describe_preset(config.preset)
+    state = run_dir_state(config.run_dir, trainer=TRAINER, config=config.to_dict(),
+                          weights=weights, data_sha256=data.describe()["sha256"],
+                          restart=config.restart)
+    if report_state(TRAINER, config.run_dir, state, config.check):
+        return None
     mesh = make_mesh()
     global_batch = config.batch_per_device * mesh.size
     steps = steps_per_epoch(len(data.train), global_batch)
@@ -262,20 +261,14 @@ def prepare(config: TrainConfig) -> Setup:
     if config.warmup_steps > steps * config.epochs:
         raise ValueError(f"--warmup-steps {config.warmup_steps}: longer than the whole run "
                          f"({steps * config.epochs} steps)")
-    previous = latest_meta(run_dir)
-    if previous is not None and previous["config"] != config.resume_key():
-        changed = sorted(k for k in config.resume_key()
-                         if previous["config"].get(k) != config.resume_key()[k])
-        raise ValueError(f"--run-dir {run_dir}: holds checkpoints of a run with other "
-                         f"{', '.join(changed)}; rerun with the same flags or pass a new --run-dir")
-    pretrained = load_pretrained(config.preset, config.lora, seed=config.seed)
+    pretrained = load_pretrained(config.preset, config.lora, seed=config.seed, source=weights)
     if config.sequence_length > pretrained.config.max_sequence_length:
         raise ValueError(f"--sequence-length {config.sequence_length}: {config.preset} has "
                          f"{pretrained.config.max_sequence_length} positions")
     frames = {"train": data.train, "val": data.val, "test": data.test}
     encoded = {name: encode(pretrained.tokenizer, frame, config.sequence_length)
                for name, frame in frames.items() if frame is not None}
-    return Setup(config, data, pretrained, encoded, mesh, steps)
+    return Setup(config, data, state, pretrained, encoded, mesh, steps)
 
 
 def run(setup: Setup) -> Path:
@@ -299,24 +292,34 @@ def run(setup: Setup) -> Path:
     predict = functools.partial(evaluate, make_eval_step(graphdef), mesh=mesh,
                                 global_batch=setup.global_batch, dynamic=config.dynamic_padding)
 
+    if setup.state == NEW:
+        clear_run_dir(config.run_dir)  # --restart: nothing of the old run survives
+
+    # Resume: the newest checkpoint that restores holds the trainable leaves, Adam's moments
+    # and progress; damaged ones are set aside with a warning, and if none restores the run
+    # stops with one line (before the manifest is touched).
+    checkpoints = Checkpoints(config.run_dir, keep=config.keep_checkpoints)
+    progress = {"config": config.to_dict(), "history": [],
+                "epoch_totals": dict.fromkeys(METRICS, 0.0)}
+    trainable_params, frozen = split_trainable(state.params, trainable)
+    with exit_on_bad_input():
+        restored = checkpoints.restore_latest(trainable_params, state.opt_state)
+    step = 0
+    if restored is not None:
+        step, trainable_params, opt_state, progress = restored
+        state = TrainState(jnp.int32(step), nnx.merge_state(trainable_params, frozen), opt_state)
+        print(f"{TRAINER}: resumed from step {step}", flush=True)
+
     writer = RunWriter(config.run_dir)
     writer.start(trainer=TRAINER, config=config.to_dict(), weights=setup.pretrained.source,
+                 code=code_version(),
                  split=setup.data.split.describe(), data=setup.data.describe(),
                  versions=library_versions("jax", "jaxlib", "flax", "optax",
                                            "orbax-checkpoint", "tokenizers"),
                  devices=device_info(mesh), params=param_counts(params, mask))
-
-    # Resume: the newest checkpoint holds the trainable leaves, Adam's moments and progress.
-    checkpoints = Checkpoints(config.run_dir, keep=config.keep_checkpoints)
-    progress = {"config": config.resume_key(), "history": [],
-                "epoch_totals": dict.fromkeys(METRICS, 0.0)}
-    step = checkpoints.latest_step() or 0
-    if step:
-        trainable_params, frozen = split_trainable(state.params, trainable)
-        trainable_params, opt_state, progress = checkpoints.restore(trainable_params,
-                                                                    state.opt_state)
-        state = TrainState(jnp.int32(step), nnx.merge_state(trainable_params, frozen), opt_state)
-        print(f"{TRAINER}: resumed from step {step}", flush=True)
+    writer.update(preprocessing={"sequence_length": config.sequence_length,
+                                 "truncate": "round_robin",
+                                 **setup.pretrained.tokenizer.describe()})
 
     def save_checkpoint(state, totals):
         progress["epoch_totals"] = {k: float(v) for k, v in totals.items()}
@@ -368,14 +371,13 @@ def run(setup: Setup) -> Path:
 
 
 def train(config: TrainConfig) -> Path:
-    """Train (or resume) as `config` says; returns the finished run directory."""
-    return run(prepare(config))
+    """Train (or resume, or keep when finished) as `config` says; returns the run directory."""
+    setup = prepare(config)
+    return run(setup) if setup is not None else Path(config.run_dir)
 
 
 def main(argv=None) -> None:
-    with exit_on_bad_input():
-        setup = prepare(parse_config(argv))
-    run(setup)
+    trainer_main(parse_config, prepare, run, argv)
 
 
 if __name__ == "__main__":

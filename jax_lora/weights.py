@@ -5,7 +5,7 @@ its shape, and fail on any tensor left over or any parameter left unset; the hea
 factors are the only parameters that start fresh. Tensors are read one at a time straight into
 the model, so loading needs the weights' memory plus one tensor, not twice the weights. Files
 are read directly (h5py, safetensors), so loading never imports TensorFlow; only a keras-hub
-preset *name* needs keras_hub, to download the preset folder.
+preset *name* needs keras_hub, to download the preset folder (shared.runs.presets).
 """
 
 from __future__ import annotations
@@ -25,39 +25,79 @@ from flax import nnx
 from jax_lora.lora import LoraConfig, LoraParam
 from jax_lora.models import BertClassifier, BertConfig
 from jax_lora.tokenizer import Tokenizer
-from shared.data import file_sha256
-from shared.presets import preset_kind
+from shared.runs.presets import describe_preset, preset_dir
 
-KERAS_FILES = ("config.json", "model.weights.h5", "tokenizer.json",
-               "assets/tokenizer/vocabulary.txt")
 # Not part of BertModel: the position-id buffer and the pre-training (MLM/NSP) heads.
 HF_IGNORED = re.compile(r"(bert\.)?embeddings\.position_ids|cls\..*")
-HF_LAYER_PARTS = {"attention.self.query": "attention/query", "attention.self.key": "attention/key",
-                  "attention.self.value": "attention/value",
-                  "attention.output.dense": "attention/output",
-                  "attention.output.LayerNorm": "attention_layer_norm",
-                  "intermediate.dense": "ffn_in", "output.dense": "ffn_out",
-                  "output.LayerNorm": "ffn_layer_norm"}
-HF_TOP_PARTS = {"embeddings.word_embeddings": "embeddings/token_embedding",
-                "embeddings.position_embeddings": "embeddings/position_embedding",
-                "embeddings.token_type_embeddings": "embeddings/segment_embedding",
-                "embeddings.LayerNorm": "embeddings/layer_norm", "pooler.dense": "pooler"}
-HF_LEAVES = {"weight": "kernel", "bias": "bias", "gamma": "scale", "beta": "bias"}
-KERAS_LAYER_PARTS = {"self_attention_layer/query": "attention/query",
-                     "self_attention_layer/key": "attention/key",
-                     "self_attention_layer/value": "attention/value",
-                     "self_attention_layer/attention_output": "attention/output",
-                     "self_attention_layer_norm": "attention_layer_norm",
-                     "feedforward_intermediate_dense": "ffn_in",
-                     "feedforward_output_dense": "ffn_out",
-                     "feedforward_layer_norm": "ffn_layer_norm"}
-KERAS_TOP_PARTS = {"token_embedding": "embeddings/token_embedding",
-                   "position_embedding": "embeddings/position_embedding",
-                   "segment_embedding": "embeddings/segment_embedding",
-                   "embeddings_layer_norm": "embeddings/layer_norm", "pooled_dense": "pooler",
-                   "logits": "head"}  # the head lives in BertTextClassifier, not the backbone
-KERAS_VARIABLES = {"embeddings": "embedding", "kernel": "kernel", "bias": "bias",
-                   "gamma": "scale", "beta": "bias"}
+
+
+@dataclass(frozen=True)
+class WeightNames:
+    """How one checkpoint format names BERT's tensors, as tables: a tensor is named by its
+    module (a layer inside transformer layer i, or a top-level layer) and a leaf, whose meaning
+    depends on the kind of layer (layer_kind)."""
+    layer: str                        # regex of a module inside a layer: (index, part)
+    layer_parts: dict[str, str]       # part -> our path inside layers/<i>
+    top_parts: dict[str, str]         # top-level module -> our path
+    leaves: dict[str, dict[str, str]]  # kind -> {leaf in the file: our leaf}, in file order
+
+    def path(self, module: str, leaf: str) -> tuple | None:
+        """Our parameter path of (module, leaf); None when it has no counterpart."""
+        match = re.fullmatch(self.layer, module)
+        if match and match.group(2) in self.layer_parts:
+            prefix = ("layers", int(match.group(1)), *self.layer_parts[match.group(2)].split("/"))
+        elif module in self.top_parts:
+            prefix = tuple(self.top_parts[module].split("/"))
+        else:
+            return None
+        ours = self.leaves[layer_kind(prefix[-1])].get(leaf)
+        return None if ours is None else (*prefix, ours)
+
+
+def layer_kind(name: str) -> str:
+    """'embedding', 'layer_norm' or 'dense', from a layer's name (ours or keras-hub's)."""
+    return ("embedding" if name.endswith("embedding") else
+            "layer_norm" if name.endswith("layer_norm") else "dense")
+
+
+# Hugging Face: encoder.layer.<i>.<part>.<leaf> and <top>.<leaf> (after any "bert." prefix);
+# `weight` means the kind's main tensor, and checkpoints converted from TensorFlow name the
+# LayerNorm leaves gamma/beta.
+HF_NAMES = WeightNames(
+    layer=r"encoder\.layer\.(\d+)\.(.+)",
+    layer_parts={"attention.self.query": "attention/query", "attention.self.key": "attention/key",
+                 "attention.self.value": "attention/value",
+                 "attention.output.dense": "attention/output",
+                 "attention.output.LayerNorm": "attention_layer_norm",
+                 "intermediate.dense": "ffn_in", "output.dense": "ffn_out",
+                 "output.LayerNorm": "ffn_layer_norm"},
+    top_parts={"embeddings.word_embeddings": "embeddings/token_embedding",
+               "embeddings.position_embeddings": "embeddings/position_embedding",
+               "embeddings.token_type_embeddings": "embeddings/segment_embedding",
+               "embeddings.LayerNorm": "embeddings/layer_norm", "pooler.dense": "pooler"},
+    leaves={kind: {"weight": weight, "bias": "bias", "gamma": "scale", "beta": "bias"}
+            for kind, weight in (("embedding", "embedding"), ("layer_norm", "scale"),
+                                 ("dense", "kernel"))})
+# keras-hub BertTextClassifier: transformer_layer_<i>/<part> and <top> layer paths; a layer's
+# variables in creation order, which is how model.weights.h5 indexes them (_h5_variable_name).
+KERAS_NAMES = WeightNames(
+    layer=r"transformer_layer_(\d+)/(.+)",
+    layer_parts={"self_attention_layer/query": "attention/query",
+                 "self_attention_layer/key": "attention/key",
+                 "self_attention_layer/value": "attention/value",
+                 "self_attention_layer/attention_output": "attention/output",
+                 "self_attention_layer_norm": "attention_layer_norm",
+                 "feedforward_intermediate_dense": "ffn_in",
+                 "feedforward_output_dense": "ffn_out",
+                 "feedforward_layer_norm": "ffn_layer_norm"},
+    top_parts={"token_embedding": "embeddings/token_embedding",
+               "position_embedding": "embeddings/position_embedding",
+               "segment_embedding": "embeddings/segment_embedding",
+               "embeddings_layer_norm": "embeddings/layer_norm", "pooled_dense": "pooler",
+               "logits": "head"},  # the head lives in BertTextClassifier, not the backbone
+    leaves={"embedding": {"embeddings": "embedding"},
+            "layer_norm": {"gamma": "scale", "beta": "bias"},
+            "dense": {"kernel": "kernel", "bias": "bias"}})
 
 # Parameters that start fresh instead of coming from the checkpoint.
 FRESH = nnx.Any(LoraParam, nnx.PathContains("head"))
@@ -74,25 +114,23 @@ class Pretrained:
     model: BertClassifier
     config: BertConfig
     tokenizer: Tokenizer
-    source: dict  # {"preset": as given, "kind": hf | keras_dir | name, "sha256": weights file}
+    source: dict  # shared.runs.presets.describe_preset: preset, kind, file checksums, sha256
 
 
-def load_pretrained(preset: str, lora: LoraConfig, *, num_classes: int = 3,
-                    seed: int = 0) -> Pretrained:
+def load_pretrained(preset: str, lora: LoraConfig, *, num_classes: int = 3, seed: int = 0,
+                    source: dict | None = None) -> Pretrained:
     """The model with pretrained encoder + pooler, a fresh head and fresh LoRA factors (from
-    `seed`), its tokenizer, and where the weights came from."""
-    kind = preset_kind(preset)
-    directory = resolve_preset_name(preset) if kind == "name" else Path(preset)
-    file_kind = "hf" if kind == "hf" else "keras_dir"
+    `seed`), its tokenizer, and where the weights came from (shared.runs.presets.describe_preset,
+    the same record tf_baseline writes; pass `source` when it is already computed)."""
+    directory, file_kind = preset_dir(preset)
     read = read_hf if file_kind == "hf" else read_keras
     config, tensors, weights_file = read(directory)
-    # Hashed before the model fills: file_sha256 holds the whole file in memory while it runs.
-    sha256 = file_sha256(weights_file)
+    source = source or describe_preset(preset)
     model = _fresh_model(config, num_classes, lora, seed)
     assign(model, tensors, weights_file)
     return Pretrained(model=model, config=config,
                       tokenizer=Tokenizer.from_preset_dir(directory, file_kind),
-                      source={"preset": preset, "kind": kind, "sha256": sha256})
+                      source=source)
 
 
 def _fresh_model(config: BertConfig, num_classes: int, lora: LoraConfig,
@@ -111,26 +149,6 @@ def _fresh_state(config: BertConfig, num_classes: int, lora: LoraConfig, key: ja
     # parameters are never drawn; jit caches the program per (config, num_classes, lora).
     model = BertClassifier(config, num_classes=num_classes, lora=lora, rngs=nnx.Rngs(key))
     return nnx.state(model, FRESH)
-
-
-def resolve_preset_name(preset: str) -> Path:
-    """A keras-hub preset name or handle -> the local folder keras-hub downloads it to."""
-    try:
-        import keras_hub  # noqa: F401  (registers the built-in preset names)
-        from keras_hub.src.utils.preset_utils import get_file
-    except ImportError as err:
-        raise WeightsError(f"--preset {preset}: a preset name needs keras-hub ({err}); "
-                           f"install requirements-tf.txt or pass a local preset folder") from None
-    try:
-        paths = [Path(get_file(preset, name)) for name in KERAS_FILES]
-    except (FileNotFoundError, ValueError, OSError) as err:
-        raise WeightsError(f"--preset {preset}: cannot fetch it ({err}); pass a local "
-                           f"preset folder when offline") from None
-    directory = paths[0].parent
-    if any(directory / name != path for name, path in zip(KERAS_FILES, paths)):
-        raise WeightsError(f"--preset {preset}: keras-hub returned files outside one folder "
-                           f"({', '.join(map(str, paths))})")
-    return directory
 
 
 def read_hf(directory: Path) -> tuple[BertConfig, Iterator[Tensor], Path]:
@@ -172,21 +190,7 @@ def _hf_tensors(weights_file: Path) -> Iterator[Tensor]:
 
 def _hf_path(name: str) -> tuple | None:
     module, _, leaf = name.rpartition(".")
-    if leaf not in HF_LEAVES:
-        return None
-    match = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", module)
-    if match and match.group(2) in HF_LAYER_PARTS:
-        prefix = ("layers", int(match.group(1)), *HF_LAYER_PARTS[match.group(2)].split("/"))
-    elif module in HF_TOP_PARTS:
-        prefix = tuple(HF_TOP_PARTS[module].split("/"))
-    else:
-        return None
-    leaf = HF_LEAVES[leaf]
-    if prefix[-1].endswith("layer_norm") and leaf == "kernel":
-        leaf = "scale"
-    elif prefix[-1].endswith("embedding") and leaf == "kernel":
-        leaf = "embedding"
-    return (*prefix, leaf)
+    return HF_NAMES.path(module, leaf)
 
 
 def read_keras(directory: Path) -> tuple[BertConfig, Iterator[Tensor], Path]:
@@ -229,9 +233,7 @@ def _keras_tensors(weights_file: Path) -> Iterator[Tensor]:
 
 def _h5_variable_name(layer: str, index: str) -> str:
     """Keras saves a layer's variables by creation index; the name depends on the layer kind."""
-    kind = layer.rpartition("/")[2]
-    names = (("embeddings",) if kind.endswith("embedding") else
-             ("gamma", "beta") if kind.endswith("layer_norm") else ("kernel", "bias"))
+    names = list(KERAS_NAMES.leaves[layer_kind(layer.rpartition("/")[2])])
     return names[int(index)] if index.isdigit() and int(index) < len(names) else index
 
 
@@ -263,18 +265,7 @@ def keras_parameter_path(layer: str, variable: str) -> tuple | None:
     """keras-hub BertTextClassifier variable (layer path, variable name) -> our parameter
     path, e.g. ("transformer_layer_0/self_attention_layer/query", "kernel") ->
     ("layers", 0, "attention", "query", "kernel"); None when it has no counterpart."""
-    match = re.fullmatch(r"transformer_layer_(\d+)/(.+)", layer)
-    if match and match.group(2) in KERAS_LAYER_PARTS:
-        prefix = ("layers", int(match.group(1)), *KERAS_LAYER_PARTS[match.group(2)].split("/"))
-    elif layer in KERAS_TOP_PARTS:
-        prefix = tuple(KERAS_TOP_PARTS[layer].split("/"))
-    else:
-        return None
-    kind = ("embedding" if prefix[-1].endswith("embedding") else
-            "layer_norm" if prefix[-1].endswith("layer_norm") else "dense")
-    allowed = {"embedding": ("embeddings",), "layer_norm": ("gamma", "beta"),
-               "dense": ("kernel", "bias")}[kind]
-    return (*prefix, KERAS_VARIABLES[variable]) if variable in allowed else None
+    return KERAS_NAMES.path(layer, variable)
 
 
 def assign(model: BertClassifier, tensors: Iterable[Tensor], weights_file: Path) -> None:

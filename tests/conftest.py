@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.data import SAMPLE_DATA_DIR, load_train
+from shared.data.watson import SAMPLE_DATA_DIR, load_train
 
 REPO = Path(__file__).resolve().parent.parent
 # ../shared/data/watson sits beside the checkout on developer machines and CI; never in it.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from shared.data import LABEL_NAMES
+from shared.data.watson import LABEL_NAMES
+from tf_baseline.model import text_normalizer
 
 
 def text_dataset(frame: pd.DataFrame, preprocessor, batch_size: int, *, labels: bool,
@@ -21,9 +23,13 @@ def text_dataset(frame: pd.DataFrame, preprocessor, batch_size: int, *, labels: 
     makes that an AddN on bool, which TensorFlow has no kernel for. The backbone declares
     its padding_mask input int32 and casts the mask to int32 before attention anyway, so the
     cast changes no number (a test compares the logits).
+
+    A preprocessor for a Hugging Face model has a text normaliser attached (model.
+    load_preprocessor): the texts go through it first, in Python, since it is the `tokenizers`
+    library's code, not a TensorFlow op.
     """
-    texts = {"premise": frame["premise"].to_numpy(dtype=str),
-             "hypothesis": frame["hypothesis"].to_numpy(dtype=str)}
+    normalizer = text_normalizer(preprocessor)
+    texts = {column: _texts(frame[column], normalizer) for column in ("premise", "hypothesis")}
     if labels:
         one_hot = tf.one_hot(frame["label"].to_numpy(), len(LABEL_NAMES))
         dataset = tf.data.Dataset.from_tensor_slices((texts, one_hot))
@@ -34,6 +40,11 @@ def text_dataset(frame: pd.DataFrame, preprocessor, batch_size: int, *, labels: 
                  num_parallel_calls=tf.data.AUTOTUNE)
             .cache()
             .prefetch(tf.data.AUTOTUNE))
+
+
+def _texts(column: pd.Series, normalizer) -> np.ndarray:
+    texts = column.tolist()
+    return np.asarray(texts if normalizer is None else normalizer(texts), dtype=str)
 
 
 def _preprocess(preprocessor, texts: dict, one_hot=None):

@@ -9,9 +9,11 @@ import keras
 import keras_hub
 import numpy as np
 import tensorflow as tf
+import tensorflow_text as tf_text
 
-from shared.data import LABEL_NAMES
-from shared.presets import PresetError, preset_kind
+from shared.data.watson import LABEL_NAMES
+from shared.runs.presets import PresetError, preset_kind
+from shared.runs.tokenization import TextNormalizer, TokenizationError, load_normalizer
 
 NUM_CLASSES = len(LABEL_NAMES)
 TASK_CONFIG = "task.json"  # what keras-hub's save_to_preset adds for a whole classifier
@@ -50,9 +52,59 @@ def describe_strategy(strategy: tf.distribute.Strategy) -> dict:
 
 
 def load_preprocessor(preset: str, sequence_length: int | None):
-    """The preset's own preprocessor: [CLS] premise [SEP] hypothesis [SEP], round-robin."""
+    """The preset's own preprocessor: [CLS] premise [SEP] hypothesis [SEP], round-robin.
+
+    A Hugging Face folder, or a preset saved from one, brings its own text rules
+    (shared.runs.tokenization): the tokenizer is rebuilt to follow them and the normaliser is
+    attached as `preprocessor.text_normalizer`, which data.text_dataset applies to the texts
+    first. A keras-hub preset keeps keras-hub's tokenizer (text_normalizer None)."""
+    normalizer = _text_normalizer_of(preset)
     overrides = {} if sequence_length is None else {"sequence_length": sequence_length}
-    return _from_preset(keras_hub.models.BertTextClassifierPreprocessor, preset, **overrides)
+    preprocessor = _from_preset(keras_hub.models.BertTextClassifierPreprocessor, preset,
+                                **overrides)
+    if normalizer is not None:
+        preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+            normalized_tokenizer(preprocessor.tokenizer.vocabulary, normalizer),
+            sequence_length=preprocessor.sequence_length, truncate=preprocessor.truncate)
+    preprocessor.text_normalizer = normalizer
+    return preprocessor
+
+
+def text_normalizer(preprocessor) -> TextNormalizer | None:
+    """What load_preprocessor attached: the text rules to apply before `preprocessor`."""
+    return getattr(preprocessor, "text_normalizer", None)
+
+
+def _text_normalizer_of(preset: str) -> TextNormalizer | None:
+    try:
+        return load_normalizer(preset)
+    except TokenizationError as err:
+        raise PresetError(f"--preset {preset}: {err}") from None
+
+
+def normalized_tokenizer(vocabulary: list[str], normalizer: TextNormalizer):
+    """keras-hub's BertTokenizer for text `normalizer` produced: no casing, accent or CJK rule
+    of its own, the normaliser's special tokens kept whole, and words up to the normaliser's
+    character limit never cut to [UNK] for their bytes."""
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary,
+                                               oov_token=normalizer.unk_token,
+                                               **normalizer.keras_hub_tokenizer_kwargs)
+    _set_max_bytes_per_word(tokenizer, normalizer.max_bytes_per_word)
+    return tokenizer
+
+
+def _set_max_bytes_per_word(tokenizer, max_bytes: int) -> None:
+    # keras-hub builds tf_text's FastWordpieceTokenizer with its default 100-byte word limit
+    # and no option to change it; Hugging Face's limit is 100 characters (Greek, Cyrillic or
+    # Thai words of 51-100 characters would become [UNK]). Same arguments as keras-hub 0.32's
+    # WordPieceTokenizer._set_vocabulary_tf otherwise. Set again after any set_vocabulary.
+    if getattr(tokenizer, "_fast_word_piece", None) is None:
+        raise RuntimeError("keras-hub's WordPieceTokenizer has no _fast_word_piece (keras-hub "
+                           "changed, or tensorflow-text is missing); install requirements-tf.txt")
+    tokenizer._fast_word_piece = tf_text.FastWordpieceTokenizer(
+        vocab=tokenizer.vocabulary, token_out_type=tokenizer.compute_dtype,
+        suffix_indicator=tokenizer.suffix_indicator, unknown_token=tokenizer.oov_token,
+        no_pretokenization=True, support_detokenization=True, max_bytes_per_word=max_bytes)
 
 
 def load_classifier(preset: str, strategy: tf.distribute.Strategy, lora_rank: int | None = None):
@@ -135,7 +187,9 @@ def inference_model(classifier) -> keras.Model:
 
 
 def save_preset(classifier, preprocessor, preset_dir: Path) -> None:
-    """A keras-hub preset of the trained classifier, with its preprocessor, for `predict`."""
+    """A keras-hub preset of the trained classifier, with its preprocessor, for `predict`;
+    with the preprocessor's text rules (shared.runs.tokenization.NORMALIZER_FILE + README)
+    when it has them, which load_preprocessor reads back."""
     # An uncompiled twin sharing the trained layers: saving the compiled classifier would
     # store its Adam moments too, twice the size of the weights.
     twin = keras_hub.models.BertTextClassifier(
@@ -143,3 +197,6 @@ def save_preset(classifier, preprocessor, preset_dir: Path) -> None:
         activation=classifier.activation, dropout=classifier.dropout)
     twin.output_dense.set_weights(classifier.output_dense.get_weights())
     twin.save_to_preset(str(preset_dir))
+    normalizer = text_normalizer(preprocessor)
+    if normalizer is not None:
+        normalizer.save(preset_dir)

@@ -1,14 +1,15 @@
 r"""Full fine-tuning of multilingual BERT with keras-hub: the Kaggle KerasNLP starter notebook.
 
     python tf_baseline/train.py                 # bert_base_multi, 3 epochs, Kaggle split
-    MINILM=$(python -c 'from shared.presets import minilm_dir; print(minilm_dir())')
+    MINILM=$(python -c 'from shared.runs.presets import minilm_dir; print(minilm_dir())')
     python tf_baseline/train.py --preset $MINILM --sequence-length 64 --epochs 1 --limit 300 \
         --run-dir /tmp/tfcheck --quiet          # offline: MiniLM on the embedded sample
 
-Expected (notebook's saved runs, TPU v3-8, ~39 s per epoch): validation accuracy 0.56-0.63
-after each of the 3 epochs, varying run to run. The run directory (shared/run_dir.py)
-gets the manifest, predictions.csv (all validation rows), history.csv, submission.csv,
-cls_embeddings.npy, and preset/ (the trained classifier, reloadable by `predict`).
+Expected (the notebook's published figures for its saved runs, TPU v3-8, ~39 s per epoch):
+validation accuracy 0.56–0.61 after each of the 3 epochs, varying run to run.
+The run directory (shared/runs/run_dir.py) gets the manifest, predictions.csv (all validation
+rows), history.csv, submission.csv, cls_embeddings.npy, and preset/ (the trained classifier,
+reloadable by `predict`).
 Killed runs resume from run_dir/backup when the same command is run again.
 
 API: `train(config) -> run_dir`, `predict(run_dir, frame) -> probabilities`.
@@ -20,7 +21,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no CUDA chatter
 
-import json  # noqa: E402
 import shutil  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -30,15 +30,20 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from shared.cli import Data, exit_on_bad_input, load_data  # noqa: E402
-from shared.run_dir import (HISTORY_COLUMNS, MANIFEST, RunWriter, library_versions,  # noqa: E402
-                            peak_host_rss_mb, predictions_frame, submission_frame)
-from tf_baseline.callbacks import EpochRecorder, ExactResume, peak_gpu_memory_mb  # noqa: E402
+from shared.cli import trainer_main  # noqa: E402
+from shared.data.spec import Data, load  # noqa: E402
+from shared.runs.presets import describe_preset  # noqa: E402
+from shared.runs.reuse import (NEW, RESUME, clear_run_dir, code_version,  # noqa: E402
+                               report_state, run_dir_state)
+from shared.runs.run_dir import (HISTORY_COLUMNS, RunWriter, library_versions,  # noqa: E402
+                                 peak_host_rss_mb, predictions_frame, softmax, submission_frame)
+from tf_baseline.callbacks import (EpochRecorder, ExactResume, check_backup,  # noqa: E402
+                                   peak_gpu_memory_mb)
 from tf_baseline.config import TrainConfig, parse_config  # noqa: E402
 from tf_baseline.data import text_dataset  # noqa: E402
 from tf_baseline.model import (check_sequence_length, count_params, describe_strategy,  # noqa: E402
-                               describe_weights, inference_model, load_classifier,
-                               load_preprocessor, make_strategy, save_preset)
+                               inference_model, load_classifier, load_preprocessor,
+                               make_strategy, save_preset)
 
 TRAINER = "tf_baseline"
 PRESET_DIR = "preset"  # the trained classifier inside a run directory
@@ -51,6 +56,8 @@ class Setup:
     """Everything validated and built: what remains cannot fail on bad input."""
     config: TrainConfig
     data: Data
+    weights: dict  # shared.runs.presets.describe_preset
+    state: str  # shared.runs.reuse: NEW or RESUME
     strategy: tf.distribute.Strategy
     preprocessor: object
     classifier: keras.Model
@@ -60,15 +67,26 @@ class Setup:
         return self.config.batch_per_replica * self.strategy.num_replicas_in_sync
 
 
-def prepare(config: TrainConfig) -> Setup:
-    """Data, strategy and model, with every check that bad input can fail; writes nothing."""
-    data = load_data(config.data_args)
-    check_run_dir(config)
+def prepare(config: TrainConfig) -> Setup | None:
+    """Data, strategy and model, with every check that bad input can fail; writes nothing
+    (but may repair a damaged resume state in run_dir/backup, as Keras' own fallback would).
+    None when nothing is left to do: a --check, or this very run found finished in the run
+    directory (shared/runs/reuse.py)."""
+    data = load(config.data)
+    weights = describe_preset(config.preset)
+    state = run_dir_state(config.run_dir, trainer=TRAINER, config=config.to_dict(),
+                          weights=weights, data_sha256=data.describe()["sha256"],
+                          restart=config.restart)
+    if report_state(TRAINER, config.run_dir, state, config.check):
+        return None
+    if state == RESUME:  # a damaged backup: Keras' previous one, or one line and --restart
+        check_backup(Path(config.run_dir) / BACKUP_DIR)
     keras.backend.clear_session()  # fresh layer names, so a resumed run's state paths match
     keras.utils.set_random_seed(config.seed)  # head init and dropout
     strategy = make_strategy(config.cpu_replicas)
     print(f"replicas: {strategy.num_replicas_in_sync} ({type(strategy).__name__})")
-    setup = Setup(config, data, strategy, load_preprocessor(config.preset, config.sequence_length),
+    setup = Setup(config, data, weights, state, strategy,
+                  load_preprocessor(config.preset, config.sequence_length),
                   load_classifier(config.preset, strategy, config.lora_rank))
     check_sequence_length(setup.preprocessor, setup.classifier)
     for part, frame in (("training", data.train), ("validation", data.val)):
@@ -77,36 +95,6 @@ def prepare(config: TrainConfig) -> Setup:
                              f"of {setup.global_batch} rows exceeds the {len(frame)} {part} "
                              f"rows; use more rows or a smaller batch")
     return setup
-
-
-def check_run_dir(config: TrainConfig) -> None:
-    """A run directory is new, empty, or an unfinished run of the same config (a resume)."""
-    run_dir = Path(config.run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"--run-dir {run_dir}: is a file; pass a folder")
-    manifest_path = run_dir / MANIFEST
-    if not manifest_path.is_file():
-        if run_dir.is_dir() and any(run_dir.iterdir()):
-            raise ValueError(f"--run-dir {run_dir}: folder holds files but no run; pass a new "
-                             f"or empty folder")
-        return
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{manifest_path}: not valid JSON ({err}); pass a new --run-dir") from None
-    if manifest.get("trainer") != TRAINER:
-        raise ValueError(f"--run-dir {run_dir}: holds a {manifest.get('trainer')} run; pass a "
-                         f"new folder")
-    if manifest.get("status") == "finished":
-        raise ValueError(f"--run-dir {run_dir}: holds a finished run; pass a new folder or "
-                         f"delete this one to run again")
-    before = {k: v for k, v in manifest.get("config", {}).items() if k in config.resume_key()}
-    changed = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in config.resume_key().items()
-               if before.get(k) != v]
-    if changed:
-        raise ValueError(f"--run-dir {run_dir}: holds an unfinished run with other settings "
-                         f"({'; '.join(changed)}); rerun its command to resume it, or pass a "
-                         f"new folder")
 
 
 def run(setup: Setup, callbacks=()) -> Path:
@@ -132,10 +120,13 @@ def run(setup: Setup, callbacks=()) -> Path:
                            loss=keras.losses.CategoricalCrossentropy(from_logits=True),
                            metrics=["accuracy"])
 
+    if setup.state == NEW:
+        clear_run_dir(run_dir)  # --restart: nothing of the old run survives
     writer = RunWriter(run_dir)
-    writer.start(trainer=TRAINER, config=config.to_dict(), weights=describe_weights(config.preset),
-                 split=data.split.describe(), data=data.describe(),
-                 versions=library_versions("tensorflow", "keras", "keras-hub", "keras-nlp"),
+    writer.start(trainer=TRAINER, config=config.to_dict(), weights=setup.weights,
+                 code=code_version(), split=data.split.describe(), data=data.describe(),
+                 versions=library_versions("tensorflow", "keras", "keras-hub", "keras-nlp",
+                                           "tokenizers"),
                  devices=describe_strategy(strategy), params=count_params(classifier))
     writer.update(preprocessing=describe_preprocessor(setup.preprocessor),
                   training={"optimizer": type(classifier.optimizer).__name__,
@@ -186,8 +177,10 @@ def _peak(epochs: list[dict], key: str, now: float | None) -> float | None:
 
 
 def train(config: TrainConfig, callbacks=()) -> Path:
-    """The whole run; resumes `config.run_dir` when it holds an unfinished run of `config`."""
-    return run(prepare(config), callbacks)
+    """The whole run; resumes `config.run_dir` when it holds an unfinished run of `config`,
+    keeps it when it holds this run finished."""
+    setup = prepare(config)
+    return run(setup, callbacks) if setup is not None else Path(config.run_dir)
 
 
 def predict_arrays(model: keras.Model, preprocessor, frame: pd.DataFrame,
@@ -195,9 +188,7 @@ def predict_arrays(model: keras.Model, preprocessor, frame: pd.DataFrame,
     """(class probabilities [n, 3], [CLS] vectors [n, hidden]) for every row of `frame`."""
     dataset = text_dataset(frame, preprocessor, batch_size, labels=False, drop_remainder=False)
     outputs = model.predict(dataset, verbose=0)
-    logits = outputs["logits"].astype(np.float64)
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True), outputs["cls"]
+    return softmax(outputs["logits"]), outputs["cls"]
 
 
 def predict(run_dir: Path, frame: pd.DataFrame, batch_size: int = PREDICT_BATCH) -> np.ndarray:
@@ -210,16 +201,18 @@ def predict(run_dir: Path, frame: pd.DataFrame, batch_size: int = PREDICT_BATCH)
 
 
 def describe_preprocessor(preprocessor) -> dict:
+    """lowercase/strip_accents are keras-hub's own; with a text normaliser (a Hugging Face
+    model: model.load_preprocessor) they are off and `text_normalizer` holds the rules."""
     tokenizer = preprocessor.tokenizer
+    normalizer = getattr(preprocessor, "text_normalizer", None)  # model.text_normalizer
     return {"sequence_length": preprocessor.sequence_length, "truncate": preprocessor.truncate,
             "lowercase": tokenizer.lowercase, "strip_accents": tokenizer.strip_accents,
-            "vocabulary_size": tokenizer.vocabulary_size()}
+            "vocabulary_size": tokenizer.vocabulary_size(),
+            "text_normalizer": normalizer.describe() if normalizer is not None else None}
 
 
 def main(argv=None) -> None:
-    with exit_on_bad_input():
-        setup = prepare(parse_config(argv))
-    run(setup)
+    trainer_main(parse_config, prepare, run, argv)
 
 
 if __name__ == "__main__":

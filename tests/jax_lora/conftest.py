@@ -1,27 +1,50 @@
 """Tiny random presets for the jax_lora tests, built here, never downloaded.
 
 - `tiny_hf_preset` (tests/conftest.py): a random Hugging Face BERT folder.
+- `accented_hf_preset`: tiny_hf_preset's model with an accented vocabulary and its own
+  tokenizer.json (made with the `tokenizers` library), uncased with strip_accents null as
+  MiniLM: texts where keras-hub's own text rules and the folder's give other ids.
 - `keras_hub_reference`: one TensorFlow subprocess (keras_reference.py; pytest itself never
   imports TensorFlow) that builds `tiny_keras_preset` (a cased keras-hub BertTextClassifier
-  preset with its head, saved by keras-hub) and records keras-hub's token ids and model
-  outputs for it, the tiny HF folder and MiniLM (when installed).
+  preset with its head, saved by keras-hub) and records tf_baseline's token ids and keras-hub's
+  model outputs for it, the tiny HF folders and MiniLM (when installed), and saves the
+  accented model as tf_baseline and jax_lora save models, to tokenize again after reloading.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from jax_lora.models import BertConfig
-from shared.data import SAMPLE_DATA_DIR, load_test, load_train
-from shared.presets import PresetError, minilm_dir
+from shared.data.watson import SAMPLE_DATA_DIR, load_test, load_train
+from shared.runs.presets import PresetError, minilm_dir
 
 KERAS_REFERENCE = Path(__file__).with_name("keras_reference.py")
+# Texts where keras-hub's own text rules give other ids than a model's tokenizer.json
+# (uncased, strip_accents null, as MiniLM), each with the reason.
+RULE_GAPS = [
+    ("Café École naïve", "accents: stripped (strip_accents null + lowercase) vs kept"),
+    ("ΣΊΣΥΦΟΣ", "Greek: σισυφοσ (lowercase, accent stripped) vs σίσυφοσ"),
+    ("Straße", "ß kept by lowercase vs ss by NFKC case folding"),
+    ("ＡＢＣ，ｄｅｆ", "full width kept vs NFKC abc , def"),
+    ("no\u00a0break", "no-break space: a space vs a letter inside the word"),
+    ("line\u2028sep", "line separator: a space vs a letter inside the word"),
+    ("ab\x0ccd", "form feed: removed (one word) vs a split"),
+    ("bell\x07ring", "control character: removed vs a split"),
+    ("soft\u00adhyphen", "soft hyphen (Cf): removed vs a split"),
+    ("İstanbul", "dotted capital I: istanbul vs i + combining dot"),
+    ("α" * 60, "60 characters = 120 bytes: WordPiece pieces vs tf_text's 100-byte [UNK]"),
+    ("x\U0002B820y", "CJK extension E U+2B820: inside a word vs split by keras-hub"),
+    ("a[SEP]b [UNK] [MASK]", "literal special tokens: their ids vs [ sep ] pieces"),
+]
 # Texts where keras-hub and Hugging Face BERT tokenizers disagree or rules are easy to get
 # wrong: casing/NFKC, accents, spacing characters, CJK, over-long words, literal specials.
 EDGE_TEXTS = [
@@ -32,7 +55,77 @@ EDGE_TEXTS = [
     "Ǆ titlecase", "İstanbul", "ΣΊΣΥΦΟΣ final sigma", "line\u2028separator",
     "variation\ufe0fselector", "Hangul filler \u3164x", "مُحَمَّد with tashkeel",
     "Thai ภาษาไทย", "हिन्दी", "compat ideograph \uf900", "$100 + 5% = <tag> ^ ` | ~ ??",
+    *[text for text, _ in RULE_GAPS],
+    "中文字 and 中文", "β" * 101,  # CJK is split alike; over 100 characters is [UNK] alike
 ]
+# The accented folder's words besides single characters: each gap text above in both forms.
+ACCENTED_WORDS = ["cafe", "café", "ecole", "école", "naive", "naïve", "σισυφοσ", "σίσυφοσ",
+                  "straße", "strasse", "abc", "def", "ａｂｃ", "ｄｅｆ", "no", "break", "line",
+                  "sep", "ab", "cd", "abcd", "bell", "ring", "bellring", "soft", "hyphen",
+                  "softhyphen", "istanbul", "and"]
+HF_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def accented_vocabulary(size: int) -> list[str]:
+    """Specials, ACCENTED_WORDS, every character of the gap texts with and without ##, then
+    [unusedN] up to `size` (the copied model's vocabulary size)."""
+    characters = sorted({c for text, _ in RULE_GAPS for c in text
+                         if c.isprintable() and not c.isspace()}
+                        | set("abcdefghijklmnopqrstuvwxyz0123456789,.!?'\"-ΣσςίαβιΙ中文字")
+                        | {c for word in ACCENTED_WORDS for c in word})
+    tokens = list(dict.fromkeys(HF_SPECIAL_TOKENS + ACCENTED_WORDS + characters
+                                + ["##" + c for c in characters]))
+    if len(tokens) > size:
+        raise ValueError(f"accented vocabulary has {len(tokens)} tokens, the model {size}")
+    return tokens + [f"[unused{i}]" for i in range(size - len(tokens))]
+
+
+def write_bert_tokenizer_json(path: Path, vocabulary: list[str], *, lowercase: bool,
+                              strip_accents: bool | None = None,
+                              handle_chinese_chars: bool = True) -> Path:
+    """A BERT tokenizer.json made with the `tokenizers` library, with the steps of MiniLM's:
+    BertNormalizer, BertPreTokenizer, WordPiece, [CLS] A [SEP] B [SEP] with type ids 0/1."""
+    ids = {token: index for index, token in enumerate(vocabulary)}
+    tokenizer = Tokenizer(models.WordPiece(ids, unk_token="[UNK]", max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=handle_chinese_chars,
+        strip_accents=strip_accents, lowercase=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
+    tokenizer.add_special_tokens(HF_SPECIAL_TOKENS)
+    tokenizer.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def accented_hf_preset(tiny_hf_preset, tmp_path_factory) -> Path:
+    """tiny_hf_preset's random model with an accented vocabulary of the same size, a MiniLM-like
+    tokenizer_config.json and a tokenizer.json from the `tokenizers` library."""
+    folder = tmp_path_factory.mktemp("accented_hf")
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_hf_preset / name, folder / name)
+    size = json.loads((folder / "config.json").read_text())["vocab_size"]
+    vocabulary = accented_vocabulary(size)
+    (folder / "vocab.txt").write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"do_lower_case": True, "strip_accents": None, "tokenize_chinese_chars": True}))
+    write_bert_tokenizer_json(folder / "tokenizer.json", vocabulary, lowercase=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer_json():
+    """write_bert_tokenizer_json, for tests (test files cannot import conftest)."""
+    return write_bert_tokenizer_json
+
+
+@pytest.fixture(scope="session")
+def rule_gaps() -> list[tuple[str, str]]:
+    return RULE_GAPS
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> BertConfig:
     """The model-only tests' config (random init, no preset)."""
@@ -77,22 +170,27 @@ def sentence_pairs():
 
 
 @pytest.fixture(scope="session")
-def keras_hub_reference(tiny_hf_preset, make_vocabulary, tmp_path_factory) -> dict:
-    """{'root', 'pairs', 'presets': {name: (folder, kind)}}; keras-hub's results are
-    root/<name>_tokens.npz and root/<name>_outputs.npz, the export round trip of the tiny HF
-    model root/exported + root/export.npz (see keras_reference.py)."""
+def keras_hub_reference(tiny_hf_preset, accented_hf_preset, make_vocabulary,
+                        tmp_path_factory) -> dict:
+    """{'root', 'pairs', 'presets': {name: (folder, kind)}}; the TF side's results are
+    root/<name>_tokens.npz (tf_baseline's tokenization) and root/<name>_outputs.npz, the export
+    round trip of the tiny HF model root/exported + root/export.npz, and the accented model
+    saved by tf_baseline (root/tf_saved) and exported by jax_lora (root/exported_accented),
+    with tf_baseline's tokens after reloading each (root/<folder>_tokens.npz); see
+    keras_reference.py."""
     root = tmp_path_factory.mktemp("keras_hub_reference")
     pairs = make_sentence_pairs([load_train(SAMPLE_DATA_DIR), load_test(SAMPLE_DATA_DIR)])
     (root / "pairs.json").write_text(json.dumps(pairs), encoding="utf-8")
     vocabulary = make_vocabulary(root / "vocabulary.txt", lowercase=False)
-    presets = {"tiny_keras": (root / "tiny_keras", "keras_dir"), "tiny_hf": (tiny_hf_preset, "hf")}
+    presets = {"tiny_keras": (root / "tiny_keras", "keras_dir"), "tiny_hf": (tiny_hf_preset, "hf"),
+               "accented": (accented_hf_preset, "hf")}
     try:
         presets["minilm"] = (minilm_dir(), "hf")
     except PresetError:
         pass
     named = [f"{name}={path}" for name, (path, _) in presets.items() if name != "tiny_keras"]
     run_keras_reference("reference", root, vocabulary, root / "pairs.json", tiny_hf_preset,
-                        *named)
+                        accented_hf_preset, *named)
     return {"root": root, "pairs": pairs, "presets": presets}
 
 

@@ -1,12 +1,19 @@
 """keras-hub (TensorFlow) side of the parity and tokenizer tests, run in a subprocess so the
 pytest process never imports TensorFlow. Writes plain .npz files the JAX tests compare with.
 
-  python keras_reference.py reference ROOT VOCAB PAIRS.json EXPORT_FROM [NAME=PRESET_DIR ...]
+  python keras_reference.py reference ROOT VOCAB PAIRS.json EXPORT_FROM SAVE_FROM
+                                      [NAME=PRESET_DIR ...]
       builds the tiny keras preset ROOT/tiny_keras (cased, random weights, with its head), then
-      for it and every NAME: ROOT/NAME_tokens.npz (preprocessor ids of PAIRS at each length)
-      and ROOT/NAME_outputs.npz (model outputs on some of those rows); finally exports a
-      LoRA-adapted jax_lora model of EXPORT_FROM to ROOT/exported and writes ROOT/export.npz
-      (Flax logits, and keras-hub's from the exported preset). One process, because
+      for it and every NAME: ROOT/NAME_tokens.npz (tf_baseline's ids of PAIRS at each length:
+      its load_preprocessor and text_dataset, so a Hugging Face folder's text rules apply),
+      for a Hugging Face folder also ROOT/NAME_keras_hub_rules.npz (keras-hub's converter's
+      tokenizer alone, the rules tf_baseline used before), and ROOT/NAME_outputs.npz (model
+      outputs on some of those rows); exports a LoRA-adapted
+      jax_lora model of EXPORT_FROM to ROOT/exported and writes ROOT/export.npz (Flax logits,
+      and keras-hub's from the exported preset); finally saves the model of the Hugging Face
+      folder SAVE_FROM as tf_baseline saves a run's preset (ROOT/tf_saved) and as jax_lora
+      exports it (ROOT/exported_accented), and tokenizes PAIRS with each reloaded
+      (ROOT/tf_saved_tokens.npz, ROOT/exported_accented_tokens.npz). One process, because
       importing TensorFlow is the slow part of these tests.
   python keras_reference.py tokenize JOBS.json
 """
@@ -19,6 +26,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 # Two cores are shared with other test runs; TF's default pools would take them all.
@@ -27,6 +35,10 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
+
+from tf_baseline.data import text_dataset  # noqa: E402
+from tf_baseline.model import (load_classifier, load_preprocessor, save_preset,  # noqa: E402
+                               text_normalizer)
 
 TINY_BACKBONE = dict(num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
                      max_sequence_length=128)
@@ -53,6 +65,24 @@ def build_preset(out_dir, vocab_file):
         base = 1.0 if weight.path.endswith("gamma") else 0.0
         weight.assign(base + scale * rng.standard_normal(weight.shape).astype("float32"))
     classifier.save_to_preset(out_dir)
+
+
+def trainer_token_arrays(preset, pairs, lengths):
+    """tf_baseline's tokenization of `pairs`: model.load_preprocessor (a Hugging Face folder's
+    or saved preset's text rules included) and data.text_dataset, as the TF trainer runs them.
+    `lowercase` is whether the text is lowercased, by the text rules or by keras-hub."""
+    frame = pd.DataFrame(pairs)
+    arrays = {}
+    for length in lengths:
+        preprocessor = load_preprocessor(str(preset), length)
+        data = text_dataset(frame, preprocessor, 2048, labels=False, drop_remainder=False)
+        batches = list(data.as_numpy_iterator())
+        for field in ("token_ids", "segment_ids", "padding_mask"):
+            arrays[f"{field}_{length}"] = np.concatenate([b[field] for b in batches])
+    normalizer = text_normalizer(preprocessor)
+    arrays["lowercase"] = np.asarray(normalizer.lowercase if normalizer is not None
+                                     else preprocessor.tokenizer.lowercase)
+    return arrays
 
 
 def token_arrays(tokenizer, pairs, lengths):
@@ -100,7 +130,7 @@ def export_round_trip(preset, out_dir, result_file):
     from jax_lora.export import export_preset
     from jax_lora.lora import LORA_TARGETS, LoraConfig
     from jax_lora.weights import load_pretrained
-    from shared.data import SAMPLE_DATA_DIR, load_train
+    from shared.data.watson import SAMPLE_DATA_DIR, load_train
 
     pretrained = load_pretrained(preset, LoraConfig(rank=4, alpha=8.0, targets=LORA_TARGETS),
                                  seed=3)
@@ -116,50 +146,77 @@ def export_round_trip(preset, out_dir, result_file):
                                                  inputs["padding_mask"]))(model))
     export_preset(model, pretrained.tokenizer, out_dir, sequence_length=40)
     classifier = keras_hub.models.BertTextClassifier.from_preset(out_dir)
-    # Inside tf.function keras-hub runs its TF ops, as in the TF trainer's tf.data pipeline.
-    from_text = tf.function(classifier.preprocessor)(x=(tf.constant(pairs[0]),
-                                                        tf.constant(pairs[1])))
+    # From text as tf_baseline reads a preset: its load_preprocessor applies the text rules
+    # saved beside the preset, and text_dataset runs keras-hub's TF ops in tf.data.
+    texts = pd.DataFrame({"premise": pairs[0], "hypothesis": pairs[1]})
+    from_text = next(iter(text_dataset(texts, load_preprocessor(out_dir, None), len(texts),
+                                       labels=False, drop_remainder=False)))
     np.savez(result_file, flax_logits=flax_logits,
              tf_logits_from_ids=np.asarray(classifier(inputs)),
              tf_logits_from_text=np.asarray(classifier(from_text)))
 
 
-def reference(root, vocab_file, pairs_file, export_from, named_presets):
+def saved_round_trips(preset, root, pairs):
+    """The Hugging Face model `preset` saved as tf_baseline saves a run's preset/ and as
+    jax_lora exports one, each reloaded and tokenized by tf_baseline (ROOT/<folder>_tokens)."""
+    from jax_lora.export import export_preset
+    from jax_lora.lora import LoraConfig
+    from jax_lora.weights import load_pretrained
+
+    classifier = load_classifier(str(preset), tf.distribute.get_strategy())
+    save_preset(classifier, load_preprocessor(str(preset), 64), os.path.join(root, "tf_saved"))
+    pretrained = load_pretrained(str(preset), LoraConfig(targets=()))
+    export_preset(pretrained.model, pretrained.tokenizer, os.path.join(root, "exported_accented"),
+                  sequence_length=64)
+    for folder in ("tf_saved", "exported_accented"):
+        np.savez(os.path.join(root, f"{folder}_tokens.npz"),
+                 **trainer_token_arrays(os.path.join(root, folder), pairs, LENGTHS[:1]))
+
+
+def reference(root, vocab_file, pairs_file, export_from, save_from, named_presets):
     with open(pairs_file, encoding="utf-8") as f:
         pairs = json.load(f)
     build_preset(os.path.join(root, "tiny_keras"), vocab_file)
     presets = {"tiny_keras": os.path.join(root, "tiny_keras"),
                **dict(item.split("=", 1) for item in named_presets)}
     for name, preset in presets.items():
-        tokens = token_arrays(keras_hub.models.BertTokenizer.from_preset(preset), pairs, LENGTHS)
+        tokens = trainer_token_arrays(preset, pairs, LENGTHS)
+        if os.path.isfile(os.path.join(preset, "vocab.txt")):  # a Hugging Face folder
+            # What tf_baseline did before following the folder's text rules: keras-hub's
+            # converter (lowercase=do_lower_case, keras-hub's own casing and splitting).
+            rules = token_arrays(keras_hub.models.BertTokenizer.from_preset(preset), pairs,
+                                 LENGTHS)
+            np.savez(os.path.join(root, f"{name}_keras_hub_rules.npz"), **rules)
         np.savez(os.path.join(root, f"{name}_tokens.npz"), **tokens)
         inputs = {field: tokens[f"{field}_{OUTPUT_LENGTH}"][OUTPUT_ROWS]
                   for field in ("token_ids", "segment_ids", "padding_mask")}
         np.savez(os.path.join(root, f"{name}_outputs.npz"), **model_outputs(preset, inputs))
     export_round_trip(export_from, os.path.join(root, "exported"),
                       os.path.join(root, "export.npz"))
+    saved_round_trips(save_from, root, pairs)
 
 
 def tokenize(jobs_file):
-    """Each job: a vocabulary file + lowercase flag (or a preset), a pairs .json, an output
-    .npz and the sequence lengths."""
+    """Each job: a vocabulary file + lowercase flag (or a preset, tokenized as tf_baseline
+    does), a pairs .json, an output .npz and the sequence lengths."""
     with open(jobs_file, encoding="utf-8") as f:
         jobs = json.load(f)
     for job in jobs:
         with open(job["pairs"], encoding="utf-8") as f:
             pairs = json.load(f)
-        if "preset" in job:
-            tokenizer = keras_hub.models.BertTokenizer.from_preset(job["preset"])
-        else:
+        if "preset" in job:  # as the TF trainer tokenizes for it
+            arrays = trainer_token_arrays(job["preset"], pairs, job["lengths"])
+        else:  # keras-hub's own rules on a bare vocabulary
             tokenizer = keras_hub.models.BertTokenizer(vocabulary=job["vocabulary"],
                                                        lowercase=job["lowercase"])
-        np.savez(job["out"], **token_arrays(tokenizer, pairs, job["lengths"]))
+            arrays = token_arrays(tokenizer, pairs, job["lengths"])
+        np.savez(job["out"], **arrays)
 
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "reference":
-        reference(args[0], args[1], args[2], args[3], args[4:])
+        reference(args[0], args[1], args[2], args[3], args[4], args[5:])
     elif command == "tokenize":
         tokenize(args[0])
     else:

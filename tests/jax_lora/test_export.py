@@ -39,7 +39,7 @@ def test_export_reloads_as_our_own_keras_preset(round_trip):
     preset, result = round_trip
     pretrained = load_pretrained(str(preset), LoraConfig(targets=()))
     assert pretrained.source["kind"] == "keras_dir"
-    assert pretrained.tokenizer.lowercase is True
+    assert pretrained.tokenizer.normalizer.lowercase is True  # the text rules came along
 
 
 def test_refuses_a_folder_with_files(tiny_hf_preset, tmp_path):

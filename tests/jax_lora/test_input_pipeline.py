@@ -9,8 +9,8 @@ from jax_lora.input_pipeline import (GROUP_CHUNK_BATCHES, Encoded, bucket_length
                                      epoch_batches, epoch_order, eval_batches, steps_per_epoch,
                                      train_batches)
 from jax_lora.tokenizer import Tokenizer
-from shared.cli import load_data
-from shared.data import SAMPLE_DATA_DIR
+from shared.data.spec import DataSpec, load
+from shared.data.watson import SAMPLE_DATA_DIR
 
 
 def fake_encoded(lengths, sequence_length=128):
@@ -40,7 +40,7 @@ def test_train_batches_drop_remainder_and_reshuffle_per_epoch():
         rows = np.concatenate([b["token_ids"][:, 0] // 1000 for b in batches])
         assert len(set(rows.tolist())) == 8  # no row twice; the remainder of 2 is dropped
         epochs.append(rows.tolist())
-    assert epochs[0] != epochs[1] != epochs[2]
+    assert all(epochs[i] != epochs[j] for i in range(3) for j in range(i + 1, 3))
     assert np.array_equal(epoch_order(10, 7, 1), epoch_order(10, 7, 1))
     assert not np.array_equal(epoch_order(10, 7, 1), epoch_order(10, 8, 1))
 
@@ -93,8 +93,8 @@ def test_grouped_batches_keep_every_row_once_and_follow_seed_and_epoch():
 def test_grouping_cuts_padding_on_the_sample(tiny_hf_preset):
     """Padding tokens of three recipe epochs (batch 16, dynamic buckets) on the embedded
     sample's training split; measured: grouped 28,523 vs 54,123 random (ratio 0.53)."""
-    recipe = TrainConfig(data_dir=SAMPLE_DATA_DIR)
-    train = load_data(recipe.data_args).train
+    recipe = TrainConfig(data=DataSpec(data_dir=SAMPLE_DATA_DIR))
+    train = load(recipe.data).train
     data = encode(Tokenizer.from_preset_dir(tiny_hf_preset, "hf"), train, 128)
     padding = {}
     for group_by_length in (False, True):

@@ -3,6 +3,7 @@ on a tiny random preset (run directory, adapter, bad input, kill -9 and resume).
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,16 +19,18 @@ import safetensors.numpy
 from flax import nnx
 
 from jax_lora.checkpoint import ADAPTER, ADAPTER_WEIGHTS, CHECKPOINTS, load_adapter
-from jax_lora.config import DATA_FIELDS, TrainConfig, build_parser, parse_config
+from jax_lora.config import TrainConfig, build_parser, parse_config
 from jax_lora.input_pipeline import Encoded, encode
 from jax_lora.lora import LoraConfig, trainable_filter
 from jax_lora.models import BertClassifier, BertConfig
 from jax_lora.optim import make_optimizer, trainable_mask
 from jax_lora.train import (TrainState, evaluate, main, make_eval_step, make_mesh,
                             make_train_step, prepare, replicate, shard_batch)
-from shared.cli import load_data
-from shared.data import SAMPLE_DATA_DIR
-from shared.run_dir import MANIFEST, MANIFEST_KEYS, read_run
+from shared.data.spec import DataSpec, load
+from shared.runs.presets import describe_preset
+from shared.runs.reuse import config_differences
+from shared.data.watson import SAMPLE_DATA_DIR
+from shared.runs.run_dir import MANIFEST, MANIFEST_KEYS, read_run
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = BertConfig(vocab_size=60, hidden_dim=16, num_layers=2, num_heads=2, intermediate_dim=32,
@@ -160,25 +163,27 @@ def test_two_devices_give_the_same_step_as_one():
 def test_flags_map_onto_the_config():
     assert parse_config([]) == TrainConfig()
     defaults = vars(build_parser().parse_args([]))
-    for name in DATA_FIELDS:  # shared.cli's defaults and the dataclass's agree
-        assert defaults[name] == getattr(TrainConfig(), name), name
+    for name, value in DataSpec().to_dict().items():  # the flags' defaults are the spec's
+        assert defaults[name] == getattr(DataSpec(), name), name
     config = parse_config(["--targets", "", "--no-train-head", "--train-pooler", "--rank", "4",
                            "--lora-dropout", "0.1", "--no-dynamic-padding", "--lr", "1e-3",
                            "--schedule", "linear", "--warmup-steps", "5", "--limit", "40"])
     assert config.lora == LoraConfig(rank=4, dropout=0.1, targets=(), train_head=False,
                                      train_pooler=True)
     assert (config.dynamic_padding, config.lr, config.schedule, config.warmup_steps,
-            config.limit) == (False, 1e-3, "linear", 5, 40)
+            config.data.limit) == (False, 1e-3, "linear", 5, 40)
     assert parse_config(["--targets", "query,key,ffn_out"]).lora.targets == (
         "query", "key", "ffn_out")
     assert TrainConfig().group_by_length and TrainConfig().to_dict()["group_by_length"] is True
     ungrouped = parse_config(["--no-group-by-length"])
     assert ungrouped.to_dict()["group_by_length"] is False
-    assert ungrouped.resume_key() != TrainConfig().resume_key()  # other batches: no resuming
+    assert config_differences(TrainConfig().to_dict(), ungrouped.to_dict()) == [
+        "group_by_length True -> False"]  # other batches: no resuming
     assert "passes over the training split" in build_parser().format_help()
     remat = parse_config(["--remat", "none"])
     assert TrainConfig().remat == "dots"  # the default: as fast as none here, less memory
-    assert remat.remat == "none" and remat.resume_key() == TrainConfig().resume_key()
+    assert remat.remat == "none"
+    assert config_differences(TrainConfig().to_dict(), remat.to_dict()) == []
 
 
 # ---------------------------------------------------------------- whole runs of train.py
@@ -242,7 +247,7 @@ def test_run_directory_holds_the_contract(finished_run):
 def test_adapter_reproduces_the_predictions(finished_run):
     pretrained = load_adapter(finished_run / ADAPTER)
     run = read_run(finished_run)
-    data = load_data(parse_config(RUN_FLAGS).data_args)
+    data = load(parse_config(RUN_FLAGS).data)
     assert data.val["id"].tolist() == run.predictions["id"].tolist()
     encoded = encode(pretrained.tokenizer, data.val, 32)
     graphdef, params = nnx.split(pretrained.model)
@@ -260,6 +265,7 @@ def test_adapter_reproduces_the_predictions(finished_run):
     (["--batch-per-device", "100"], "--batch-per-device"),
     (["--sequence-length", "100", "--no-dynamic-padding"], None),  # valid: control case
     (["--sequence-length", "200"], "--sequence-length"),  # tiny preset has 128 positions
+    (["--sequence-length", "4"], "--sequence-length 4: must lie in [5, 512]"),  # packing floor
     (["--data-dir", "/nonexistent"], "--data-dir"), (["--preset", "/nonexistent/x"], "--preset")])
 def test_bad_input_exits_2_before_writing(tiny_hf_preset, tmp_path, capsys, flags, field):
     run_dir = tmp_path / "run"
@@ -275,13 +281,58 @@ def test_bad_input_exits_2_before_writing(tiny_hf_preset, tmp_path, capsys, flag
     assert error.startswith("error: ") and field in error and "\n" not in error
 
 
-def test_resuming_with_other_hyperparameters_is_refused(finished_run, tiny_hf_preset, capsys):
+def test_a_finished_run_with_other_hyperparameters_is_refused(finished_run, tiny_hf_preset,
+                                                              capsys):
     before = (finished_run / MANIFEST).read_bytes()
     with pytest.raises(SystemExit) as exit_info:
         main(["--preset", str(tiny_hf_preset), "--run-dir", str(finished_run), *RUN_FLAGS,
               "--lr", "1e-3"])
-    assert exit_info.value.code == 2 and "lr" in capsys.readouterr().err
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in error
+    assert "holds a finished run with other inputs (lr 0.0002 -> 0.001)" in error
+    assert "--restart" in error
     assert (finished_run / MANIFEST).read_bytes() == before
+
+
+def test_rerunning_a_finished_run_keeps_it(finished_run, tiny_hf_preset, capsys):
+    before = {p: p.stat().st_mtime_ns for p in finished_run.rglob("*")}
+    main(["--preset", str(tiny_hf_preset), "--run-dir", str(finished_run), *RUN_FLAGS])
+    assert "holds this run, finished; kept" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in finished_run.rglob("*")} == before
+
+
+def test_other_weights_at_the_same_preset_path_are_refused(finished_run, tiny_hf_preset,
+                                                           tmp_path, capsys):
+    """The run directory records the weights' checksums; a resume or reuse compares them."""
+    preset, run_dir = tmp_path / "preset", tmp_path / "run"
+    shutil.copytree(tiny_hf_preset, preset)
+    shutil.copytree(finished_run, run_dir)
+    flags = ["--preset", str(preset), "--run-dir", str(run_dir), *RUN_FLAGS]
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    manifest.update(config=parse_config(flags).to_dict(), weights=describe_preset(str(preset)))
+    (run_dir / MANIFEST).write_text(json.dumps(manifest))
+    main(flags + ["--check"])
+    assert "check passed" in capsys.readouterr().out
+    with open(preset / "model.safetensors", "ab") as weights:
+        weights.write(b"\0")  # other bytes at the same path
+    with pytest.raises(SystemExit) as exit_info:
+        main(flags + ["--check"])
+    assert exit_info.value.code == 2 and "weights checksum" in capsys.readouterr().err
+
+
+def test_restart_retrains_from_scratch(finished_run, tiny_hf_preset, tmp_path, run_env):
+    run_dir = tmp_path / "restarted"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / "stale.txt").write_text("left by the old run")
+    command = train_command(tiny_hf_preset, run_dir) + ["--epochs", "1", "--restart"]
+    done = subprocess.run(command, cwd=REPO, env=run_env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = read_run(run_dir)
+    assert run.manifest["config"]["epochs"] == 1 and "resumed_at" not in run.manifest
+    assert run.history["epoch"].tolist() == [1] and not (run_dir / "stale.txt").exists()
+    assert sorted(int(p.name) for p in (run_dir / CHECKPOINTS).iterdir()) == [
+        STEPS_PER_EPOCH - 2, STEPS_PER_EPOCH]  # none of the old run's steps 18 and 20
 
 
 def test_kill_9_then_rerun_ends_bitwise_equal(finished_run, tiny_hf_preset, tmp_path, run_env):
@@ -329,3 +380,45 @@ def test_remat_run_trains_the_same_adapters(finished_run, tiny_hf_preset, tmp_pa
     columns = ["p_entailment", "p_neutral", "p_contradiction"]
     np.testing.assert_allclose(read_run(run_dir).predictions[columns],
                                read_run(finished_run).predictions[columns], atol=1e-5)
+
+
+def truncate_data(checkpoint: Path) -> None:
+    """Cut every OCDBT data file of a checkpoint in half (as a crash mid-copy would)."""
+    files = [p for p in (checkpoint / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files, f"no data files under {checkpoint}/state: orbax's layout changed"
+    for path in files:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_damaged_checkpoint_resumes_from_the_previous_one(finished_run, tiny_hf_preset,
+                                                          tmp_path, run_env):
+    """Truncated data files of the newest checkpoint: the rerun says so in one line, resumes
+    from the checkpoint before it and ends exactly where the uninterrupted run ended."""
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(finished_run, run_dir)
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    (run_dir / MANIFEST).write_text(json.dumps({**manifest, "status": "running"}))
+    newest, previous = 2 * STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH - 2
+    truncate_data(run_dir / CHECKPOINTS / str(newest))
+    command = train_command(tiny_hf_preset, run_dir)
+    rerun = subprocess.run(command, cwd=REPO, env=run_env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    warnings = [line for line in rerun.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and f"checkpoints/{newest}" in warnings[0], rerun.stderr[-2000:]
+    assert f"resumed from step {previous}" in rerun.stdout
+    resumed = safetensors.numpy.load_file(str(run_dir / ADAPTER / ADAPTER_WEIGHTS))
+    reference = safetensors.numpy.load_file(str(finished_run / ADAPTER / ADAPTER_WEIGHTS))
+    for name in reference:
+        assert np.array_equal(resumed[name], reference[name]), name
+
+    # Nothing restores: one line naming the damage and the way out, no traceback.
+    (run_dir / MANIFEST).write_text(json.dumps({**manifest, "status": "running"}))
+    for folder in (run_dir / CHECKPOINTS).iterdir():
+        if folder.name.isdigit():
+            truncate_data(folder)
+    hopeless = subprocess.run(command, cwd=REPO, env=run_env, capture_output=True, text=True,
+                              timeout=300)
+    errors = [line for line in hopeless.stderr.splitlines() if line.startswith("error: ")]
+    assert hopeless.returncode == 2 and "Traceback" not in hopeless.stderr
+    assert len(errors) == 1 and "--restart" in errors[0] and "checkpoints" in errors[0]

@@ -38,10 +38,14 @@ def test_config_rejects_bad_fields(field, kwargs):
 def test_trainable_count_matches_formula_on_mbert_shapes():
     lora = LoraConfig(rank=16, targets=("query", "value"))
     model = nnx.eval_shape(lambda: BertClassifier(MBERT, lora=lora, rngs=nnx.Rngs(0)))
-    counts = [int(np.prod(v.shape)) for _, v in
-              nnx.to_flat_state(nnx.state(model, trainable_filter(lora)))]
-    assert sum(counts) == 12 * 2 * 16 * (768 + 768) + (768 * 3 + 3)  # 589,824 + 2,307
-    assert sum(counts) == 589_824 + 2_307
+    counts = {path: int(np.prod(v.shape)) for path, v in
+              nnx.to_flat_state(nnx.state(model, trainable_filter(lora)))}
+    adapters = sum(n for path, n in counts.items() if path[-1] in ("lora_a", "lora_b"))
+    head = sum(n for path, n in counts.items() if path[0] == "head")
+    # Per layer, query and value each get A (768 x 16) and B (16 x 768); the head is 768 x 3 + 3.
+    assert adapters == 12 * 2 * 16 * (768 + 768) == 589_824
+    assert head == 768 * 3 + 3 == 2_307
+    assert sum(counts.values()) == adapters + head  # nothing else trains
 
 
 def test_trainable_filter_selects_adapters_head_and_pooler_as_configured(tiny_config):

@@ -1,5 +1,6 @@
-"""jax_lora's tokenizer vs keras-hub's BertTextClassifierPreprocessor (TensorFlow, in a
-subprocess): identical token ids, segment ids and padding masks."""
+"""jax_lora's tokenizer vs tf_baseline's keras-hub tokenization (TensorFlow, in a subprocess) and
+vs a Hugging Face folder's own tokenizer.json (the `tokenizers` library): identical token ids,
+segment ids and padding masks."""
 
 import collections
 import json
@@ -7,26 +8,58 @@ import re
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer as HFTokenizer
 
 from jax_lora.tokenizer import Tokenizer
-from shared.data import load_test, load_train
+from shared.data.watson import load_test, load_train
+from shared.runs.tokenization import NORMALIZER_FILE, README_FILE, read_normalizer
 
 FIELDS = ("token_ids", "segment_ids", "padding_mask")
 SAMPLE_LENGTHS = (512, 64, 16)  # as keras_reference.LENGTHS
 WATSON_LENGTHS = (512, 64)
+# Compared with tokenizer.json at this length, where no pair is cut (checked each time): the
+# packing and truncation stay keras-hub's round-robin packer, tokenizer.json's are not used.
+UNCUT = 512
+WATSON_ROWS = {"train": 12120, "test": 5195}
+HF_FOLDERS = ("tiny_hf", "accented", "minilm")
+
+
+def _assert_same(ours: dict, theirs: dict, pairs: dict, what: str) -> None:
+    for field in FIELDS:
+        rows = np.flatnonzero((ours[field] != theirs[field].astype(np.int32)).any(axis=1))
+        assert not rows.size, (f"{what}: {field} differs on {rows.size} rows, first: "
+                               f"{pairs['premise'][rows[0]]!r} / {pairs['hypothesis'][rows[0]]!r}")
+
+
+def _at(reference: dict, length: int) -> dict:
+    return {field: reference[f"{field}_{length}"] for field in FIELDS}
 
 
 def _assert_identical(tokenizer, reference, pairs, lengths):
     for length in lengths:
-        ours = tokenizer(pairs["premise"], pairs["hypothesis"], length)
-        for field in FIELDS:
-            theirs = reference[f"{field}_{length}"].astype(np.int32)
-            rows = np.flatnonzero((ours[field] != theirs).any(axis=1))
-            assert not rows.size, (f"{field} at length {length} differs on {rows.size} rows, "
-                                   f"first: {pairs['premise'][rows[0]]!r} / "
-                                   f"{pairs['hypothesis'][rows[0]]!r}")
+        _assert_same(tokenizer(pairs["premise"], pairs["hypothesis"], length),
+                     _at(reference, length), pairs, f"length {length}")
     # Some rows must have been cut at the shortest length, or truncation went untested.
     assert (reference[f"padding_mask_{min(lengths)}"].sum(axis=1) == min(lengths)).any()
+
+
+def tokenizer_json_arrays(path, pairs: dict, length: int) -> dict:
+    """The pairs as the folder's own tokenizer.json encodes them, laid out as keras-hub's packer
+    lays them out (padded with [PAD], mask = not [PAD]); fails when a pair would be cut."""
+    tokenizer = HFTokenizer.from_file(str(path))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    encodings = tokenizer.encode_batch(list(zip(pairs["premise"], pairs["hypothesis"])))
+    longest = max(len(encoding.ids) for encoding in encodings)
+    assert longest <= length, f"a pair has {longest} tokens; compare at a length that cuts none"
+    pad = tokenizer.token_to_id("[PAD]")
+    token_ids = np.full((len(encodings), length), pad, np.int32)
+    segment_ids = np.zeros((len(encodings), length), np.int32)
+    for row, encoding in enumerate(encodings):
+        token_ids[row, :len(encoding.ids)] = encoding.ids
+        segment_ids[row, :len(encoding.ids)] = encoding.type_ids
+    return {"token_ids": token_ids, "segment_ids": segment_ids,
+            "padding_mask": (token_ids != pad).astype(np.int32)}
 
 
 def _preset(keras_hub_reference, name):
@@ -35,19 +68,104 @@ def _preset(keras_hub_reference, name):
     return keras_hub_reference["presets"][name]
 
 
+@pytest.fixture(scope="module")
+def tokenizer_json(keras_hub_reference, bert_tokenizer_json, tmp_path_factory):
+    """name -> the folder's tokenizer.json; for the tiny HF folder, which has none, the one
+    transformers would convert its tokenizer_config.json (uncased, strip_accents null) to."""
+    def path(name):
+        folder, _ = _preset(keras_hub_reference, name)
+        if (folder / "tokenizer.json").is_file():
+            return folder / "tokenizer.json"
+        vocabulary = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        assert json.loads((folder / "tokenizer_config.json").read_text()) == {"do_lower_case": True}
+        return bert_tokenizer_json(tmp_path_factory.mktemp(name) / "tokenizer.json", vocabulary,
+                                   lowercase=True)
+    return path
+
+
 @pytest.mark.parametrize("name, lowercase", [("tiny_keras", False), ("tiny_hf", True),
-                                             ("minilm", True)])
+                                             ("accented", True), ("minilm", True)])
 def test_casing_comes_from_the_preset(keras_hub_reference, name, lowercase):
+    """A keras-hub preset keeps keras-hub's rules (its lowercase flag); a Hugging Face folder
+    brings its own, which decide the casing on both sides."""
     tokenizer = Tokenizer.from_preset_dir(*_preset(keras_hub_reference, name))
-    keras_hub_decided = np.load(keras_hub_reference["root"] / f"{name}_tokens.npz")["lowercase"]
-    assert tokenizer.lowercase is lowercase and bool(keras_hub_decided) is lowercase
+    assert (tokenizer.normalizer is None) is (name == "tiny_keras")
+    rules = tokenizer.normalizer
+    ours = rules.lowercase if rules is not None else tokenizer.lowercase
+    tf_decided = np.load(keras_hub_reference["root"] / f"{name}_tokens.npz")["lowercase"]
+    assert ours is lowercase and bool(tf_decided) is lowercase
 
 
-@pytest.mark.parametrize("name", ["tiny_keras", "tiny_hf", "minilm"])
-def test_ids_match_keras_hub_on_sample_and_edge_cases(keras_hub_reference, name):
+@pytest.mark.parametrize("name", ["tiny_keras", *HF_FOLDERS])
+def test_ids_match_tf_baseline_on_sample_and_edge_cases(keras_hub_reference, name):
     tokenizer = Tokenizer.from_preset_dir(*_preset(keras_hub_reference, name))
     reference = dict(np.load(keras_hub_reference["root"] / f"{name}_tokens.npz"))
     _assert_identical(tokenizer, reference, keras_hub_reference["pairs"], SAMPLE_LENGTHS)
+
+
+@pytest.mark.parametrize("name", HF_FOLDERS)
+def test_keras_hub_rules_replica_matches_keras_hub(keras_hub_reference, name):
+    """Tokenizer(vocab, lowercase=True) is what keras-hub's converter builds for an uncased
+    folder (and what a lowercasing keras-hub preset does): still exact."""
+    folder, _ = _preset(keras_hub_reference, name)
+    vocabulary = Tokenizer.from_preset_dir(folder, "hf").vocabulary
+    reference = dict(np.load(keras_hub_reference["root"] / f"{name}_keras_hub_rules.npz"))
+    _assert_identical(Tokenizer(vocabulary, lowercase=True), reference,
+                      keras_hub_reference["pairs"], SAMPLE_LENGTHS)
+
+
+@pytest.mark.parametrize("name", HF_FOLDERS)
+def test_both_trainers_match_the_folders_tokenizer_json(keras_hub_reference, tokenizer_json,
+                                                        name):
+    pairs = keras_hub_reference["pairs"]
+    theirs = tokenizer_json_arrays(tokenizer_json(name), pairs, UNCUT)
+    tokenizer = Tokenizer.from_preset_dir(*_preset(keras_hub_reference, name))
+    _assert_same(tokenizer(pairs["premise"], pairs["hypothesis"], UNCUT), theirs, pairs,
+                 f"jax_lora vs {name} tokenizer.json")
+    reference = dict(np.load(keras_hub_reference["root"] / f"{name}_tokens.npz"))
+    _assert_same({f: reference[f"{f}_{UNCUT}"] for f in FIELDS}, theirs, pairs,
+                 f"tf_baseline vs {name} tokenizer.json")
+
+
+def test_every_rule_gap_is_closed(accented_hf_preset, rule_gaps):
+    """Each text of RULE_GAPS: keras-hub's own rules give other ids than tokenizer.json (the gap
+    is real), the folder's rules the same ids (it is closed)."""
+    reference = HFTokenizer.from_file(str(accented_hf_preset / "tokenizer.json"))
+    ours = Tokenizer.from_preset_dir(accented_hf_preset, "hf")
+    keras_hub_rules = Tokenizer(ours.vocabulary, lowercase=True)
+    for text, why in rule_gaps:
+        theirs = reference.encode(text).ids[1:-1]  # without [CLS] and [SEP]
+        assert ours.encode(text) == theirs, f"{text!r} ({why})"
+        assert keras_hub_rules.encode(text) != theirs, f"{text!r} is no gap ({why})"
+        assert ours.oov_id not in theirs or text.startswith("a[SEP]"), \
+            f"{text!r}: the accented vocabulary should cover it"
+
+
+@pytest.mark.parametrize("folder", ["tf_saved", "exported_accented"])
+def test_saved_models_tokenize_as_tokenizer_json_when_reloaded(keras_hub_reference,
+                                                               accented_hf_preset, folder):
+    """tf_baseline's run preset/ (save_preset) and jax_lora's export carry the text rules;
+    reloaded by tf_baseline (load_preprocessor) and by jax_lora (from_preset_dir), both give
+    the ids of the original folder's tokenizer.json."""
+    root, pairs = keras_hub_reference["root"], keras_hub_reference["pairs"]
+    saved = root / folder
+    assert (saved / README_FILE).is_file() and (saved / "preprocessor.json").is_file()
+    assert read_normalizer(saved) == Tokenizer.from_preset_dir(accented_hf_preset,
+                                                               "hf").normalizer
+    theirs = tokenizer_json_arrays(accented_hf_preset / "tokenizer.json", pairs, UNCUT)
+    reloaded = Tokenizer.from_preset_dir(saved, "keras_dir")
+    _assert_same(reloaded(pairs["premise"], pairs["hypothesis"], UNCUT), theirs, pairs,
+                 f"jax_lora from {folder}")
+    tf_reloaded = dict(np.load(root / f"{folder}_tokens.npz"))
+    _assert_same(_at(tf_reloaded, UNCUT), theirs, pairs, f"tf_baseline from {folder}")
+    assert json.loads((saved / NORMALIZER_FILE).read_text())["source"] == "tokenizer.json"
+
+
+def test_a_normaliser_decides_casing_itself(accented_hf_preset):
+    normalizer = Tokenizer.from_preset_dir(accented_hf_preset, "hf").normalizer
+    vocabulary = Tokenizer.from_preset_dir(accented_hf_preset, "hf").vocabulary
+    with pytest.raises(ValueError, match="lowercase=True with a text normaliser"):
+        Tokenizer(vocabulary, lowercase=True, normalizer=normalizer)
 
 
 def _cased_vocabulary(pairs, words=30000):
@@ -64,11 +182,14 @@ def _cased_vocabulary(pairs, words=30000):
 
 
 @pytest.mark.slow
-def test_ids_match_keras_hub_on_all_watson_rows(watson_dir, keras_hub_reference, sentence_pairs,
-                                                keras_reference, tmp_path):
-    """Every train + test row, with a cased multilingual vocabulary and with MiniLM's."""
-    pairs = sentence_pairs([load_train(watson_dir), load_test(watson_dir)])
-    assert len(pairs["premise"]) - len(pairs["premise"][17315:]) == 12120 + 5195
+def test_ids_match_tf_baseline_and_tokenizer_json_on_all_watson_rows(
+        watson_dir, keras_hub_reference, sentence_pairs, keras_reference, tmp_path):
+    """Every train + test row (and the edge texts): with a cased multilingual vocabulary under
+    keras-hub's rules, and with MiniLM as tf_baseline tokenizes for it, where the ids must
+    also be MiniLM's own tokenizer.json's."""
+    frames = {"train": load_train(watson_dir), "test": load_test(watson_dir)}
+    assert {part: len(frame) for part, frame in frames.items()} == WATSON_ROWS
+    pairs = sentence_pairs(list(frames.values()))
     vocabulary = _cased_vocabulary(pairs)
     (tmp_path / "cased_vocab.txt").write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
     (tmp_path / "pairs.json").write_text(json.dumps(pairs), encoding="utf-8")
@@ -84,8 +205,14 @@ def test_ids_match_keras_hub_on_all_watson_rows(watson_dir, keras_hub_reference,
     if "minilm" in jobs:
         tokenizers["minilm"] = Tokenizer.from_preset_dir(*keras_hub_reference["presets"]["minilm"])
     for name, tokenizer in tokenizers.items():
-        _assert_identical(tokenizer, dict(np.load(tmp_path / f"{name}.npz")), pairs,
-                          WATSON_LENGTHS)
+        reference = dict(np.load(tmp_path / f"{name}.npz"))
+        _assert_identical(tokenizer, reference, pairs, WATSON_LENGTHS)
+        if name == "minilm":  # tf_baseline = jax_lora just checked; both = tokenizer.json
+            theirs = tokenizer_json_arrays(jobs["minilm"]["preset"] + "/tokenizer.json", pairs,
+                                           UNCUT)
+            _assert_same(_at(reference, UNCUT), theirs, pairs, "MiniLM vs its tokenizer.json")
+    if "minilm" not in jobs:
+        pytest.skip("cased vocabulary checked; all-MiniLM-L6-v2 package not installed")
 
 
 def test_vocabulary_without_specials_is_rejected():

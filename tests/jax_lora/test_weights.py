@@ -1,8 +1,12 @@
 """Weight import: every tensor lands where it belongs, anything unexpected fails loudly."""
 
+import dataclasses
+import json
+import os
 import shutil
+import subprocess
 import sys
-import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +16,11 @@ from safetensors.numpy import load_file, save_file
 from jax_lora.lora import LoraConfig, LoraParam
 from jax_lora.models import BertConfig
 from jax_lora.weights import WeightsError, load_pretrained
-from shared.data import file_sha256
+from shared.data.watson import file_sha256
+from shared.runs.presets import PRESET_FILES, describe_preset
 
 LORA = LoraConfig(rank=2, targets=("query", "value"))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _edited_hf_copy(source, target, edit):
@@ -30,8 +36,9 @@ def test_hf_folder_maps_every_tensor(tiny_hf_preset):
     assert pretrained.config == BertConfig(
         vocab_size=len((tiny_hf_preset / "vocab.txt").read_text().splitlines()), hidden_dim=32,
         num_layers=2, num_heads=2, intermediate_dim=64, max_sequence_length=128)
-    assert pretrained.source == {"preset": str(tiny_hf_preset), "kind": "hf",
-                                 "sha256": file_sha256(tiny_hf_preset / "model.safetensors")}
+    assert pretrained.source == describe_preset(str(tiny_hf_preset))
+    assert pretrained.source["kind"] == "hf" and pretrained.source["files"][
+        "model.safetensors"] == file_sha256(tiny_hf_preset / "model.safetensors")
     tensors = load_file(tiny_hf_preset / "model.safetensors")
     layer = pretrained.model.layers[1]
     np.testing.assert_array_equal(layer.attention.value.kernel[...],
@@ -41,7 +48,7 @@ def test_hf_folder_maps_every_tensor(tiny_hf_preset):
     np.testing.assert_array_equal(pretrained.model.embeddings.segment_embedding.embedding[...],
                                   tensors["embeddings.token_type_embeddings.weight"])
     assert not np.asarray(layer.attention.value.lora_b[...]).any()
-    assert pretrained.tokenizer.lowercase is True
+    assert pretrained.tokenizer.normalizer.lowercase is True  # the folder's own text rules
 
 
 def test_head_and_adapters_start_fresh_from_the_seed(tiny_hf_preset):
@@ -90,36 +97,94 @@ def test_keras_preset_folder_loads(tiny_keras_preset):
     assert pretrained.config == BertConfig(
         vocab_size=len(pretrained.tokenizer.vocabulary), hidden_dim=32, num_layers=2,
         num_heads=2, intermediate_dim=64, max_sequence_length=128)
-    assert pretrained.source["kind"] == "keras_dir"
-    assert pretrained.source["sha256"] == file_sha256(tiny_keras_preset / "model.weights.h5")
+    assert pretrained.source == describe_preset(str(tiny_keras_preset))
+    assert pretrained.source["kind"] == "keras_dir" and pretrained.source["files"][
+        "model.weights.h5"] == file_sha256(tiny_keras_preset / "model.weights.h5")
     assert pretrained.tokenizer.lowercase is False
 
 
-def test_preset_name_resolves_through_keras_hub_downloads(tiny_keras_preset, monkeypatch):
-    """A name goes through keras_hub's get_file (faked here: no network in tests)."""
-    fetched = []
+# keras-hub 0.32 maps the built-in name bert_base_multi to this Kaggle handle (BUILTIN_PRESETS);
+# its get_file hands a kaggle:// handle to kagglehub.model_download. For a versioned handle
+# kagglehub (1.0) returns <cache>/models/<owner>/<model>/<framework>/<variation>/<version>/<file>
+# without asking the API when that file and its completion marker
+# <cache>/models/<owner>/<model>/<framework>/<variation>/.complete/<version>/<file>.complete
+# both exist (<cache> is $KAGGLEHUB_CACHE); without the marker it downloads the file again. An
+# unversioned handle would first ask the API for the latest version.
+KAGGLE_HANDLE = "keras/bert/keras/bert_base_multi/3"
+# Runs in a fresh interpreter: importing keras_hub imports TensorFlow, which pytest never does.
+# Sockets are refused, so the name must resolve from the cache alone.
+RESOLVE_OFFLINE = """
+import dataclasses, json, socket, sys
+def refuse(*args, **kwargs):
+    raise OSError("offline test: no network")
+socket.socket.connect = socket.socket.connect_ex = socket.getaddrinfo = refuse
+from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS
+from jax_lora.lora import LoraConfig
+from jax_lora.weights import load_pretrained
+from shared.runs.presets import PresetError, resolve_preset_name
+handle = BUILTIN_PRESETS["bert_base_multi"]["kaggle_handle"]
+assert handle == "kaggle://" + sys.argv[1], f"keras-hub now maps bert_base_multi to {handle}"
+directory = resolve_preset_name("bert_base_multi")
+pretrained = load_pretrained("bert_base_multi", LoraConfig(rank=2, targets=("query", "value")))
+try:
+    resolve_preset_name("bert_base_en")  # a built-in name that is not cached
+    uncached = None
+except PresetError as err:
+    uncached = str(err)
+print(json.dumps({"directory": str(directory), "source": pretrained.source,
+                  "config": dataclasses.asdict(pretrained.config),
+                  "token_embedding_sum": float(pretrained.model.embeddings.token_embedding
+                                               .embedding[...].sum()),
+                  "uncached": uncached}))
+"""
 
-    def get_file(preset, path):
-        fetched.append((preset, path))
-        return str(tiny_keras_preset / path)
 
-    preset_utils = types.ModuleType("keras_hub.src.utils.preset_utils")
-    preset_utils.get_file = get_file
-    monkeypatch.setitem(sys.modules, "keras_hub", types.ModuleType("keras_hub"))
-    monkeypatch.setitem(sys.modules, "keras_hub.src.utils.preset_utils", preset_utils)
-    pretrained = load_pretrained("bert_tiny_test", LORA)
-    assert {path for _, path in fetched} >= {"config.json", "model.weights.h5"}
-    assert pretrained.source["kind"] == "name" and pretrained.source["preset"] == "bert_tiny_test"
+@pytest.fixture(scope="module")
+def offline_name_resolution(tiny_keras_preset, tmp_path_factory):
+    """The tiny keras preset cached as kagglehub caches bert_base_multi, then resolved by name
+    in a subprocess with the network refused; returns what the subprocess saw."""
+    root = tmp_path_factory.mktemp("kagglehub")
+    owner, model, framework, variation, version = KAGGLE_HANDLE.split("/")
+    base = root / "cache" / "models" / owner / model / framework / variation
+    for name in PRESET_FILES["keras_dir"]:
+        (base / version / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tiny_keras_preset / name, base / version / name)
+        marker = base / ".complete" / version / f"{name}.complete"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    # An empty home and Kaggle config folder: no credentials of the machine are read.
+    (root / "home").mkdir()
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN")}
+    env.update(KAGGLEHUB_CACHE=str(root / "cache"), HOME=str(root / "home"),
+               KAGGLE_CONFIG_DIR=str(root / "home"), PYTHONPATH=str(REPO),
+               TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", RESOLVE_OFFLINE, KAGGLE_HANDLE], env=env,
+                            cwd=REPO, capture_output=True, text=True)
+    if result.returncode:
+        raise AssertionError(f"offline name resolution failed:\n{result.stderr[-3000:]}")
+    return {**json.loads(result.stdout.strip().splitlines()[-1]),
+            "cached": base / version}
 
 
-def test_unreachable_preset_name_fails_with_one_line(monkeypatch):
-    def get_file(preset, path):
-        raise ValueError("Kaggle API unreachable")
+def test_preset_name_resolves_from_the_kagglehub_cache(offline_name_resolution,
+                                                        tiny_keras_preset):
+    """keras-hub's real get_file, kagglehub's real cache lookup, no network."""
+    seen = offline_name_resolution
+    assert seen["directory"] == str(seen["cached"])
+    source = seen["source"]
+    assert (source["preset"], source["kind"]) == ("bert_base_multi", "name")
+    assert source["directory"] == str(seen["cached"].resolve())
+    # The same files as the folder it was copied from: the same checksums and the same model.
+    assert source["sha256"] == describe_preset(str(tiny_keras_preset))["sha256"]
+    direct = load_pretrained(str(tiny_keras_preset), LORA)
+    assert seen["config"] == dataclasses.asdict(direct.config)
+    assert seen["token_embedding_sum"] == pytest.approx(
+        float(direct.model.embeddings.token_embedding.embedding[...].sum()))
 
-    preset_utils = types.ModuleType("keras_hub.src.utils.preset_utils")
-    preset_utils.get_file = get_file
-    monkeypatch.setitem(sys.modules, "keras_hub", types.ModuleType("keras_hub"))
-    monkeypatch.setitem(sys.modules, "keras_hub.src.utils.preset_utils", preset_utils)
-    with pytest.raises(WeightsError, match="--preset bert_base_multi: cannot fetch") as err:
-        load_pretrained("bert_base_multi", LORA)
-    assert "\n" not in str(err.value)
+
+def test_uncached_preset_name_fails_offline_with_one_line(offline_name_resolution):
+    message = offline_name_resolution["uncached"]
+    assert message is not None and "\n" not in message
+    assert message.startswith("--preset bert_base_en: cannot fetch it (")
+    assert "offline test: no network" in message and "pass a local preset folder" in message

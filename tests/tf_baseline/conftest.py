@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from shared.data import SAMPLE_DATA_DIR
+from shared.data.watson import SAMPLE_DATA_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.presets import PresetError
+from shared.data.spec import DataSpec
+from shared.runs.presets import PresetError
+from shared.runs.reuse import config_differences
 from tf_baseline.config import TrainConfig, build_parser, parse_config
 
 
@@ -17,10 +19,11 @@ def test_defaults_are_the_notebooks_recipe():
     assert config.epochs == 3
     assert config.batch_per_replica == 16  # .batch(16 * strategy.num_replicas_in_sync)
     assert config.lr_per_replica == 1e-5  # Adam(1e-5 * strategy.num_replicas_in_sync)
-    assert config.split == "kaggle" and config.train_fraction == 0.7  # first 70 % / last 30 %
+    assert config.data.split == "kaggle"  # first 70 % / last 30 %
+    assert config.data.train_fraction == 0.7
     assert config.lora_rank is None  # full fine-tuning
     assert config.cpu_replicas is None  # TPU, else MirroredStrategy() over what TF sees
-    assert config.limit is None and config.data_dir is None and not config.quiet
+    assert config.data.limit is None and config.data.data_dir is None and not config.quiet
 
 
 def test_preset_preprocessor_defaults_are_the_notebooks():
@@ -35,17 +38,20 @@ def test_preset_preprocessor_defaults_are_the_notebooks():
 def test_no_flags_give_the_defaults_and_every_field_has_a_flag():
     assert parse_config([]) == TrainConfig()
     help_text = build_parser().format_help()
-    for field in dataclasses.fields(TrainConfig):
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.name != "data"]
+    for field in fields + list(dataclasses.fields(DataSpec)):
         assert f"--{field.name.replace('_', '-')}" in help_text
 
 
 def test_flags_override_and_types_follow_the_fields():
     config = parse_config(["--epochs", "1", "--batch-per-replica", "4", "--lr-per-replica", "3e-5",
                            "--sequence-length", "64", "--lora-rank", "8", "--run-dir", "/tmp/x",
-                           "--split", "grouped", "--seed", "7", "--limit", "50", "--quiet"])
+                           "--split", "grouped", "--seed", "7", "--split-seed", "3",
+                           "--limit", "50", "--quiet"])
     assert (config.epochs, config.batch_per_replica, config.lr_per_replica) == (1, 4, 3e-5)
-    assert (config.sequence_length, config.lora_rank, config.seed, config.limit) == (64, 8, 7, 50)
-    assert config.run_dir == Path("/tmp/x") and config.split == "grouped" and config.quiet
+    assert (config.sequence_length, config.lora_rank, config.seed) == (64, 8, 7)
+    assert config.data == DataSpec(split="grouped", split_seed=3, limit=50)
+    assert config.run_dir == Path("/tmp/x") and config.quiet
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -68,7 +74,10 @@ def test_missing_or_unusable_preset_folder(tmp_path):
         TrainConfig(preset=str(tmp_path))
 
 
-def test_resume_key_ignores_only_presentation():
-    base = TrainConfig()
-    assert TrainConfig(quiet=True, run_dir=Path("/elsewhere")).resume_key() == base.resume_key()
-    assert TrainConfig(epochs=2).resume_key() != base.resume_key()
+def test_reuse_ignores_only_presentation():
+    base = TrainConfig().to_dict()
+    neutral = TrainConfig(quiet=True, run_dir=Path("/elsewhere"), restart=True, check=True)
+    assert config_differences(base, neutral.to_dict()) == []
+    assert config_differences(base, TrainConfig(epochs=2).to_dict()) == ["epochs 3 -> 2"]
+    assert config_differences(base, TrainConfig(data=DataSpec(limit=9)).to_dict()) == [
+        "data.limit None -> 9"]

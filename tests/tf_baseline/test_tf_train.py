@@ -9,20 +9,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.cli import load_data
-from shared.data import SAMPLE_DATA_DIR, file_sha256, load_test
-from shared.run_dir import (EMBEDDINGS, HISTORY, MANIFEST, PREDICTIONS, PROB_COLUMNS, SUBMISSION,
-                            read_run)
+from shared.data.spec import DataSpec, load
+from shared.data.watson import SAMPLE_DATA_DIR, file_sha256, load_test
+from shared.runs.presets import describe_preset
+from shared.runs.reuse import code_version
+from shared.runs.run_dir import (EMBEDDINGS, HISTORY, MANIFEST, PREDICTIONS, PROB_COLUMNS,
+                                 SUBMISSION, read_run)
 from tf_baseline.config import TrainConfig, parse_config
 from tf_baseline.train import BACKUP_DIR, main, predict
 
-TINY_DATA = TrainConfig(limit=160).data_args  # the rows the tiny runs use
+TINY_DATA = DataSpec(limit=160)  # the rows the tiny runs use
 
 
 def test_mirrored_run_writes_the_run_directory(mirrored_run, tiny_preset):
     run = read_run(mirrored_run)
     manifest = run.manifest
-    data = load_data(TINY_DATA)
+    data = load(TINY_DATA)
     assert manifest["trainer"] == "tf_baseline" and manifest["status"] == "finished"
     assert manifest["devices"]["strategy"] == "MirroredStrategy"
     assert manifest["devices"]["replicas"] == 2 and len(manifest["devices"]["devices"]) == 2
@@ -34,8 +36,11 @@ def test_mirrored_run_writes_the_run_directory(mirrored_run, tiny_preset):
     assert manifest["preprocessing"]["truncate"] == "round_robin"
     assert manifest["split"]["n_train"] == 112 and manifest["split"]["n_val"] == 48
     assert manifest["split"]["fingerprint"] == data.split.fingerprint
-    assert manifest["weights"] == {"preset": str(tiny_preset), "kind": "keras_dir",
-                                   "sha256": file_sha256(tiny_preset / "model.weights.h5")}
+    assert manifest["weights"] == describe_preset(str(tiny_preset))
+    assert manifest["weights"]["files"]["model.weights.h5"] == file_sha256(
+        tiny_preset / "model.weights.h5")
+    assert manifest["code"] == code_version() and len(manifest["code"]["commit"]) == 40
+    assert manifest["data"]["spec"] == DataSpec(limit=160).resolved().to_dict()
     params = manifest["params"]
     assert params["total"] == params["trainable"] > 20_000 and params["trainable_pct"] == 100.0
     assert [e["epoch"] for e in manifest["epochs"]] == [1, 2]
@@ -67,7 +72,7 @@ def test_mirrored_run_writes_the_run_directory(mirrored_run, tiny_preset):
 def test_predictions_equal_a_separate_predict_on_the_saved_classifier(mirrored_run):
     # Reloaded from preset/ and run on one device in batches of 64, not two replicas of 8.
     saved = read_run(mirrored_run).predictions
-    probs = predict(mirrored_run, load_data(TINY_DATA).val)
+    probs = predict(mirrored_run, load(TINY_DATA).val)
     np.testing.assert_allclose(probs, saved[list(PROB_COLUMNS)].to_numpy(), rtol=0, atol=1e-6)
     assert (probs.argmax(axis=1) == saved["pred"].to_numpy()).all()
 
@@ -79,7 +84,7 @@ def test_int32_padding_mask_gives_the_same_logits(tiny_preset):
     from tf_baseline.data import text_dataset
     # The notebook's way: the preprocessor attached, raw text pairs in, a bool padding_mask.
     classifier = keras_hub.models.BertTextClassifier.from_preset(str(tiny_preset), num_classes=3)
-    frame = load_data(TINY_DATA).val
+    frame = load(TINY_DATA).val
     pairs = (frame["premise"].tolist(), frame["hypothesis"].tolist())
     mask = classifier.preprocessor(tuple(map(tf.constant, pairs)), None)["padding_mask"]
     assert mask.dtype == tf.bool and 0 < mask.numpy().mean() < 1  # padding where it matters
@@ -113,6 +118,16 @@ def test_killed_run_resumes_to_the_uninterrupted_result(mirrored_runs, run_train
     assert not (run_dir / BACKUP_DIR).exists()
 
 
+def test_rerunning_a_finished_run_keeps_it_and_check_writes_nothing(mirrored_runs, run_train):
+    run_dir = mirrored_runs.clean
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    kept = run_train(mirrored_runs.flags + ["--run-dir", run_dir])
+    assert "holds this run, finished; kept" in kept.stdout
+    checked = run_train(mirrored_runs.flags + ["--run-dir", run_dir, "--check", "--restart"])
+    assert "check passed" in checked.stdout and "would train from scratch" in checked.stdout
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+
+
 def bad_input_cases(tiny_preset, finished_run, tmp_path):
     other_run = tmp_path / "other"
     other_run.mkdir()
@@ -130,7 +145,7 @@ def bad_input_cases(tiny_preset, finished_run, tmp_path):
         (tiny + ["--data-dir", tmp_path / "nowhere"], "--data-dir"),
         (tiny + ["--batch-per-replica", "64"], "global batch of 64 rows exceeds the 48 validation"),
         (tiny + ["--sequence-length", "65"], "position table holds 64"),
-        (tiny + ["--run-dir", finished_run], "holds a finished run"),
+        (tiny + ["--run-dir", finished_run], "holds a finished run with other inputs"),
         (tiny + ["--run-dir", other_run], "epochs 5 -> 3"),
         (tiny + ["--run-dir", junk], "holds files but no run"),
     ]
@@ -180,7 +195,7 @@ def test_lora_counts_keras_hubs_factors_and_resumes_exactly(tiny_preset, tmp_pat
             (clean_dir / PREDICTIONS).read_text(), snapshot
         assert resumed.history.equals(clean.history)
     # preset/ holds the merged kernels W + BA: a plain classifier that predicts the same.
-    np.testing.assert_allclose(predict(clean_dir, load_data(TrainConfig(limit=96).data_args).val),
+    np.testing.assert_allclose(predict(clean_dir, load(DataSpec(limit=96)).val),
                                clean.predictions[list(PROB_COLUMNS)].to_numpy(), rtol=0, atol=1e-6)
 
     # keras-hub factors the query/value kernels [hidden, heads, head_dim] as A [hidden, heads,
@@ -203,7 +218,7 @@ def _backbone_params(preset) -> int:
 
 @pytest.mark.slow
 def test_minilm_one_short_epoch_on_real_rows(watson_dir, tmp_path):
-    from shared.presets import minilm_dir
+    from shared.runs.presets import minilm_dir
     from tf_baseline.train import train
     # 200 rows: 140 train (8 steps of 16) / 60 validation, 200 test rows predicted.
     config = parse_config(["--preset", str(minilm_dir()), "--data-dir", str(watson_dir),
@@ -212,6 +227,7 @@ def test_minilm_one_short_epoch_on_real_rows(watson_dir, tmp_path):
     run = read_run(train(config))
     assert run.manifest["weights"]["kind"] == "hf"
     assert run.manifest["params"]["total"] == 22_713_216 + 384 * 3 + 3  # backbone + head
-    assert run.manifest["preprocessing"]["lowercase"] is True  # MiniLM is uncased
+    # MiniLM is uncased: its own normaliser lowercases and strips accents before WordPiece.
+    assert run.manifest["preprocessing"]["text_normalizer"]["lowercase"] is True
     assert len(run.predictions) == 60 and run.embeddings.shape == (60, 384)
     assert np.isfinite(run.history[["train_loss", "val_loss"]].to_numpy()).all()

@@ -1,6 +1,5 @@
 """The evaluator end to end on synthetic run directories written with RunWriter."""
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -10,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared import evaluate as ev
-from shared.cli import load_data
-from shared.data import DEFAULT_MAX_TEXT_CHARS, SAMPLE_DATA_DIR
-from shared.run_dir import RunWriter, predictions_frame, read_run
+from shared.evaluation import evaluate as ev
+from shared.evaluation import report as report_module
+from shared.data.spec import DataSpec, load
+from shared.data.watson import SAMPLE_DATA_DIR
+from shared.runs.run_dir import RunWriter, predictions_frame, read_run
 
 SECTIONS = ("## Summary", "## Pairwise comparisons", "## Per-language results",
             "## Per-class results", "## Premise memorisation", "## Resources", "## Figures")
@@ -22,9 +22,8 @@ FIGURES = ("per_language_accuracy", "confusion_matrices", "training_curves", "re
 
 def sample_data(split="stratified", seed=0, limit=None):
     """The embedded sample, split as a trainer would split it."""
-    return load_data(argparse.Namespace(data_dir=SAMPLE_DATA_DIR, split=split,
-                                        train_fraction=0.7, seed=seed, limit=limit,
-                                        max_text_chars=DEFAULT_MAX_TEXT_CHARS))
+    return load(DataSpec(data_dir=SAMPLE_DATA_DIR, split=split, train_fraction=0.7,
+                         split_seed=seed, limit=limit))
 
 
 def write_run(run_dir, data, *, rate, seed, trainable, seconds, accel_mb=None, limit=None):
@@ -116,13 +115,27 @@ def test_report_numbers_match_the_predictions(report, runs):
     assert run_b["memorisation"]["unseen"]["n"] == (~seen).sum()
 
     ratios = pair["resource_ratios"]
-    assert ratios["speedup_per_epoch"] == pytest.approx(3.0)   # medians 45 s vs 15 s
+    assert ratios["speedup_per_epoch"] == pytest.approx(3.0)   # 2 epochs: 45 s vs 15 s means
     assert ratios["trainable_params"] == pytest.approx(0.004)
     assert ratios["peak_accelerator_mem"] is None               # full run recorded none
     markdown = (report[1] / "report.md").read_text()
     assert "**lora vs full**: lora trains 0.40 % of its parameters" in markdown
     assert "3.00× faster per epoch" in markdown
     assert "Not recorded for both: peak accelerator memory." in markdown
+
+
+def test_epoch_medians_leave_out_the_first_of_three_or_more_epochs():
+    epochs = [{"epoch": 1, "seconds": 100.0, "examples_per_s": 1.0},
+              {"epoch": 2, "seconds": 10.0, "examples_per_s": 10.0},
+              {"epoch": 3, "seconds": 12.0, "examples_per_s": 8.0}]
+    three = ev.resources({"epochs": epochs})
+    assert three["epoch_seconds"] == [100.0, 10.0, 12.0] and three["timed_epochs"] == [2, 3]
+    assert (three["epoch_seconds_median"], three["examples_per_s_median"]) == (11.0, 9.0)
+    two = ev.resources({"epochs": epochs[:2]})   # one later epoch: all epochs are timed
+    assert two["timed_epochs"] == [1, 2] and two["epoch_seconds_median"] == 55.0
+    assert ev.resources({})["epoch_seconds_median"] is None
+    assert (report_module._epochs_cell(three), report_module._epochs_cell(two)) == (
+        "3 (timed 2–3)", "2")
 
 
 def run_cli(args, capsys):
@@ -173,7 +186,7 @@ def test_failure_keeps_the_old_report_and_leaves_no_staging(runs, tmp_path, monk
 
     def broken(*args):
         raise RuntimeError("drawing failed")
-    monkeypatch.setattr("shared.figures.per_language_accuracy", broken)
+    monkeypatch.setattr("shared.evaluation.figures.per_language_accuracy", broken)
     with pytest.raises(RuntimeError, match="drawing failed"):
         ev.evaluate(runs, out, bootstrap=1000)
     assert [p.name for p in tmp_path.iterdir()] == ["report"]
@@ -194,17 +207,24 @@ def test_rows_are_aligned_by_id(runs, tmp_path):
 
 
 def test_premise_memorisation_follows_limit_and_reports_missing_data(tmp_path):
-    limited = write_run(tmp_path / "limited", sample_data("grouped", limit=200), rate=0.7, seed=4,
-                        trainable=4, seconds=1.0, limit=200)
-    run = read_run(limited)
-    seen, note = ev.premise_seen([run])
-    assert seen is not None and len(seen) == len(run.predictions) and "first 200 rows" in note
+    for split, seed in (("grouped", 4), ("kaggle", 5)):
+        data = sample_data(split, limit=200)
+        limited = write_run(tmp_path / split, data, rate=0.7, seed=seed, trainable=4,
+                            seconds=1.0, limit=200)
+        run = read_run(limited)
+        seen, note = ev.premise_seen([run])
+        assert seen is not None and "first 200 rows" in note
+        expected = data.val["premise"].isin(set(data.train["premise"])).to_numpy()
+        np.testing.assert_array_equal(seen, expected)   # predictions are in validation order
+        # Grouping by premise keeps every validation premise out of training; the Kaggle rule
+        # (first 70 % in file order) lets some premises fall on both sides.
+        assert seen.any() == (split == "kaggle")
     seen, note = ev.premise_seen([run], data_dir=tmp_path / "nowhere")
-    assert seen is None and "nowhere/train.csv not found" in note
+    assert seen is None and "cannot rebuild the split" in note and "nowhere" in note
 
 
 def test_import_leaves_tensorflow_and_jax_out():
-    code = ("import sys, shared.evaluate; "
+    code = ("import sys, shared.evaluation.evaluate; "
             "print(sorted(m for m in ('tensorflow', 'jax') if m in sys.modules))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, cwd=ev.__file__.rsplit("/shared/", 1)[0])

@@ -7,8 +7,8 @@ import sys
 import pandas as pd
 import pytest
 
-from shared.data import SAMPLE_DATA_DIR, load_train
-from shared.split import SplitSpec, make_split, split_fingerprint
+from shared.data.watson import SAMPLE_DATA_DIR, load_train
+from shared.data.split import SplitSpec, make_split, split_fingerprint
 
 MANIFEST = SAMPLE_DATA_DIR.parent / "splits" / "watson_train_ids.csv"
 
@@ -97,8 +97,8 @@ def test_real_data_matches_committed_id_manifest(watson_dir):
 
 
 def test_cli_prints_fingerprint():
-    result = subprocess.run([sys.executable, "-m", "shared.split", "--split", "grouped"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-m", "shared.cli", "split", "--split", "grouped",
+                             "--split-seed", "0"], capture_output=True, text=True, check=True)
     described = json.loads(result.stdout)
     frame = load_train(SAMPLE_DATA_DIR)
     assert described["fingerprint"] == make_split(frame, SplitSpec("grouped")).fingerprint

@@ -1,13 +1,15 @@
 """The main job: both trainers on the same split, each in its own process, then the evaluator.
 
-    python -m shared.compare                      # embedded sample + offline MiniLM, minutes on CPU
-    python -m shared.compare --data-dir /kaggle/input/contradictory-my-dear-watson \
+    python -m shared.jobs.compare                      # embedded sample + offline MiniLM, minutes on CPU
+    python -m shared.jobs.compare --data-dir /kaggle/input/contradictory-my-dear-watson \
         --preset bert_base_multi --out runs/kaggle   # the Kaggle recipe (the default on Kaggle)
 
 Writes OUT/tf_full, OUT/jax_lora (and OUT/jax_probe with --probe), then OUT/report/report.md.
-A run directory whose manifest says "finished" is kept, not retrained (delete it to rerun); an
-unfinished one is resumed by its trainer. A failing trainer is reported and does not stop or
-touch the other's run.
+Rerunning the command keeps a finished run and resumes an unfinished one when it was made with
+the same inputs (config, weights, data; shared/runs/reuse.py); a run directory made with other
+inputs stops the command before anything trains, with one line naming what differs, unless
+--rerun is given (then those runs train again from scratch). A failing trainer is reported and
+does not stop or touch the other runs.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from shared.cli import add_data_args, exit_on_bad_input, load_data
-from shared.data import KAGGLE_DATA_DIR
-from shared.presets import KAGGLE_PRESET, minilm_dir, preset_kind
-from shared.run_dir import MANIFEST
+from shared.cli import add_config_flags, config_from_flags, exit_on_bad_input
+from shared.data.spec import DataSpec, load
+from shared.data.watson import KAGGLE_DATA_DIR
+from shared.runs.presets import KAGGLE_PRESET, minilm_dir, preset_kind
+from shared.runs.run_dir import MANIFEST
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Off Kaggle the demo runs on 2 CPU cores in minutes: short sequences and a few more epochs than
 # the recipe, since the sample is ~300 training rows. On Kaggle the recipe's own values apply.
 DEMO_SEQUENCE_LENGTH = 128
@@ -35,10 +38,10 @@ DEMO_EPOCHS = 4
 def parse_args(argv=None) -> argparse.Namespace:
     on_kaggle = KAGGLE_DATA_DIR.is_dir()
     parser = argparse.ArgumentParser(
-        prog="python -m shared.compare",
+        prog="python -m shared.jobs.compare",
         description="Run tf_baseline (full fine-tune) and jax_lora (LoRA) on the same split, "
                     "then compare them with the evaluator.")
-    add_data_args(parser)
+    add_config_flags(parser, DataSpec, title="data and split")
     parser.add_argument("--preset", default=None,
                         help=f"pretrained BERT for both trainers: keras-hub name, keras-hub preset "
                              f"folder or Hugging Face folder [default: {KAGGLE_PRESET} on Kaggle, "
@@ -55,13 +58,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also train a JAX linear probe (head only) as a third run")
     parser.add_argument("--tf-args", default="", help="extra flags for tf_baseline/train.py, quoted")
     parser.add_argument("--jax-args", default="", help="extra flags for jax_lora/train.py, quoted")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="training seed of every run (init, shuffling, dropout) [default: 0]")
+    parser.add_argument("--rerun", action="store_true",
+                        help="retrain from scratch the runs under --out that were made with other "
+                             "inputs (without it such runs stop the command)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
 def trainer_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     """One command line per run, named by its run directory."""
-    common = ["--split", args.split, "--seed", str(args.seed),
+    common = ["--split", args.split, "--split-seed", str(args.split_seed), "--seed", str(args.seed),
               "--train-fraction", str(args.train_fraction),
               "--max-text-chars", str(args.max_text_chars)]
     for flag, value in (("--data-dir", args.data_dir), ("--preset", args.preset),
@@ -88,13 +96,48 @@ def is_finished(run_dir: Path) -> bool:
     return path.is_file() and json.loads(path.read_text()).get("status") == "finished"
 
 
+def check_runs(commands: dict[str, list[str]], out: Path, rerun: bool) -> dict[str, list[str]]:
+    """Ask each trainer whose run directory exists whether it may be kept or resumed (its
+    --check mode: inputs compared, nothing written). Returns the commands to run, with
+    --restart added for the runs to retrain; raises ValueError naming every run that differs
+    when not `rerun`."""
+    planned, refused = {}, []
+    for name, command in commands.items():
+        planned[name] = command
+        if not (out / name / MANIFEST).is_file():
+            continue
+        check = subprocess.run(command + ["--check"], cwd=REPO, capture_output=True, text=True)
+        if check.returncode == 0:
+            continue
+        error = _error_line(check.stderr)
+        if not rerun:
+            refused.append(f"{name}: {error}")
+            continue
+        retry = subprocess.run(command + ["--check", "--restart"], cwd=REPO, capture_output=True,
+                               text=True)
+        if retry.returncode != 0:
+            raise ValueError(f"{name}: {_error_line(retry.stderr)}")
+        print(f"[compare] {name}: {error}; --rerun: it trains again from scratch")
+        planned[name] = command + ["--restart"]
+    if refused:
+        raise ValueError("runs under " + str(out) + " were made with other inputs (pass --rerun "
+                         "to retrain them, or another --out): " + " | ".join(refused))
+    return planned
+
+
+def _error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    return lines[-1].removeprefix("error: ") if lines else (stderr.strip().splitlines() or
+                                                             ["no message"])[-1]
+
+
 def run_trainers(commands: dict[str, list[str]], out: Path) -> dict[str, str]:
     """Runs each trainer in its own process; returns {name: 'finished' | 'kept' | 'failed (...)'}."""
     outcome = {}
     for name, command in commands.items():
         run_dir = out / name
-        if is_finished(run_dir):
-            print(f"[compare] {name}: {run_dir} already finished; kept (delete it to rerun)")
+        if is_finished(run_dir) and "--restart" not in command:  # checked: same inputs
+            print(f"[compare] {name}: {run_dir} holds this run, finished; kept")
             outcome[name] = "kept"
             continue
         print(f"[compare] {name}: {shlex.join(command)}", flush=True)
@@ -115,20 +158,22 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     with exit_on_bad_input():
         # Fail here, once, on bad data or a bad preset, rather than in each trainer.
-        data = load_data(args)
+        data = load(config_from_flags(DataSpec, vars(args)))
         args.data_dir = data.data_dir
         if args.preset is None:
             args.preset = KAGGLE_PRESET if KAGGLE_DATA_DIR.is_dir() else str(minilm_dir())
         preset_kind(args.preset)
         print(f"[compare] data {data.data_dir}: {len(data.train)} train / {len(data.val)} "
               f"validation rows, split {data.split.fingerprint[:12]}; preset {args.preset}")
+        commands = check_runs(trainer_commands(args), args.out, args.rerun)
     args.out.mkdir(parents=True, exist_ok=True)
-    outcome = run_trainers(trainer_commands(args), args.out)
+    outcome = run_trainers(commands, args.out)
     done = [args.out / name for name, state in outcome.items() if not state.startswith("failed")]
     if done:
-        from shared.evaluate import evaluate
+        from shared.evaluation.evaluate import evaluate
         report_dir = args.out / "report"
-        evaluate(done, report_dir)
+        with exit_on_bad_input():
+            evaluate(done, report_dir)
         print(f"[compare] report: {report_dir / 'report.md'}")
     failed = {name: state for name, state in outcome.items() if state.startswith("failed")}
     if failed:

@@ -13,7 +13,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support)
 
-from shared.data import LABEL_NAMES
+from shared.data.watson import LABEL_NAMES
 
 LABELS = tuple(range(len(LABEL_NAMES)))
 CONFIDENCE = 0.95

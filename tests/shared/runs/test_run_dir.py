@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.run_dir import (MANIFEST, PREDICTION_COLUMNS, RunDirError, RunWriter,
+from shared.runs.run_dir import (MANIFEST, PREDICTION_COLUMNS, RunDirError, RunWriter,
                             atomic_write_text, predictions_frame, read_run, submission_frame)
 
 VAL = pd.DataFrame({"id": ["v1", "v2", "v3"], "language": ["English", "Thai", "English"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -19,10 +20,15 @@ TEST_COLUMNS = TRAIN_COLUMNS[:-1]
 TEXT_COLUMNS = ("premise", "hypothesis")
 LABEL_NAMES = ("entailment", "neutral", "contradiction")
 KAGGLE_DATA_DIR = Path("/kaggle/input/contradictory-my-dear-watson")
-SAMPLE_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "sample"
+SAMPLE_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
 # The longest text in the Kaggle train/test files is ~1,000 characters; 10x that means
 # something other than a sentence pair ended up in the file.
 DEFAULT_MAX_TEXT_CHARS = 10_000
+# Control characters no text holds: NUL, the C0 controls but tab, newline and carriage return
+# (which a quoted CSV field may hold), and DEL, a control character too (category Cc, no glyph,
+# no use in text). In a field they mean a binary or corrupt file; the BERT tokenizers would drop
+# them silently, so a corrupt row would train as a shorter, different text.
+CONTROL_CHARACTERS = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
 
 
 class DataError(ValueError):
@@ -107,8 +113,19 @@ def _read_records(path: Path, reader, n_fields: int) -> list[list[str]]:
 def _validate(path: Path, frame: pd.DataFrame, max_text_chars: int) -> None:
     def fail(index: int, field: str, problem: str) -> None:
         row_id = frame["id"].iat[index] or "<empty>"
+        if not row_id.isprintable():  # a newline or control character: keep the message one line
+            row_id = repr(row_id)
         raise DataError(f"{path}: row {index + 1} (id {row_id}), field '{field}': {problem}")
 
+    for field in frame.columns:
+        control = frame[field].str.contains(CONTROL_CHARACTERS, regex=True)
+        if control.any():
+            index = int(control.to_numpy().argmax())
+            match = re.search(CONTROL_CHARACTERS, frame[field].iat[index])
+            fail(index, field, f"holds control character U+{ord(match.group()):04X} at "
+                               f"character {match.start() + 1}, which no text contains (a "
+                               f"corrupt or binary file?); fix or remove the row, or re-export "
+                               f"the file as plain UTF-8 text")
     for field in frame.columns:
         empty = frame[field].str.strip() == ""
         if empty.any():

@@ -8,12 +8,11 @@ Rules:
               `kaggle` and `stratified` leak premises into validation).
 Both parts keep file order, whatever the rule.
 
-    python -m shared.split --data-dir DIR [--split RULE] [--seed S]   # prints the fingerprint
+    python -m shared.cli split --data-dir DIR [--split RULE] [--split-seed S]   # its fingerprint
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -97,17 +96,3 @@ def make_split(frame: pd.DataFrame, spec: SplitSpec = SplitSpec()) -> Split:
     if len(train_ids) == 0 or len(val_ids) == 0:
         raise ValueError(f"split {spec.rule} of {n} rows leaves an empty part; use more rows")
     return Split(spec, tuple(train_ids), tuple(val_ids))
-
-
-def main(argv=None) -> None:
-    from shared.cli import add_data_args, exit_on_bad_input, load_data
-    parser = argparse.ArgumentParser(description="Print a split's sizes and fingerprint.")
-    add_data_args(parser)
-    args = parser.parse_args(argv)
-    with exit_on_bad_input():
-        data = load_data(args)
-        print(json.dumps(data.split.describe(), indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -6,8 +6,8 @@ import sys
 import pandas as pd
 import pytest
 
-from shared.data import (SAMPLE_DATA_DIR, TEST_COLUMNS, TRAIN_COLUMNS, DataError, load_test,
-                         load_train)
+from shared.data.watson import (SAMPLE_DATA_DIR, TEST_COLUMNS, TRAIN_COLUMNS, DataError,
+                                load_test, load_train)
 
 HEADER = ",".join(TRAIN_COLUMNS)
 GOOD_ROWS = [
@@ -114,10 +114,62 @@ def test_real_watson_data(watson_dir):
             | train["hypothesis"].str.contains(r"\?\?", regex=True)).sum() == 36
 
 
+@pytest.mark.parametrize("row, expected", [
+    ("a9,The c\x00at,h,en,English,0",
+     r"row 4 \(id a9\), field 'premise': holds control character U\+0000 at character 6"),
+    ("a9,p,A cat\x1b[0m,en,English,0", r"field 'hypothesis': holds control character U\+001B"),
+    ("a9,p,h\x0b,en,English,0", r"field 'hypothesis': holds control character U\+000B"),
+    ("a9,p,h\x0c,en,English,0", r"field 'hypothesis': holds control character U\+000C"),
+    ("a9,p,h,en\x01,English,0", r"field 'lang_abv': holds control character U\+0001"),
+    ("a9,p,h,en,Engl\x7fish,0", r"field 'language': holds control character U\+007F"),
+    ("a\x009,p,h,en,English,0",
+     r"row 4 \(id 'a\\x009'\), field 'id': holds control character U\+0000"),
+])
+def test_control_characters_are_rejected(tmp_path, row, expected):
+    write(tmp_path, "train.csv", [HEADER] + GOOD_ROWS + [row])
+    with pytest.raises(DataError, match=expected) as info:
+        load_train(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and "\x00" not in message and "train.csv" in message
+    assert "fix or remove the row" in message
+
+
+def test_tab_newline_and_carriage_return_in_quoted_fields_are_text(tmp_path):
+    write(tmp_path, "train.csv",
+          [HEADER] + GOOD_ROWS + ['a9,"two\tcolumns","line one\nline two\r\n",en,English,0'])
+    frame = load_train(tmp_path)
+    assert frame["premise"].iat[3] == "two\tcolumns"
+    assert frame["hypothesis"].iat[3] == "line one\nline two\r\n"
+
+
+def test_test_file_is_checked_for_control_characters(tmp_path):
+    write(tmp_path, "train.csv", [HEADER] + GOOD_ROWS)
+    write(tmp_path, "test.csv", [",".join(TEST_COLUMNS), "t1,p,h\x00\x00,en,English"])
+    with pytest.raises(DataError, match=r"test.csv: row 1 \(id t1\), field 'hypothesis': holds "
+                                        r"control character U\+0000 at character 2"):
+        load_test(tmp_path)
+
+
+def cli_split(data_dir):
+    return subprocess.run([sys.executable, "-m", "shared.cli", "split", "--data-dir",
+                           str(data_dir)], capture_output=True, text=True)
+
+
 def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     write(tmp_path, "train.csv", [HEADER] + GOOD_ROWS + ["a9,p,h,en,English,7"])
-    result = subprocess.run([sys.executable, "-m", "shared.split", "--data-dir", str(tmp_path)],
-                            capture_output=True, text=True)
+    result = cli_split(tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert result.stderr.startswith("error: ") and "field 'label'" in result.stderr
+
+
+def test_cli_nul_in_a_file_exits_2_with_one_line(tmp_path):
+    # A file with a NUL in a text, like one cut short and padded by a crashed copy.
+    path = write(tmp_path, "train.csv", [HEADER] + GOOD_ROWS)
+    path.write_bytes(path.read_bytes() + b"a9,p\x00\x00\x00,h,en,English,0\n")
+    result = cli_split(tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == "" and result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: ")
+    assert ("train.csv: row 4 (id a9), field 'premise': holds control character U+0000"
+            in result.stderr)

@@ -4,13 +4,13 @@ import json
 import subprocess
 import sys
 
-from shared.run_dir import read_run
+from shared.runs.run_dir import read_run
 
 TINY_RUN = ["--sequence-length", "32", "--epochs", "1", "--limit", "120", "--quiet"]
 
 
 def compare(preset, out, *extra):
-    return subprocess.run([sys.executable, "-m", "shared.compare", "--preset", str(preset),
+    return subprocess.run([sys.executable, "-m", "shared.jobs.compare", "--preset", str(preset),
                            "--out", str(out), "--probe", *TINY_RUN, *extra],
                           capture_output=True, text=True)
 
@@ -28,7 +28,7 @@ def test_compare_isolates_a_failing_trainer_then_completes(tiny_hf_preset, tmp_p
     # Rerun: finished runs are kept, the missing one trains, the report covers all three.
     second = compare(tiny_hf_preset, out)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert "jax_lora: " in second.stdout and "already finished; kept" in second.stdout
+    assert "jax_lora: " in second.stdout and "holds this run, finished; kept" in second.stdout
     assert "tf_full: finished" in second.stdout
     report = json.loads((out / "report" / "report.json").read_text())
     assert sorted(run["name"] for run in report["runs"]) == ["jax_lora", "jax_probe", "tf_full"]
@@ -38,12 +38,32 @@ def test_compare_isolates_a_failing_trainer_then_completes(tiny_hf_preset, tmp_p
     probe = runs["jax_probe"].manifest
     assert probe["config"]["lora"]["targets"] == []
     assert probe["params"]["trainable"] == 32 * 3 + 3  # the head alone: hidden 32 -> 3 classes
-    assert (out / "report" / "report.md").stat().st_size > 1000
+    report_md = (out / "report" / "report.md").read_text()
+    assert len(report_md) > 1000 and "majority class" in report_md.split("## Summary")[0]
+    assert "All runs come from code commit" in report_md
+
+    # Other inputs: nothing is reused silently; one line names what differs, nothing trains.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    third = compare(tiny_hf_preset, out, "--jax-args", "--lr 1e-3")
+    assert third.returncode == 2, third.stderr[-2000:]
+    error = [line for line in third.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "--rerun" in error[0], third.stderr[-2000:]
+    assert "jax_lora: " in error[0] and "lr 0.0002 -> 0.001" in error[0]
+    assert "jax_probe: " in error[0] and "tf_full" not in error[0]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+    # --rerun retrains exactly those runs from scratch, keeps the other.
+    fourth = compare(tiny_hf_preset, out, "--jax-args", "--lr 1e-3", "--rerun")
+    assert fourth.returncode == 0, fourth.stderr[-2000:]
+    assert "tf_full: " in fourth.stdout and "finished; kept" in fourth.stdout
+    for name in ("jax_lora", "jax_probe"):
+        manifest = read_run(out / name).manifest
+        assert manifest["config"]["lr"] == 1e-3 and "resumed_at" not in manifest
 
 
 def test_compare_rejects_bad_data_before_training(tmp_path):
     (tmp_path / "train.csv").write_text("id,premise\n1,x\n")
-    result = subprocess.run([sys.executable, "-m", "shared.compare", "--data-dir", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "shared.jobs.compare", "--data-dir", str(tmp_path),
                              "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2 and "missing column(s) hypothesis" in result.stderr
     assert not (tmp_path / "out").exists()

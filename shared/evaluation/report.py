@@ -1,4 +1,4 @@
-"""Writes a comparison (shared.evaluate.compare) as REPORT_DIR/{report.md, report.json, *.png}.
+"""Writes a comparison (shared.evaluation.evaluate.compare) as REPORT_DIR/{report.md, report.json, *.png}.
 
 The folder is built under a temporary sibling name and renamed into place at the end, so a
 failure never leaves a half-written report and an older report survives until then.
@@ -12,9 +12,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from shared import figures
-from shared.data import LABEL_NAMES
-from shared.run_dir import Run
+from shared.evaluation import figures
+from shared.data.watson import LABEL_NAMES
+from shared.runs.run_dir import Run
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
@@ -105,16 +105,53 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def render_markdown(result: dict) -> str:
     split, options = result["split"], result["options"]
     level = f"{options['confidence'] * 100:.0f} %"
-    lines = ["# Run comparison", "",
+    lines = ["# Run comparison", ""] + _verdicts(result) + _provenance(result) + [
              f"{len(result['runs'])} run(s) on the same validation split: rule "
              f"`{split.get('rule', 'n/a')}`, {result['n_val']:,} validation rows, fingerprint "
              f"`{split['fingerprint'][:16]}…`. Confidence intervals: {level} percentile "
              f"bootstrap, {options['bootstrap_resamples']:,} resamples of the validation rows "
              f"(seed {options['seed']}), the same resamples for every run.", ""]
-    for section in (_summary, _pairwise, _per_language, _per_class, _memorisation, _resources,
+    for section in (_summary, _recipes, _pairwise, _per_language, _per_class, _memorisation, _resources,
                     _figures):
         lines += section(result, level)
     return "\n".join(lines)
+
+
+VERDICT_WORDS = {"above": "above", "below": "below", "inconclusive": "not distinguishable from"}
+
+
+def _verdicts(result: dict) -> list[str]:
+    """The report's first words: did each run beat the trivial baselines?"""
+    baselines = result["baselines"]
+    chance, majority = baselines["chance"]["accuracy"], baselines["majority"]
+    lines = [f"Baselines on these {result['n_val']:,} rows: chance (uniform guessing) "
+             f"{_num(chance)}; majority class (always “{LABEL_NAMES[majority['label']]}”) "
+             f"{_num(majority['accuracy'])}. A run beats a baseline when its whole accuracy "
+             f"interval lies above it.", ""]
+    for run in result["runs"]:
+        m, v = run["metrics"], run["verdict"]
+        if v["chance"] == "above" and v["majority"] == "above":
+            said = "beats both baselines"
+        elif v["chance"] == "above":
+            said = (f"beats chance; {VERDICT_WORDS[v['majority']]} the majority-class "
+                    f"baseline")
+        else:
+            said = (f"does NOT beat chance: {VERDICT_WORDS[v['chance']]} chance and "
+                    f"{VERDICT_WORDS[v['majority']]} the majority-class baseline")
+        lines.append(f"- **{run['name']}**: accuracy {_num(m['accuracy'])} "
+                     f"{_ci(m['accuracy_ci'])}: {said}.")
+    return lines + [""]
+
+
+def _provenance(result: dict) -> list[str]:
+    code = result.get("code") or {}
+    commits = code.get("commits") or {}
+    if not commits or code.get("same"):
+        shown = next(iter(commits.values()), None)
+        return [f"All runs come from code commit `{shown}`.", ""] if shown else []
+    listed = ", ".join(f"{name} `{commit or 'not recorded'}`" for name, commit in commits.items())
+    return [f"**The runs come from different code commits** ({listed}): differences may come "
+            f"from code changes as well as from the methods.", ""]
 
 
 def _summary(result: dict, level: str) -> list[str]:
@@ -126,9 +163,25 @@ def _summary(result: dict, level: str) -> list[str]:
                      f"{_num(m['macro_f1'])} {_ci(m['macro_f1_ci'])}",
                      _pct(r["trainable_pct"]), _num(r["epoch_seconds_median"], 1),
                      _num(r["examples_per_s_median"], 1), _num(r["peak_host_rss_mb"], 0)])
+    baselines = result["baselines"]
+    majority = baselines["majority"]
+    rows += [["*majority class (baseline)*", f"always {LABEL_NAMES[majority['label']]}",
+              _num(majority["accuracy"]), "", "", "", "", ""],
+             ["*chance (baseline)*", "uniform guessing", _num(baselines["chance"]["accuracy"]),
+              "", "", "", "", ""]]
     return ["## Summary", ""] + _table(
         ["run", "trainer", f"accuracy [{level} CI]", f"macro-F1 [{level} CI]", "trainable",
          "epoch s (median)", "examples/s", "peak RSS MB"], rows)
+
+
+def _recipes(result: dict, level: str) -> list[str]:
+    rows = [[run["name"], run["recipe"]["method"], str(run["recipe"]["epochs"]),
+             "n/a" if run["recipe"]["learning_rate"] is None
+             else f"{run['recipe']['learning_rate']:g}",
+             _count(run["recipe"]["global_batch"]), str(run["recipe"]["sequence_length"])]
+            for run in result["runs"]]
+    return ["## What each run trained", ""] + _table(
+        ["run", "method", "epochs", "learning rate", "global batch", "sequence length"], rows)
 
 
 def _pairwise(result: dict, level: str) -> list[str]:
@@ -206,18 +259,30 @@ def _resources(result: dict, level: str) -> list[str]:
     for run in result["runs"]:
         r = run["resources"]
         rows.append([run["name"], _count(r["total_params"]), _count(r["trainable_params"]),
-                     _pct(r["trainable_pct"]), str(r["epochs"]),
+                     _pct(r["trainable_pct"]), _epochs_cell(r),
                      _num(r["epoch_seconds_median"], 1), _num(r["examples_per_s_median"], 1),
                      _num(r["peak_host_rss_mb"], 0), _num(r["peak_accelerator_mem_mb"], 0),
                      _count(r["replicas"])])
     lines = ["## Resources", "",
-             "From the manifests. Epoch time and examples/s are medians over epochs (the first "
-             "epoch includes compilation).", ""] + _table(
+             "From the manifests. An epoch's time covers its training steps and validation; "
+             "the first epoch's also covers compilation. Epoch time and examples/s are medians "
+             "over the epochs after the first when a run has 3 or more (the timed epochs are "
+             "shown in brackets), else over all of them (with 2: their mean, compilation "
+             "included).", ""] + _table(
         ["run", "parameters", "trainable", "trainable %", "epochs", "epoch s", "examples/s",
          "peak RSS MB", "peak accel. MB", "replicas"], rows)
     by_name = {run["name"]: run["resources"] for run in result["runs"]}
     lines += [f"- {_ratio_sentence(pair, by_name)}" for pair in result["pairs"]]
     return lines + [""]
+
+
+def _epochs_cell(r: dict) -> str:
+    """The epoch count, and which epochs the medians cover when not all of them."""
+    timed = [e for e in r.get("timed_epochs", []) if e is not None]
+    if len(timed) == r["epochs"] or not timed:
+        return str(r["epochs"])
+    span = f"{timed[0]}" if len(timed) == 1 else f"{timed[0]}–{timed[-1]}"
+    return f"{r['epochs']} (timed {span})"
 
 
 def _ratio_sentence(pair: dict, by_name: dict) -> str:

@@ -1,7 +1,8 @@
 """The run-directory contract: both trainers write it, the evaluator reads it.
 
     run_dir/
-      manifest.json          what ran, on what, how fast; `status` says whether it finished
+      manifest.json          what ran (config, weights and data checksums, code commit), on what,
+                             how fast; `status` says whether it finished
       predictions.csv        validation split: id, language, label, pred, p_entailment, ...
       history.csv            per epoch: epoch, train_loss, train_accuracy, val_loss, val_accuracy
       submission.csv         test.csv predictions: id, prediction (when test.csv exists)
@@ -15,6 +16,7 @@ and rewritten with "finished" only after every other file is in place.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import platform
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared.data import LABEL_NAMES
+from shared.data.watson import LABEL_NAMES
 
 MANIFEST = "manifest.json"
 PREDICTIONS = "predictions.csv"
@@ -92,6 +94,13 @@ def library_versions(*names: str) -> dict:
     return versions
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities of [n, classes] logits, in float64 (both trainers' outputs)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 def predictions_frame(val: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
     """predictions.csv rows from the validation frame and [n, 3] class probabilities."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -118,10 +127,11 @@ class RunWriter:
         self.manifest: dict = {}
 
     def start(self, *, trainer: str, config: dict, weights: dict, split: dict, data: dict,
-              versions: dict, devices: dict, params: dict) -> None:
+              versions: dict, devices: dict, params: dict, code: dict | None = None) -> None:
         previous = self._previous_manifest()
         self.manifest = {
             "trainer": trainer, "status": "running", "config": config, "weights": weights,
+            "code": code,
             "split": split, "data": data, "versions": versions, "devices": devices,
             "params": params, "epochs": previous.get("epochs", []),
             "peak_host_rss_mb": None, "peak_accelerator_mem_mb": None,
@@ -160,11 +170,9 @@ class RunWriter:
         atomic_write_csv(self.run_dir / SUBMISSION, frame[list(SUBMISSION_COLUMNS)])
 
     def write_embeddings(self, embeddings: np.ndarray) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.run_dir, suffix=".npy")
-        os.close(fd)
-        np.save(tmp, np.asarray(embeddings, dtype=np.float32))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.run_dir / EMBEDDINGS)
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(embeddings, dtype=np.float32))
+        atomic_write_bytes(self.run_dir / EMBEDDINGS, buffer.getvalue())
 
     def finish(self, status: str = "finished", **fields) -> None:
         self.manifest.update(fields, status=status, finished_at=now(),

@@ -19,7 +19,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
-from shared.data import LABEL_NAMES
+from shared.data.watson import LABEL_NAMES
 
 DPI = 120
 TSNE_MAX_ROWS = 1000   # t-SNE is quadratic-ish; 1,000 points show the structure in seconds

@@ -1,6 +1,6 @@
-"""Compare run directories written under the shared run contract (shared/run_dir.py).
+"""Compare run directories written under the shared run contract (shared/runs/run_dir.py).
 
-    python -m shared.evaluate RUN_DIR [RUN_DIR ...] --out REPORT_DIR \
+    python -m shared.evaluation RUN_DIR [RUN_DIR ...] --out REPORT_DIR \
         [--names A,B,...] [--bootstrap 2000] [--seed 0] [--data-dir DIR]
 
 REPORT_DIR receives report.md (tables + figures), report.json (every number) and PNG figures.
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared import report, stats
+from shared.evaluation import report, stats
 from shared.cli import exit_on_bad_input
-from shared.data import DEFAULT_MAX_TEXT_CHARS, DataError, load_train
-from shared.run_dir import Run, RunDirError, read_run
-from shared.split import SplitSpec, make_split
+from shared.data.spec import DataSpec, load
+from shared.data.watson import DataError
+from shared.runs.run_dir import Run, RunDirError, read_run
 
 DEFAULT_BOOTSTRAP = 2000
 MIN_BOOTSTRAP = 1000   # fewer resamples make the 2.5 % / 97.5 % percentiles jumpy
@@ -69,7 +69,7 @@ def align_runs(runs: list[Run], names: list[str]) -> list[Run]:
         if run.split_fingerprint != first.split_fingerprint:
             raise RunDirError(f"split fingerprints differ: {name_a} {first.split_fingerprint[:12]}"
                               f" vs {name} {run.split_fingerprint[:12]}; runs must share the "
-                              f"split (--split, --train-fraction, --seed, --limit, data)")
+                              f"split (--split, --train-fraction, --split-seed, --limit, data)")
         ids_a, ids_b = first.predictions["id"], run.predictions["id"]
         if set(ids_a) != set(ids_b):
             raise RunDirError(f"validation ids differ between {name_a} and {name} "
@@ -123,21 +123,58 @@ def compare(runs: list[Run], names: list[str], *, bootstrap: int, seed: int,
             "metrics": metrics,
             "per_language": stats.group_metrics(labels, preds[k], languages, key="language"),
             "memorisation": None if seen is None else _memorisation(labels, preds[k], seen),
-            "resources": resources(run.manifest)})
+            "resources": resources(run.manifest), "recipe": recipe(run.manifest)})
 
     pairs = []
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):
             pairs.append(_pair(scored[i], scored[j], labels, preds[i], preds[j], samples, i, j))
 
+    baselines = trivial_baselines(labels)
+    for run in scored:
+        run["verdict"] = verdict(run["metrics"], baselines)
     return {
         "split": runs[0].manifest["split"], "n_val": int(len(labels)),
+        "baselines": baselines, "code": code_versions(runs, names),
         "options": {"bootstrap_resamples": bootstrap, "seed": seed,
                     "confidence": stats.CONFIDENCE},
         "memorisation": {"available": seen is not None, "note": memorisation_note,
                          "n_seen": None if seen is None else int(seen.sum()),
                          "n_unseen": None if seen is None else int((~seen).sum())},
         "runs": scored, "pairs": pairs}
+
+
+def trivial_baselines(labels: np.ndarray) -> dict:
+    """What a model must beat: guessing uniformly at random (expected accuracy 1/3 whatever the
+    labels) and always answering the most frequent validation label (the best any constant
+    answer can score on these rows)."""
+    counts = np.bincount(labels, minlength=len(stats.LABELS))
+    majority = int(counts.argmax())
+    return {"chance": {"accuracy": 1.0 / len(stats.LABELS)},
+            "majority": {"label": majority, "accuracy": float(counts[majority] / len(labels))}}
+
+
+def verdict(metrics: dict, baselines: dict) -> dict:
+    """Whether the run beat each baseline: 'above' when its whole accuracy interval lies above
+    the baseline, 'below' when it lies below, else 'inconclusive' (the interval covers it)."""
+    low, high = metrics["accuracy_ci"]
+    verdicts = {}
+    for name, baseline in baselines.items():
+        level = baseline["accuracy"]
+        verdicts[name] = "above" if low > level else "below" if high < level else "inconclusive"
+    return verdicts
+
+
+def code_versions(runs: list[Run], names: list[str]) -> dict:
+    """Each run's code commit (manifest `code`), and whether they all agree."""
+    commits = {}
+    for run, name in zip(runs, names):
+        code = run.manifest.get("code") or {}
+        commit = code.get("commit")
+        commits[name] = None if commit is None else commit[:12] + ("+dirty" if code.get("dirty")
+                                                                  else "")
+    known = set(commits.values()) - {None}
+    return {"commits": commits, "same": len(known) <= 1 and None not in commits.values()}
 
 
 def _pair(a: dict, b: dict, labels, preds_a, preds_b, samples: dict, i: int, j: int) -> dict:
@@ -168,60 +205,62 @@ def _memorisation(labels, preds, seen: np.ndarray) -> dict:
 def premise_seen(runs: list[Run], data_dir=None) -> tuple[np.ndarray | None, str]:
     """Whether each validation row's premise also occurs in the training part.
 
-    Run directories do not hold the training rows, so the split is recomputed from train.csv
-    and accepted only if its fingerprint equals the recorded one. Runs made with --limit N
-    split only the first N rows. Returns (mask in row order, source) or (None, reason).
-    """
+    Run directories do not hold the training rows, so the split is rebuilt from a run's
+    recorded data spec (manifest `data.spec`; `data_dir` overrides its folder) and accepted only
+    if its fingerprint equals the recorded one. Returns (mask in row order, source) or
+    (None, reason)."""
     recorded = runs[0].manifest["split"]
     ids = runs[0].predictions["id"].to_numpy()
-    reasons = []
-    tried = set()
+    reasons, tried = [], []
     for run in runs:
-        config = run.manifest.get("config") or {}
-        directory = Path(data_dir or (run.manifest.get("data") or {}).get("data_dir") or ".")
-        limit = _config_value(config, "limit")
-        max_chars = _config_value(config, "max_text_chars") or DEFAULT_MAX_TEXT_CHARS
-        if (directory, limit, max_chars) in tried:
-            continue
-        tried.add((directory, limit, max_chars))
-        if not (directory / "train.csv").is_file():
-            reasons.append(f"{directory / 'train.csv'} not found (pass --data-dir)")
+        recorded_spec = (run.manifest.get("data") or {}).get("spec")
+        if not isinstance(recorded_spec, dict):
+            reasons.append(f"{run.name}: its manifest records no data spec (an older run)")
             continue
         try:
-            frame = load_train(directory, int(max_chars))
-            spec = SplitSpec(recorded["rule"], float(recorded["train_fraction"]),
-                             int(recorded.get("seed", 0)))
-        except (DataError, KeyError, ValueError, TypeError) as err:
-            reasons.append(f"cannot rebuild the split from {directory} ({err})")
+            spec = DataSpec.from_dict(recorded_spec)
+            if data_dir is not None:
+                spec = dataclasses.replace(spec, data_dir=Path(data_dir))
+        except (TypeError, ValueError) as err:
+            reasons.append(f"{run.name}: recorded data spec unusable ({err})")
             continue
-        candidates = [(frame, "")]
-        if limit:
-            candidates.append((frame.head(int(limit)).reset_index(drop=True),
-                               f", first {int(limit)} rows"))
-        for candidate, suffix in candidates:
-            try:
-                split = make_split(candidate, spec)
-            except ValueError:
-                continue
-            if split.fingerprint == recorded["fingerprint"]:
-                train, val = split.parts(candidate)
-                premise_of = dict(zip(val["id"], val["premise"]))
-                train_premises = set(train["premise"])
-                return (np.array([premise_of[i] in train_premises for i in ids]),
-                        f"training premises from {directory / 'train.csv'}{suffix}")
-        reasons.append(f"the split recomputed from {directory / 'train.csv'} has a different "
-                       f"fingerprint (train.csv changed, or a different --limit)")
+        if spec in tried:
+            continue
+        tried.append(spec)
+        try:
+            data = load(spec)
+        except (DataError, ValueError, FileNotFoundError) as err:
+            reasons.append(f"cannot rebuild the split ({err}; pass --data-dir)")
+            continue
+        if data.split.fingerprint != recorded["fingerprint"]:
+            reasons.append(f"the split rebuilt from {data.data_dir / 'train.csv'} has a different "
+                           f"fingerprint (train.csv changed since the run)")
+            continue
+        premise_of = dict(zip(data.val["id"], data.val["premise"]))
+        train_premises = set(data.train["premise"])
+        limit = f", first {spec.limit} rows" if spec.limit else ""
+        return (np.array([premise_of[i] in train_premises for i in ids]),
+                f"training premises from {data.data_dir / 'train.csv'}{limit}")
     return None, "; ".join(reasons)
 
 
-def _config_value(config: dict, key: str):
-    """`key` at the top of a (possibly nested) trainer config, else in a nested section."""
-    if key in config:
-        return config[key]
-    for value in config.values():
-        if isinstance(value, dict) and (found := _config_value(value, key)) is not None:
-            return found
-    return None
+def recipe(manifest: dict) -> dict:
+    """What a run trained with, as the report states it beside its results: both trainers'
+    configs name these differently (tf_baseline's learning rate is per replica)."""
+    config, training = manifest.get("config") or {}, manifest.get("training") or {}
+    lora = config.get("lora") or {}
+    if manifest.get("trainer") == "jax_lora":
+        method = (f"LoRA r={lora.get('rank')} on {','.join(lora['targets'])}"
+                  if lora.get("targets") else "linear probe (head only)")
+    else:
+        method = (f"keras-hub LoRA r={config['lora_rank']}" if config.get("lora_rank")
+                  else "full fine-tune")
+    epochs = manifest.get("epochs") or []
+    return {"method": method, "epochs": config.get("epochs"),
+            "epochs_run": len(epochs),
+            "learning_rate": _number(training.get("learning_rate", config.get("lr"))),
+            "global_batch": _number(training.get("global_batch", manifest.get("global_batch"))),
+            "sequence_length": config.get("sequence_length")}
 
 
 def resources(manifest: dict) -> dict:
@@ -233,12 +272,17 @@ def resources(manifest: dict) -> dict:
         pct = 100.0 * trainable / total
     epochs = [e for e in (manifest.get("epochs") or []) if isinstance(e, dict)]
     seconds = [s for s in (_number(e.get("seconds")) for e in epochs) if s is not None]
-    speeds = [s for s in (_number(e.get("examples_per_s")) for e in epochs) if s is not None]
+    # The first epoch also compiles (XLA, tf.function tracing). With 3 or more epochs the
+    # medians cover those after the first; with 1 or 2 they cover all (with 2: the mean of
+    # both, the first epoch's compilation included). `timed_epochs` says which.
+    timed = epochs[1:] if len(epochs) >= 3 else epochs
+    timed_seconds = [s for s in (_number(e.get("seconds")) for e in timed) if s is not None]
+    speeds = [s for s in (_number(e.get("examples_per_s")) for e in timed) if s is not None]
     devices = manifest.get("devices") or {}
     return {"total_params": total, "trainable_params": trainable, "trainable_pct": pct,
             "epochs": len(epochs), "epoch_seconds": seconds,
-            # The median keeps the first epoch's one-off compilation out of the typical epoch.
-            "epoch_seconds_median": float(np.median(seconds)) if seconds else None,
+            "timed_epochs": [_number(e.get("epoch")) for e in timed],
+            "epoch_seconds_median": float(np.median(timed_seconds)) if timed_seconds else None,
             "examples_per_s_median": float(np.median(speeds)) if speeds else None,
             "peak_host_rss_mb": _number(manifest.get("peak_host_rss_mb")),
             "peak_accelerator_mem_mb": _number(manifest.get("peak_accelerator_mem_mb")),
@@ -269,7 +313,7 @@ def _ratio(numerator, denominator) -> float | None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.evaluate",
+        prog="python -m shared.evaluation",
         description="Compare run directories (same split) and write report.md, report.json "
                     "and PNG figures into REPORT_DIR.")
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",

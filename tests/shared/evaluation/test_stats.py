@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from shared import stats
+from shared.evaluation import stats
 
 # Worked example: 10 rows, 7 right.
 #   class 0: tp 2, fp 1 (row 9), fn 1 (row 2)  -> P = R = F1 = 2/3

@@ -1,0 +1,3 @@
+from shared.evaluation.evaluate import main
+
+main()

@@ -1,0 +1,4 @@
+"""Jobs that orchestrate runs: each trainer in its own process, then the evaluator.
+
+    python -m shared.jobs.compare      # the main job (scripts/demo.sh)
+"""

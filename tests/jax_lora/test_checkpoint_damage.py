@@ -1,0 +1,169 @@
+"""A resume survives a damaged checkpoint: restore_latest falls back to the newest one that
+restores, with one warning line, or says to --restart when none does; never a traceback."""
+
+import gc
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jax_lora.checkpoint import CHECKPOINTS, DAMAGED_SUFFIX, Checkpoints, flat_arrays
+from shared.runs.reuse import RunStateError
+from tests.jax_lora.test_checkpoint import leaves_equal, trained_like_state
+
+# tensorstore's leftover reads must not leak "Event loop is closed" tracebacks.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
+
+def data_files(folder):
+    """The OCDBT data files of a checkpoint (state/d/..., state/ocdbt.process_0/d/...)."""
+    files = [p for p in (folder / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files, f"no data files under {folder}/state: orbax's layout changed"
+    return files
+
+
+def truncate_data(folder):
+    for path in data_files(folder):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def garble_data(folder):
+    for path in data_files(folder):
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
+def empty_data(folder):
+    for path in data_files(folder):
+        path.write_bytes(b"")
+
+
+def truncate_meta(folder):
+    path = folder / "meta" / "metadata"
+    path.write_bytes(path.read_bytes()[:5])
+
+
+def truncate_array_metadata(folder):
+    path = folder / "state" / "_METADATA"
+    path.write_bytes(path.read_bytes()[:100])
+
+
+DAMAGE = [truncate_data, garble_data, empty_data, truncate_meta, truncate_array_metadata]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A run directory with checkpoints at steps 1, 2, 3, each with its own arrays."""
+    run_dir = tmp_path_factory.mktemp("run")
+    trainable, opt_state = trained_like_state()
+    states = {step: jax.tree.map(lambda x, s=step: x + s, (trainable, opt_state))
+              for step in (1, 2, 3)}
+    checkpoints = Checkpoints(run_dir)
+    for step, (t, o) in states.items():
+        checkpoints.save(step, t, o, {"step": step, "history": [{"epoch": step}]})
+    checkpoints.close()
+    return run_dir, states
+
+
+@pytest.fixture
+def run_dir(saved, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(saved[0], copy)
+    return copy
+
+
+def restore_latest(run_dir, states, checkpoints=None):
+    trainable, opt_state = jax.tree.map(jnp.zeros_like, states[1])
+    own = checkpoints is None
+    checkpoints = Checkpoints(run_dir) if own else checkpoints
+    try:
+        return checkpoints.restore_latest(trainable, opt_state)
+    finally:
+        if own:
+            checkpoints.close()
+        # Let the failed restores' leftover reads finish and their futures be collected, so
+        # that any noise they make lands in this test's captured stderr.
+        time.sleep(0.2)
+        gc.collect()
+
+
+def test_no_checkpoint_is_none(saved, tmp_path):
+    assert restore_latest(tmp_path, saved[1]) is None
+
+
+def test_intact_checkpoints_restore_the_newest(saved, run_dir, capfd):
+    step, trainable, opt_state, meta = restore_latest(run_dir, saved[1])
+    assert step == 3 and meta == {"step": 3, "history": [{"epoch": 3}]}
+    assert leaves_equal((trainable, opt_state), saved[1][3])
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=lambda f: f.__name__)
+def test_damaged_newest_falls_back_to_the_previous(saved, run_dir, damage, capfd):
+    states = saved[1]
+    newest = run_dir / CHECKPOINTS / "3"
+    damage(newest)
+    capfd.readouterr()
+    checkpoints = Checkpoints(run_dir)  # the trainer's: it resumes, then saves with it
+    step, trainable, opt_state, meta = restore_latest(run_dir, states, checkpoints)
+
+    assert step == 2 and meta == {"step": 2, "history": [{"epoch": 2}]}
+    assert leaves_equal((trainable, opt_state), states[2])  # exactly step 2's arrays
+    err = capfd.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err  # no tracebacks of tensorstore's leftover reads either
+    assert lines[0].startswith(f"warning: checkpoint {newest} is damaged (")
+    assert lines[0].endswith(f"moved it to 3{DAMAGED_SUFFIX} and resuming from step 2")
+    # Moved aside: the resumed run saves step 3 again, and the next resume restores it.
+    assert not newest.exists() and (run_dir / CHECKPOINTS / f"3{DAMAGED_SUFFIX}").is_dir()
+    assert checkpoints.latest_step() == 2
+    checkpoints.save(3, *states[3], {"step": 3})
+    checkpoints.close()
+    assert (newest / "state").is_dir()  # a save orbax skipped would leave no folder
+    step, trainable, opt_state, meta = restore_latest(run_dir, states)
+    assert step == 3 and meta == {"step": 3} and leaves_equal((trainable, opt_state), states[3])
+    assert capfd.readouterr().err == ""
+
+
+def test_two_damaged_fall_back_two_steps_with_a_line_each(saved, run_dir, capfd):
+    truncate_data(run_dir / CHECKPOINTS / "3")
+    truncate_meta(run_dir / CHECKPOINTS / "2")
+    capfd.readouterr()
+    step, trainable, _, _ = restore_latest(run_dir, saved[1])
+    assert step == 1 and leaves_equal(trainable, saved[1][1][0])
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert [line.split(" is damaged")[0] for line in lines] == [
+        f"warning: checkpoint {run_dir / CHECKPOINTS / s}" for s in ("3", "2")]
+    assert "OUT_OF_RANGE" in lines[0] and "JSON" in lines[1]
+
+
+def test_all_damaged_says_restart_and_changes_nothing(saved, run_dir, capfd):
+    folders = [run_dir / CHECKPOINTS / str(step) for step in (3, 2, 1)]
+    for folder, damage in zip(folders, (truncate_data, truncate_meta, garble_data)):
+        damage(folder)
+    capfd.readouterr()
+    with pytest.raises(RunStateError) as info:
+        restore_latest(run_dir, saved[1])
+    message = str(info.value)
+    assert "\n" not in message and "--restart" in message
+    assert all(str(folder) in message for folder in folders)
+    assert all(folder.is_dir() for folder in folders)  # nothing moved: --restart clears them
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("warning: checkpoint ") for line in lines)
+
+
+def test_a_tree_mismatch_is_not_damage(saved, run_dir):
+    # Another model's parameters are a bug or another config (the manifest check catches
+    # that first), not a damaged file: the error propagates and nothing is moved.
+    trainable, opt_state = saved[1][1]
+    fewer = jax.tree.leaves(opt_state)[:-1]
+    checkpoints = Checkpoints(run_dir)
+    with pytest.raises(ValueError) as info:
+        checkpoints.restore_latest(trainable, fewer)
+    checkpoints.close()
+    assert not isinstance(info.value, RunStateError)
+    assert sorted(p.name for p in (run_dir / CHECKPOINTS).iterdir()) == ["1", "2", "3"]
+    assert flat_arrays(trainable)  # the caller's state is untouched
