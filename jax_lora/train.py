@@ -44,9 +44,8 @@ from jax_lora.optim import (make_optimizer, param_counts, split_trainable, train
                             with_frozen_zeros)
 from jax_lora.weights import Pretrained, load_pretrained
 from shared.cli import exit_on_bad_input, trainer_main
-from shared.data.spec import Data, load
-from shared.runs.presets import describe_preset
-from shared.runs.reuse import NEW, clear_run_dir, code_version, report_state, run_dir_state
+from shared.data.spec import Data
+from shared.runs.reuse import NEW, clear_run_dir, code_version, plan_run
 from shared.runs.run_dir import (HISTORY_COLUMNS, RunWriter, library_versions,
                                  predictions_frame, softmax, submission_frame)
 
@@ -244,13 +243,10 @@ def prepare(config: TrainConfig) -> Setup | None:
     """Load and check everything; raises ValueError/DataError/FileNotFoundError on bad input.
     None when nothing is left to do: a --check, or this very run found finished in the run
     directory (shared/runs/reuse.py)."""
-    data = load(config.data)
-    weights = describe_preset(config.preset)
-    state = run_dir_state(config.run_dir, trainer=TRAINER, config=config.to_dict(),
-                          weights=weights, data_sha256=data.describe()["sha256"],
-                          restart=config.restart)
-    if report_state(TRAINER, config.run_dir, state, config.check):
+    plan = plan_run(TRAINER, config)
+    if plan is None:
         return None
+    data, weights, state = plan
     mesh = make_mesh()
     global_batch = config.batch_per_device * mesh.size
     steps = steps_per_epoch(len(data.train), global_batch)

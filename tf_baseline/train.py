@@ -31,10 +31,8 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from shared.cli import trainer_main  # noqa: E402
-from shared.data.spec import Data, load  # noqa: E402
-from shared.runs.presets import describe_preset  # noqa: E402
-from shared.runs.reuse import (NEW, RESUME, clear_run_dir, code_version,  # noqa: E402
-                               report_state, run_dir_state)
+from shared.data.spec import Data  # noqa: E402
+from shared.runs.reuse import NEW, RESUME, clear_run_dir, code_version, plan_run  # noqa: E402
 from shared.runs.run_dir import (HISTORY_COLUMNS, RunWriter, library_versions,  # noqa: E402
                                  peak_host_rss_mb, predictions_frame, softmax, submission_frame)
 from tf_baseline.callbacks import (EpochRecorder, ExactResume, check_backup,  # noqa: E402
@@ -72,13 +70,10 @@ def prepare(config: TrainConfig) -> Setup | None:
     (but may repair a damaged resume state in run_dir/backup, as Keras' own fallback would).
     None when nothing is left to do: a --check, or this very run found finished in the run
     directory (shared/runs/reuse.py)."""
-    data = load(config.data)
-    weights = describe_preset(config.preset)
-    state = run_dir_state(config.run_dir, trainer=TRAINER, config=config.to_dict(),
-                          weights=weights, data_sha256=data.describe()["sha256"],
-                          restart=config.restart)
-    if report_state(TRAINER, config.run_dir, state, config.check):
+    plan = plan_run(TRAINER, config)
+    if plan is None:
         return None
+    data, weights, state = plan
     if state == RESUME:  # a damaged backup: Keras' previous one, or one line and --restart
         check_backup(Path(config.run_dir) / BACKUP_DIR)
     keras.backend.clear_session()  # fresh layer names, so a resumed run's state paths match

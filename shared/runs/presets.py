@@ -80,8 +80,10 @@ def resolve_preset_name(preset: str) -> Path:
     try:
         paths = [Path(get_file(preset, name)) for name in names]
     except (FileNotFoundError, ValueError, OSError) as err:
-        raise PresetError(f"--preset {preset}: cannot fetch it ({err}); pass a local "
-                          f"preset folder when offline") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PresetError(f"--preset {preset}: cannot fetch it ({reason}); a keras-hub preset "
+                          f"name needs the model hub: pass a local preset folder when offline, "
+                          f"or attach the model under /kaggle/input") from None
     directory = paths[0].parent
     if any(directory / name != path for name, path in zip(names, paths)):
         raise PresetError(f"--preset {preset}: keras-hub returned files outside one folder "

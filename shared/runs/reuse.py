@@ -16,6 +16,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from typing import NamedTuple
+
+from shared.data.spec import Data, load
+from shared.runs.presets import describe_preset
 from shared.runs.run_dir import MANIFEST
 
 # Config fields that change how a run is watched, stored or scheduled, never what it computes
@@ -27,6 +31,27 @@ REPO = Path(__file__).resolve().parents[2]
 NEW, RESUME, FINISHED = "new", "resume", "finished"
 SAYS = {NEW: "would train from scratch", RESUME: "would resume the unfinished run",
         FINISHED: "holds this run, finished; kept (pass --restart to train it again)"}
+
+
+class RunPlan(NamedTuple):
+    data: Data      # loaded and split as config.data says
+    weights: dict   # shared.runs.presets.describe_preset
+    state: str      # NEW or RESUME
+
+
+def plan_run(trainer: str, config) -> RunPlan | None:
+    """The start of both trainers: load the data, checksum the weights, decide what the run
+    directory means for this config. None when nothing is left to do (a --check, or this very
+    run found finished); RunStateError / DataError on bad input. Writes nothing. `config` has
+    data, preset, run_dir, restart, check and to_dict(), as both TrainConfigs do."""
+    data = load(config.data)
+    weights = describe_preset(config.preset)
+    state = run_dir_state(config.run_dir, trainer=trainer, config=config.to_dict(),
+                          weights=weights, data_sha256=data.describe()["sha256"],
+                          restart=config.restart)
+    if report_state(trainer, config.run_dir, state, config.check):
+        return None
+    return RunPlan(data, weights, state)
 
 
 def report_state(trainer: str, run_dir: Path, state: str, check: bool) -> bool:

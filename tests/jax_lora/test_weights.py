@@ -17,7 +17,7 @@ from jax_lora.lora import LoraConfig, LoraParam
 from jax_lora.models import BertConfig
 from jax_lora.weights import WeightsError, load_pretrained
 from shared.data.watson import file_sha256
-from shared.runs.presets import PRESET_FILES, describe_preset
+from shared.runs.presets import KERAS_PRESET_FILES, describe_preset
 
 LORA = LoraConfig(rank=2, targets=("query", "value"))
 REPO = Path(__file__).resolve().parents[2]
@@ -146,7 +146,7 @@ def offline_name_resolution(tiny_keras_preset, tmp_path_factory):
     root = tmp_path_factory.mktemp("kagglehub")
     owner, model, framework, variation, version = KAGGLE_HANDLE.split("/")
     base = root / "cache" / "models" / owner / model / framework / variation
-    for name in PRESET_FILES["keras_dir"]:
+    for name in KERAS_PRESET_FILES:
         (base / version / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tiny_keras_preset / name, base / version / name)
         marker = base / ".complete" / version / f"{name}.complete"

@@ -140,7 +140,7 @@ def bad_input_cases(tiny_preset, finished_run, tmp_path):
     return [
         (["--preset", tmp_path / "missing"], "no such folder"),
         (["--preset", tmp_path], "neither model.safetensors"),
-        (["--preset", "no_such_preset_name"], "--preset no_such_preset_name: a keras-hub preset"),
+        (["--preset", "no_such_preset_name"], "--preset no_such_preset_name: cannot fetch it"),
         (tiny + ["--epochs", "0"], "--epochs 0: must be >= 1"),
         (tiny + ["--data-dir", tmp_path / "nowhere"], "--data-dir"),
         (tiny + ["--batch-per-replica", "64"], "global batch of 64 rows exceeds the 48 validation"),

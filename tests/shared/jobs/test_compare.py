@@ -44,21 +44,21 @@ def test_compare_isolates_a_failing_trainer_then_completes(tiny_hf_preset, tmp_p
 
     # Other inputs: nothing is reused silently; one line names what differs, nothing trains.
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    third = compare(tiny_hf_preset, out, "--jax-args", "--lr 1e-3")
+    third = compare(tiny_hf_preset, out, "--jax-args", "--lr 2e-3")
     assert third.returncode == 2, third.stderr[-2000:]
     error = [line for line in third.stderr.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and "--rerun" in error[0], third.stderr[-2000:]
-    assert "jax_lora: " in error[0] and "lr 0.0002 -> 0.001" in error[0]
+    assert "jax_lora: " in error[0] and "lr 0.001 -> 0.002" in error[0]  # demo recipe: 1e-3
     assert "jax_probe: " in error[0] and "tf_full" not in error[0]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
     # --rerun retrains exactly those runs from scratch, keeps the other.
-    fourth = compare(tiny_hf_preset, out, "--jax-args", "--lr 1e-3", "--rerun")
+    fourth = compare(tiny_hf_preset, out, "--jax-args", "--lr 2e-3", "--rerun")
     assert fourth.returncode == 0, fourth.stderr[-2000:]
     assert "tf_full: " in fourth.stdout and "finished; kept" in fourth.stdout
     for name in ("jax_lora", "jax_probe"):
         manifest = read_run(out / name).manifest
-        assert manifest["config"]["lr"] == 1e-3 and "resumed_at" not in manifest
+        assert manifest["config"]["lr"] == 2e-3 and "resumed_at" not in manifest
 
 
 def test_compare_rejects_bad_data_before_training(tmp_path):
