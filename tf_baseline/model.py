@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import keras
@@ -145,22 +144,6 @@ def check_sequence_length(preprocessor, classifier) -> None:
     if preprocessor.sequence_length > limit:
         raise ValueError(f"--sequence-length {preprocessor.sequence_length}: the preset's "
                          f"position table holds {limit}; pass at most {limit}")
-
-
-def describe_weights(preset: str) -> dict:
-    """The manifest's `weights`: where they came from, and a hash when they are a local file."""
-    kind = preset_kind(preset)
-    files = {"hf": "model.safetensors", "keras_dir": "model.weights.h5"}
-    path = Path(preset) / files[kind] if kind in files else None
-    return {"preset": preset, "kind": kind, "sha256": _sha256(path) if path else None}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def count_params(classifier) -> dict:

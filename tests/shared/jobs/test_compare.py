@@ -67,3 +67,31 @@ def test_compare_rejects_bad_data_before_training(tmp_path):
                              "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2 and "missing column(s) hypothesis" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_kept_runs_that_cannot_be_compared_end_in_one_line(tiny_hf_preset, tmp_path, monkeypatch,
+                                                           capsys):
+    """The evaluator's bad input (here: two kept runs on other splits) is a one-line error."""
+    import pytest
+
+    from shared.data.spec import DataSpec, load
+    from shared.jobs import compare as job
+    from shared.runs.run_dir import RunWriter, predictions_frame
+
+    out = tmp_path / "out"
+    for name, limit in (("tf_full", 120), ("jax_lora", 150)):
+        data = load(DataSpec(limit=limit))
+        writer = RunWriter(out / name)
+        writer.start(trainer="unit", config={}, weights={}, split=data.split.describe(),
+                     data=data.describe(), versions={}, devices={}, params={})
+        writer.write_predictions(predictions_frame(data.val, [[0.5, 0.3, 0.2]] * len(data.val)))
+        writer.finish()
+    monkeypatch.setattr(job, "check_runs", lambda commands, out, rerun: commands)
+    monkeypatch.setattr(job, "run_trainers",
+                        lambda commands, out: {name: "kept" for name in commands})
+    with pytest.raises(SystemExit) as exit_info:
+        job.main(["--out", str(out), "--preset", str(tiny_hf_preset)])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(error) == 1
+    assert error[0].startswith("error: split fingerprints differ")
+    assert not (out / "report").exists()
