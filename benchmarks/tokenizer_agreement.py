@@ -13,6 +13,7 @@ tf.config.threading.set_intra_op_parallelism_threads(1); tf.config.threading.set
 import keras_hub
 from pathlib import Path
 from tokenizers import Tokenizer as HF
+from shared.cli import exit_on_bad_input
 from shared.data.watson import load_train, load_test
 from shared.runs.presets import minilm_dir
 from tf_baseline.model import load_preprocessor
@@ -22,7 +23,10 @@ from jax_lora.tokenizer import Tokenizer
 REPO = Path(__file__).resolve().parents[1]
 W = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO.parent / "shared" / "data" / "watson"
 d, L = minilm_dir(), 512
-frames = {"train": load_train(W), "test": load_test(W)}
+with exit_on_bad_input():  # a missing or bad data folder: one error: line, exit 2
+    frames = {"train": load_train(W), "test": load_test(W)}
+    if frames["test"] is None:
+        raise FileNotFoundError(f"{W / 'test.csv'}: not found; pass the Watson folder")
 frame = pd.concat(frames.values(), ignore_index=True)
 part = np.repeat(list(frames), [len(f) for f in frames.values()])
 english = (frame["lang_abv"] == "en").to_numpy()
