@@ -59,7 +59,7 @@ def setup(job: Job, full: bool) -> JaxSetup:
     graphdef, params = nnx.split(model)
     trainable = nnx.Param if full else trainable_filter(lora)
     mask = trainable_mask(params, trainable)
-    tx = make_optimizer(recipe, mask, total_steps=1_000_000)
+    tx = make_optimizer(recipe, params, mask, total_steps=1_000_000)
     mesh = make_mesh()
     state = replicate(TrainState(jnp.int32(0), params, tx.init(params)), mesh)
     dropout_base = jax.random.fold_in(jax.random.key(job.seed), DROPOUT_STREAM)

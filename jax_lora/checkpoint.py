@@ -7,13 +7,11 @@ run_dir/checkpoints/<step>/  trainable parameters + optimizer state + JSON progr
     mid-save leaves no checkpoint that looks whole; only the newest `keep` are kept. A
     checkpoint damaged later (a file cut short or garbled: a full disk, a broken copy) is
     moved aside to <step>.damaged by restore_latest, which resumes from the one before it.
-run_dir/adapter/  adapter.safetensors (A/B, head, pooler if trained) + adapter.json (LoRA
-    config, base preset and checksum): a few MB that turn the base model into the trained one.
+The run's trained weights as an artifact (run_dir/adapter/) are jax_lora/adapter.py's.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -22,20 +20,12 @@ import sys
 from pathlib import Path
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
-import safetensors.numpy
 from flax import nnx
 
-from jax_lora.lora import LoraConfig, trainable_filter
-from jax_lora.weights import Pretrained, load_pretrained
 from shared.runs.reuse import RunStateError
-from shared.runs.run_dir import atomic_write_bytes, atomic_write_text
 
 CHECKPOINTS = "checkpoints"
-ADAPTER = "adapter"
-ADAPTER_WEIGHTS = "adapter.safetensors"
-ADAPTER_META = "adapter.json"
 DAMAGED_SUFFIX = ".damaged"
 # What orbax 0.12 / tensorstore 0.1 raise for a checkpoint whose files are cut short, garbled
 # or missing (tests/jax_lora/test_checkpoint_damage.py makes each kind): a tensorstore read
@@ -211,41 +201,3 @@ def latest_meta(run_dir: Path) -> dict | None:
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     checkpoints.close()
     return meta
-
-
-def adapter_filter(lora: LoraConfig) -> nnx.filterlib.Filter:
-    """What the base preset lacks: the trainable leaves, and the fresh head even when frozen."""
-    return nnx.Any(trainable_filter(lora), nnx.All(nnx.Param, nnx.PathContains("head")))
-
-
-def save_adapter(directory: Path, model, source: dict) -> None:
-    """Write `model`'s adapter (see adapter_filter) and what it must be loaded onto."""
-    state = nnx.state(model, adapter_filter(model.lora))
-    arrays = {name: np.asarray(value) for name, value in flat_arrays(state).items()}
-    meta = {"lora": dataclasses.asdict(model.lora), "num_classes": model.num_classes,
-            "base": source, "bert_config": dataclasses.asdict(model.config),
-            "parameters": {name: list(value.shape) for name, value in arrays.items()}}
-    directory = Path(directory)
-    atomic_write_bytes(directory / ADAPTER_WEIGHTS, safetensors.numpy.save(arrays))
-    # Written last: its presence says the weights next to it are complete.
-    atomic_write_text(directory / ADAPTER_META, json.dumps(meta, indent=2, default=str) + "\n")
-
-
-def load_adapter(directory: Path, preset: str | None = None) -> Pretrained:
-    """The base preset (from adapter.json unless given) with the adapter applied. Refuses a
-    base whose checksum differs from the one the adapter was trained on."""
-    directory = Path(directory)
-    if not (directory / ADAPTER_META).is_file():
-        raise FileNotFoundError(f"{directory}: no {ADAPTER_META}; pass a run's adapter/ folder")
-    meta = json.loads((directory / ADAPTER_META).read_text())
-    lora = LoraConfig(**meta["lora"])
-    pretrained = load_pretrained(preset or meta["base"]["preset"], lora,
-                                 num_classes=meta["num_classes"])
-    if pretrained.source.get("sha256") != meta["base"].get("sha256"):
-        raise ValueError(f"{directory}: trained on base weights with sha256 "
-                         f"{meta['base'].get('sha256')}, but {pretrained.source.get('preset')} "
-                         f"has {pretrained.source.get('sha256')}; pass the original --preset")
-    state = nnx.state(pretrained.model, adapter_filter(lora))
-    arrays = safetensors.numpy.load_file(str(directory / ADAPTER_WEIGHTS))
-    nnx.update(pretrained.model, replace_arrays(state, arrays, str(directory / ADAPTER_WEIGHTS)))
-    return pretrained

@@ -1,9 +1,10 @@
-"""TrainConfig: every knob of a LoRA run, and the command-line flags generated from it.
+"""TrainConfig: every knob of a jax_lora run, and the command-line flags generated from it.
 
 The defaults are the recipe: `python jax_lora/train.py` fine-tunes the TF baseline's BERT
-(bert_base_multi) on the Kaggle split with rank-16 adapters on query and value, 3 epochs of
-16 rows per device. Each flag's help text is the comment on its field below, so the two
-cannot drift apart.
+(bert_base_multi) on the Kaggle split with rank-16 LoRA adapters on query and value, 3 epochs
+of 16 rows per device. `--method` picks what trains (METHODS); the learning rate and Adam's
+epsilon default per method (METHOD_DEFAULTS). Each flag's help text is the comment on its
+field below, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jax_lora.lora import LoraConfig
-from jax_lora.models import REMAT
+from jax_lora.models import POOLING, REMAT
 from shared.cli import add_config_flags, check_fields, config_from_flags, config_to_dict
 from shared.data.spec import DataSpec
 from shared.runs.presets import KAGGLE_PRESET
@@ -24,6 +25,19 @@ SCHEDULES = ("constant", "linear")
 MAX_SEQUENCE_LENGTH = 512  # BERT's position table, and the baseline's maximum
 # LoraConfig fields whose bare name would be ambiguous on the command line.
 LORA_FLAG_NAMES = {"dropout": "lora-dropout"}
+# What trains: lora = adapters A·B on --targets + head; dora = the same, weight-decomposed
+# (plus a magnitude per output); full = every parameter (the JAX twin of tf_baseline);
+# probe = the head alone on the frozen encoder (linear probe).
+METHODS = ("lora", "dora", "full", "probe")
+ADAPTER_METHODS = ("lora", "dora")
+# Per method: the learning rate, and Adam's epsilon. full keeps tf_baseline's recipe (the
+# Kaggle starter's keras.optimizers.Adam(1e-5), whose epsilon is 1e-7); adapters take PEFT's
+# usual 2e-4 with torch/optax AdamW's 1e-8; the probe's rate was chosen on the real Watson
+# training part (README, "Choosing the probe's learning rate").
+METHOD_DEFAULTS = {"lora": {"lr": 2e-4, "adam_epsilon": 1e-8},
+                   "dora": {"lr": 2e-4, "adam_epsilon": 1e-8},
+                   "full": {"lr": 1e-5, "adam_epsilon": 1e-7},
+                   "probe": {"lr": 1e-2, "adam_epsilon": 1e-8}}
 
 
 @dataclass(frozen=True)
@@ -31,8 +45,13 @@ class TrainConfig:
     preset: str = KAGGLE_PRESET  # keras-hub preset name or folder, or Hugging Face BERT folder
     run_dir: Path = Path("runs/jax_lora")  # run directory; rerunning the same command resumes it
     epochs: int = 3  # passes over the training split (the baseline's 3)
+    method: str = "lora"  # what trains: lora, dora (adapters + head), full (everything), probe (head alone)
+    pooling: str = "cls"  # what the head reads: cls (BERT's pooler, as keras-hub) or mean (mean of the last layer, as sentence-transformers)
+    init_from: Path | None = None  # a finished jax_lora run whose head (and adapters, where both runs have them) this run starts from: linear probe first, then LoRA or full (LP->X) [default: none]
     batch_per_device: int = 16  # rows per device per step; the global batch is this x devices
-    lr: float = 2e-4  # AdamW peak learning rate (adapters want ~10x full fine-tuning's)
+    lr: float | None = None  # AdamW peak learning rate [default: per method: lora and dora 2e-4, full 1e-5, probe 1e-2]
+    adam_epsilon: float | None = None  # Adam's epsilon [default: per method: full 1e-7 (Keras Adam, as tf_baseline), else 1e-8]
+    lora_plus_ratio: float = 1.0  # LoRA+: lora_b and every 1-D trainable leaf learn at this x --lr, as PEFT's create_loraplus_optimizer (1 = plain LoRA; its paper suggests 16)
     weight_decay: float = 0.0  # decoupled AdamW weight decay on the trainable leaves
     schedule: str = "constant"  # after warm-up: constant, or linear decay to 0 at the last step
     warmup_steps: int = 0  # steps of linear warm-up from 0 to --lr
@@ -50,7 +69,14 @@ class TrainConfig:
     data: DataSpec = field(default_factory=DataSpec)  # the rows and split
 
     def __post_init__(self):
+        check_fields(self, [("method", self.method in METHODS, f"choose one of {', '.join(METHODS)}")])
+        self._resolve_method()
         checks = [
+            ("pooling", self.pooling in POOLING, f"choose one of {', '.join(POOLING)}"),
+            ("lora-plus-ratio", self.lora_plus_ratio > 0, "must be > 0"),
+            ("lora-plus-ratio", self.lora_plus_ratio == 1.0 or self.method in ADAPTER_METHODS,
+             f"LoRA+ needs adapters; --method {self.method} has none"),
+            ("adam-epsilon", self.adam_epsilon > 0, "must be > 0"),
             ("epochs", self.epochs >= 1, "must be >= 1"),
             ("batch-per-device", self.batch_per_device >= 1, "must be >= 1"),
             ("lr", self.lr > 0, "must be > 0"),
@@ -65,9 +91,40 @@ class TrainConfig:
             ("keep-checkpoints", self.keep_checkpoints >= 1, "must be >= 1"),
         ]
         check_fields(self, checks)
-        if not (self.lora.targets or self.lora.train_head or self.lora.train_pooler):
-            raise ValueError("--targets is empty and --no-train-head: nothing would train; "
-                             "give adapter targets or train the head")
+        if not (self.lora.targets or self.lora.train_head or self.lora.train_pooler
+                or self.method == "full"):
+            raise ValueError("--method probe with --no-train-head and --no-train-pooler: "
+                             "nothing would train; train the head")
+        if self.init_from is not None:
+            object.__setattr__(self, "init_from", Path(self.init_from))
+
+    def _resolve_method(self) -> None:
+        """Fill the per-method defaults and the adapter settings --method implies."""
+        defaults = METHOD_DEFAULTS[self.method]
+        for name in ("lr", "adam_epsilon"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, defaults[name])
+        lora = self.lora
+        if self.method in ADAPTER_METHODS:
+            if not lora.targets:
+                raise ValueError(f"--targets is empty: --method {self.method} needs adapter "
+                                 f"targets; for the head alone use --method probe")
+        else:
+            if lora.targets not in ((), LoraConfig().targets):
+                raise ValueError(f"--targets {','.join(lora.targets)}: --method {self.method} "
+                                 f"trains no adapters; drop --targets or use --method lora")
+            if lora.rslora:
+                raise ValueError(f"--rslora: --method {self.method} trains no adapters")
+            if self.method == "full" and not (lora.train_head and not lora.train_pooler):
+                raise ValueError("--method full trains every parameter: drop --no-train-head "
+                                 "and --train-pooler")
+            lora = dataclasses.replace(lora, targets=())
+        object.__setattr__(self, "lora", dataclasses.replace(lora, dora=self.method == "dora"))
+
+    @property
+    def full(self) -> bool:
+        """Every parameter trains (--method full)."""
+        return self.method == "full"
 
     def to_dict(self) -> dict:
         """Every hyperparameter, JSON-ready (the manifest's `config`)."""

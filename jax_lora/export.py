@@ -41,6 +41,10 @@ def export_preset(model: BertClassifier, tokenizer: Tokenizer, out_dir: str | Pa
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"--out {out_dir}: folder is not empty; pass a new folder")
     config = model.config
+    if model.pooling != "cls":
+        raise ExportError(f"the model classifies from --pooling {model.pooling}; keras-hub's "
+                          f"BertTextClassifier classifies from BERT's pooler and would predict "
+                          f"differently, so no preset is written")
     if config.layer_norm_epsilon != KERAS_HUB_LAYER_NORM_EPSILON:
         raise ExportError(f"layer_norm_epsilon={config.layer_norm_epsilon}: keras-hub BERT only "
                           f"supports {KERAS_HUB_LAYER_NORM_EPSILON}")
@@ -104,13 +108,14 @@ def main(argv=None) -> None:
     import argparse
     import json
 
-    from jax_lora.checkpoint import ADAPTER, load_adapter
+    from jax_lora.adapter import ADAPTER, load_adapter
     from shared.cli import exit_on_bad_input
     from shared.runs.run_dir import MANIFEST
 
     parser = argparse.ArgumentParser(
         prog="python -m jax_lora.export",
-        description="Merge a jax_lora run's adapter into its base BERT and write a keras-hub "
+        description="Merge a jax_lora run's adapter (LoRA, DoRA; or a probe's or full "
+                    "fine-tune's weights) into its base BERT and write a keras-hub "
                     "preset folder that keras_hub.models.BertTextClassifier.from_preset loads.")
     parser.add_argument("--run-dir", type=Path, required=True, help="a finished jax_lora run")
     parser.add_argument("--out", type=Path, required=True, help="new folder for the preset")

@@ -1,9 +1,16 @@
-"""LoRA on whole projections, as in the paper and PEFT: ΔW = (alpha / rank) · A · B.
+"""LoRA and DoRA on whole projections, as in the papers and PEFT: ΔW = s · A · B.
 
 A projection W is [d_in, d_out]; A is [d_in, rank], B is [rank, d_out], so an adapter adds
-rank · (d_in + d_out) parameters. keras-hub's `enable_lora` factorises each attention head
-separately instead; we follow PEFT so adapter sizes and learning rates carry over from the
-literature.
+rank · (d_in + d_out) parameters. The scale s is alpha / rank, or alpha / sqrt(rank) with
+rsLoRA. keras-hub's `enable_lora` factorises each attention head separately instead; we
+follow PEFT so adapter sizes and learning rates carry over from the literature.
+
+DoRA (weight-decomposed LoRA) adds a magnitude m [d_out]: W' = m · (W + s·A·B) / ‖W + s·A·B‖,
+the norm of each output column taken over the input axis, m starting at ‖W‖ so that step 0 is
+the base model exactly. As in PEFT (peft/tuners/lora/dora.py) and as the DoRA paper advises
+(section 4.3), the norm is a constant in the backward pass (stop_gradient), and with adapter
+dropout the frozen path sees the undropped input: y = x W + b + (m/n − 1) · x' W + (m/n) ·
+s · x' A B, x' = dropout(x), which is x W + b rescaled when dropout is off.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ class LoraConfig:
     rank: int = 16  # r: inner dimension of A · B
     alpha: float = 16.0  # ΔW is scaled by alpha / rank, so changing rank keeps the update size
     dropout: float = 0.0  # dropout on the adapter's input only (the frozen path gets none)
-    targets: tuple[str, ...] = ("query", "value")  # projections with adapters; empty = linear probe
+    targets: tuple[str, ...] = ("query", "value")  # projections with adapters (lora and dora)
+    rslora: bool = False  # rank-stabilised LoRA: scale alpha / sqrt(rank) instead of alpha / rank
+    dora: bool = dataclasses.field(default=False, metadata={"flag": False})  # set by --method dora
     train_head: bool = True  # the fresh classification head trains (it must, it starts random)
     train_pooler: bool = False  # the pretrained pooler dense trains too
 
@@ -48,8 +57,15 @@ class LoraConfig:
         object.__setattr__(self, "targets", targets)
 
 
+    @property
+    def scale(self) -> float:
+        """s in ΔW = s · A · B."""
+        return self.alpha / (self.rank ** 0.5 if self.rslora else self.rank)
+
+
 class LoraParam(nnx.Param):
-    """An adapter factor (lora_a or lora_b); its type is what the trainable rule selects."""
+    """An adapter leaf (lora_a, lora_b, DoRA's lora_magnitude); its type is what the
+    trainable rule selects."""
 
 
 DROPOUT_BITS = 16  # the drop probability is resolved to 1 / 2**16
@@ -75,36 +91,70 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros_like(x))
 
 
+def column_norm(kernel: jax.Array) -> jax.Array:
+    """‖W[:, j]‖ over the input axis of a [d_in, d_out] kernel: DoRA's norm, [d_out]."""
+    return jnp.linalg.norm(kernel, axis=0)
+
+
 class LoRALinear(nnx.Module):
-    """y = x W + b + (alpha / rank) · dropout(x) A B; without adapters (rank=0) a plain dense."""
+    """y = x W + b + s · dropout(x) A B (LoRA), rescaled per output by DoRA's m / ‖W + s·A·B‖
+    when `dora`; without adapters (rank=0) a plain dense."""
 
     def __init__(self, in_features: int, out_features: int, *, rank: int = 0,
-                 alpha: float = 1.0, lora_dropout: float = 0.0, rngs: nnx.Rngs):
+                 scale: float = 1.0, lora_dropout: float = 0.0, dora: bool = False,
+                 rngs: nnx.Rngs):
         self.kernel = nnx.Param(BERT_KERNEL_INIT(rngs.params(), (in_features, out_features)))
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
         self.rank = rank
-        self.scale = alpha / rank if rank else 0.0
+        self.scale = scale if rank else 0.0
         self.lora_dropout = lora_dropout
+        self.dora = bool(rank) and dora
         if rank:
             self.lora_a = LoraParam(LORA_A_INIT(rngs.params(), (in_features, rank)))
             # B = 0 makes the adapted model equal the pretrained one at step 0.
             self.lora_b = LoraParam(jnp.zeros((rank, out_features), jnp.float32))
+        if self.dora:
+            # A placeholder: init_dora_magnitudes sets m = ‖W‖ once W holds its pretrained value.
+            self.lora_magnitude = LoraParam(jnp.ones((out_features,), jnp.float32))
 
     def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
-        y = x @ self.kernel[...] + self.bias[...]
-        if self.rank:
-            adapter_in = dropout(x, self.lora_dropout, dropout_key)
-            y = y + self.scale * ((adapter_in @ self.lora_a[...]) @ self.lora_b[...])
-        return y
+        base = x @ self.kernel[...]
+        if not self.rank:
+            return base + self.bias[...]
+        adapter_in = dropout(x, self.lora_dropout, dropout_key)
+        update = self.scale * ((adapter_in @ self.lora_a[...]) @ self.lora_b[...])
+        if not self.dora:
+            return base + self.bias[...] + update
+        factor = self.lora_magnitude[...] / jax.lax.stop_gradient(self.adapted_norm())
+        frozen_in = base if adapter_in is x else adapter_in @ self.kernel[...]
+        return base + self.bias[...] + (factor - 1.0) * frozen_in + factor * update
+
+    def adapted_norm(self) -> jax.Array:
+        """‖W + s·A·B‖ per output column (DoRA's denominator)."""
+        return column_norm(self.kernel[...] + self.scale * (self.lora_a[...] @ self.lora_b[...]))
 
     def merged_kernel(self) -> jax.Array:
         if not self.rank:
             return self.kernel[...]
-        return self.kernel[...] + self.scale * (self.lora_a[...] @ self.lora_b[...])
+        merged = self.kernel[...] + self.scale * (self.lora_a[...] @ self.lora_b[...])
+        if self.dora:
+            merged = merged * (self.lora_magnitude[...] / column_norm(merged))[None, :]
+        return merged
 
 
-def trainable_filter(lora: LoraConfig) -> nnx.filterlib.Filter:
-    """The parameters that train: every lora_a/lora_b, plus the head and pooler as configured."""
+def init_dora_magnitudes(model) -> None:
+    """m = ‖W + s·A·B‖ (= ‖W‖ while B = 0) in every DoRA layer, as PEFT's update_layer does:
+    call it once the pretrained kernels are in place, so that step 0 is the base model."""
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, LoRALinear) and module.dora:
+            module.lora_magnitude[...] = module.adapted_norm()
+
+
+def trainable_filter(lora: LoraConfig, *, full: bool = False) -> nnx.filterlib.Filter:
+    """The parameters that train: every adapter leaf (lora_a, lora_b, DoRA's magnitude), plus
+    the head and pooler as configured; `full`: every parameter."""
+    if full:
+        return nnx.Param
     parts = [LoraParam]
     if lora.train_head:
         parts.append(nnx.All(nnx.Param, nnx.PathContains("head")))
@@ -114,11 +164,13 @@ def trainable_filter(lora: LoraConfig) -> nnx.filterlib.Filter:
 
 
 def merge_lora(model):
-    """A copy of `model` (a BertClassifier) with W += (alpha/rank)·A·B folded in, no adapters."""
-    plain_lora = dataclasses.replace(model.lora, targets=())
+    """A copy of `model` (a BertClassifier) with its adapters folded into plain kernels:
+    W + s·A·B for LoRA, m · (W + s·A·B) / ‖W + s·A·B‖ for DoRA."""
+    plain_lora = dataclasses.replace(model.lora, targets=(), dora=False)
     # type(model) rather than importing models.py, which imports this file.
     merged = nnx.eval_shape(lambda: type(model)(model.config, num_classes=model.num_classes,
-                                                lora=plain_lora, rngs=nnx.Rngs(0)))
+                                                lora=plain_lora, pooling=model.pooling,
+                                                rngs=nnx.Rngs(0)))
     state = nnx.to_flat_state(nnx.state(model, nnx.Not(LoraParam)))
     values = {path: variable.get_value() for path, variable in state}
     for path, module in nnx.iter_modules(model):

@@ -24,6 +24,11 @@ MASKED_LOGIT = -1e9
 # layer's input, recomputing the whole layer. Less memory for more compute.
 REMAT = {"none": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
          "layers": jax.checkpoint_policies.nothing_saveable}
+# What the head reads: "cls" = BERT's pooler, tanh(dense([CLS])), as keras-hub's
+# BertTextClassifier and Hugging Face's BertForSequenceClassification do; "mean" = the mean of
+# the last layer over the real tokens, the pooling sentence-transformers models such as
+# all-MiniLM-L6-v2 were trained with (their 1_Pooling folder), which bypasses the pooler.
+POOLING = ("cls", "mean")
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,8 @@ def _embed(rows: int, config: BertConfig, rngs: nnx.Rngs) -> nnx.Embed:
 
 def _linear(d_in: int, d_out: int, name: str, lora: LoraConfig, rngs: nnx.Rngs) -> LoRALinear:
     rank = lora.rank if name in lora.targets else 0
-    return LoRALinear(d_in, d_out, rank=rank, alpha=lora.alpha, lora_dropout=lora.dropout,
-                      rngs=rngs)
+    return LoRALinear(d_in, d_out, rank=rank, scale=lora.scale, lora_dropout=lora.dropout,
+                      dora=lora.dora, rngs=rngs)
 
 
 class Embeddings(nnx.Module):
@@ -152,12 +157,16 @@ def run_layer(layer: TransformerLayer, x, padding_mask, dropout_key, *, cls_only
 
 class BertClassifier(nnx.Module):
     def __init__(self, config: BertConfig, *, num_classes: int = 3,
-                 lora: LoraConfig = LoraConfig(), remat: str = "none", rngs: nnx.Rngs):
+                 lora: LoraConfig = LoraConfig(), pooling: str = "cls", remat: str = "none",
+                 rngs: nnx.Rngs):
         if remat not in REMAT:
             raise ValueError(f"remat={remat!r}: choose one of {', '.join(REMAT)}")
+        if pooling not in POOLING:
+            raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLING)}")
         self.config = config
         self.num_classes = num_classes
         self.lora = lora
+        self.pooling = pooling
         self.remat = remat  # a key of REMAT; may be set after loading (it holds no weights)
         self.embeddings = Embeddings(config, rngs=rngs)
         self.layers = nnx.List([TransformerLayer(config, lora, rngs=rngs)
@@ -169,17 +178,20 @@ class BertClassifier(nnx.Module):
 
     def encode(self, token_ids, segment_ids, padding_mask, *, dropout_key=None,
                cls_only: bool = False) -> dict:
-        """{'sequence_output': [B,T,H], 'pooled_output': [B,H], 'cls': [B,H],
-        'hidden_states': one [B,T,H] per transformer layer, 'logits': [B, num_classes]}
+        """{'sequence_output': [B,T,H], 'pooled_output': [B,H] (what the head reads, see
+        POOLING), 'cls': [B,H], 'hidden_states': one [B,T,H] per transformer layer,
+        'logits': [B, num_classes]}
 
         cls_only=True runs the last layer for the [CLS] row only, the one row the pooler
         reads: the same pooled output and logits (to float rounding; in training the last
         layer draws its dropout masks at the smaller shape), with the last layer's
         projections, FFN and attention queries cut from T rows to 1. sequence_output and the
-        last hidden state are then [B, 1, H]."""
+        last hidden state are then [B, 1, H]. Mean pooling reads every row, so it ignores
+        cls_only."""
         # Layer i uses site key i; the embeddings and classifier use the two keys after them.
         num_layers = self.config.num_layers
         padding_mask = jnp.asarray(padding_mask).astype(bool)
+        cls_only = cls_only and self.pooling == "cls"
         x = self.embeddings(token_ids, segment_ids, _fold(dropout_key, num_layers))
         hidden_states = []
         for index, layer in enumerate(self.layers):
@@ -187,7 +199,11 @@ class BertClassifier(nnx.Module):
                           cls_only=cls_only and index == num_layers - 1, remat=self.remat)
             hidden_states.append(x)
         cls = x[:, 0]
-        pooled = jnp.tanh(self.pooler(cls))
+        if self.pooling == "mean":
+            weights = padding_mask.astype(x.dtype)[..., None]
+            pooled = jnp.sum(x * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+        else:
+            pooled = jnp.tanh(self.pooler(cls))
         # keras-hub BertTextClassifier: dropout on the pooled output, then Dense(num_classes).
         logits = self.head(dropout(pooled, self.config.dropout,
                                    _fold(dropout_key, num_layers + 1)))
@@ -195,7 +211,7 @@ class BertClassifier(nnx.Module):
                 "hidden_states": hidden_states, "logits": logits}
 
     def __call__(self, token_ids, segment_ids, padding_mask, *, dropout_key=None):
-        """float32 logits [B, num_classes]; dropout_key=None is evaluation (no dropout). Only
-        the [CLS] row goes through the last layer (`encode(cls_only=True)`)."""
+        """float32 logits [B, num_classes]; dropout_key=None is evaluation (no dropout). With
+        cls pooling only the [CLS] row goes through the last layer (`encode(cls_only=True)`)."""
         return self.encode(token_ids, segment_ids, padding_mask, dropout_key=dropout_key,
                            cls_only=True)["logits"]

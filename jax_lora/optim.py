@@ -21,6 +21,7 @@ from flax import nnx
 from jax_lora.config import TrainConfig
 
 TRAINABLE, FROZEN = "trainable", "frozen"
+FAST = "trainable_fast"  # LoRA+'s group: lora_b and 1-D leaves at lora_plus_ratio x lr
 
 
 def split_trainable(params: nnx.State, trainable: nnx.filterlib.Filter):
@@ -40,21 +41,43 @@ def with_frozen_zeros(trainable_grads: nnx.State, frozen: nnx.State) -> nnx.Stat
     return nnx.merge_state(trainable_grads, jax.tree.map(jnp.zeros_like, frozen))
 
 
-def learning_rate(config: TrainConfig, total_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0, then constant or linear decay to 0 at `total_steps`."""
-    after = (optax.constant_schedule(config.lr) if config.schedule == "constant" else
-             optax.linear_schedule(config.lr, 0.0, max(total_steps - config.warmup_steps, 1)))
+def learning_rate(config: TrainConfig, total_steps: int,
+                  peak: float | None = None) -> optax.Schedule:
+    """Linear warm-up from 0 to `peak` (--lr), then constant or linear decay to 0 at
+    `total_steps`."""
+    peak = config.lr if peak is None else peak
+    after = (optax.constant_schedule(peak) if config.schedule == "constant" else
+             optax.linear_schedule(peak, 0.0, max(total_steps - config.warmup_steps, 1)))
     if not config.warmup_steps:
         return after
-    warmup = optax.linear_schedule(0.0, config.lr, config.warmup_steps)
+    warmup = optax.linear_schedule(0.0, peak, config.warmup_steps)
     return optax.join_schedules([warmup, after], [config.warmup_steps])
 
 
-def make_optimizer(config: TrainConfig, mask: nnx.State,
+def group_labels(params: nnx.State, mask: nnx.State, *, lora_plus: bool) -> nnx.State:
+    """The optimizer group of every leaf: FROZEN, TRAINABLE, or with LoRA+ FAST for lora_b and
+    every 1-D trainable leaf (biases, DoRA magnitudes), as PEFT's create_loraplus_optimizer
+    groups them."""
+    shapes = {path: variable.get_value().shape for path, variable in nnx.to_flat_state(params)}
+    labelled = []
+    for path, variable in nnx.to_flat_state(mask):
+        fast = lora_plus and (path[-1] == "lora_b" or len(shapes[path]) == 1)
+        label = FROZEN if not variable.get_value() else FAST if fast else TRAINABLE
+        labelled.append((path, variable.replace(label)))
+    return nnx.from_flat_state(labelled)
+
+
+def make_optimizer(config: TrainConfig, params: nnx.State, mask: nnx.State,
                    total_steps: int) -> optax.GradientTransformation:
-    labels = jax.tree.map(lambda trains: TRAINABLE if trains else FROZEN, mask)
-    adamw = optax.adamw(learning_rate(config, total_steps), weight_decay=config.weight_decay)
-    return optax.partition({TRAINABLE: adamw, FROZEN: optax.set_to_zero()}, labels)
+    def adamw(peak):
+        return optax.adamw(learning_rate(config, total_steps, peak), eps=config.adam_epsilon,
+                           weight_decay=config.weight_decay)
+
+    groups = {TRAINABLE: adamw(config.lr), FROZEN: optax.set_to_zero()}
+    lora_plus = config.lora_plus_ratio != 1.0
+    if lora_plus:
+        groups[FAST] = adamw(config.lr * config.lora_plus_ratio)
+    return optax.partition(groups, group_labels(params, mask, lora_plus=lora_plus))
 
 
 def param_counts(params: nnx.State, mask: nnx.State) -> dict:

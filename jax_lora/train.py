@@ -1,12 +1,16 @@
-"""Fine-tune BERT with LoRA adapters in JAX/Flax and write the shared run directory.
+"""Fine-tune BERT in JAX/Flax (LoRA, DoRA, full or a linear probe) and write the run directory.
 
     python jax_lora/train.py                     # the recipe: bert_base_multi, Kaggle split,
                                                  # 3 epochs, 16 rows x devices, r=16 on Q/V
     MINILM=$(python -c 'import shared.runs.presets as p; print(p.minilm_dir())')
     python jax_lora/train.py --preset $MINILM --epochs 1 --run-dir /tmp/jaxcheck --quiet
                                                  # offline smoke run on the embedded sample
+    python jax_lora/train.py --method probe --run-dir runs/probe && \
+    python jax_lora/train.py --method lora --init-from runs/probe --run-dir runs/lp_lora
+                                                 # LP→LoRA: a probe, then LoRA from its head
 
-Only the adapters and the new head train (lora.trainable_filter). Data parallel over every
+--method says what trains (config.METHODS; lora.trainable_filter is the rule): adapters and
+the new head, or every parameter, or the head alone. Data parallel over every
 device of the host: the batch is split along a 1-D `data` mesh, parameters are replicated, so
 the same code runs on CPU, GPUs and TPU. Rerunning the same command after a crash resumes
 from run_dir/checkpoints; batch order and dropout keys are functions of the step number, so
@@ -36,7 +40,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from jax_lora.checkpoint import ADAPTER, Checkpoints, save_adapter
+from jax_lora.adapter import ADAPTER, init_from_parent, read_parent, save_adapter
+from jax_lora.checkpoint import Checkpoints
 from jax_lora.config import TrainConfig, parse_config
 from jax_lora.input_pipeline import Encoded, encode, eval_batches, steps_per_epoch, train_batches
 from jax_lora.lora import trainable_filter
@@ -75,6 +80,7 @@ class Setup:
     encoded: dict  # split name -> Encoded: "train", "val" and, when test.csv exists, "test"
     mesh: Mesh
     steps_per_epoch: int
+    parent: dict | None  # adapter.read_parent of --init-from
 
     @property
     def global_batch(self) -> int:
@@ -135,7 +141,9 @@ def make_eval_step(graphdef):
         model = nnx.merge(graphdef, params)
         encoded = model.encode(batch["token_ids"], batch["segment_ids"], batch["padding_mask"],
                                cls_only=True)
-        return encoded["logits"], encoded["cls"]
+        # The vector the head's pooling starts from: [CLS], or the token mean.
+        features = encoded["cls"] if model.pooling == "cls" else encoded["pooled_output"]
+        return encoded["logits"], features
 
     return jax.jit(eval_step)
 
@@ -257,14 +265,18 @@ def prepare(config: TrainConfig) -> Setup | None:
     if config.warmup_steps > steps * config.epochs:
         raise ValueError(f"--warmup-steps {config.warmup_steps}: longer than the whole run "
                          f"({steps * config.epochs} steps)")
-    pretrained = load_pretrained(config.preset, config.lora, seed=config.seed, source=weights)
+    parent = (None if config.init_from is None else
+              read_parent(config.init_from, split=data.split.describe(), weights=weights,
+                          pooling=config.pooling))
+    pretrained = load_pretrained(config.preset, config.lora, seed=config.seed,
+                                 pooling=config.pooling, source=weights)
     if config.sequence_length > pretrained.config.max_sequence_length:
         raise ValueError(f"--sequence-length {config.sequence_length}: {config.preset} has "
                          f"{pretrained.config.max_sequence_length} positions")
     frames = {"train": data.train, "val": data.val, "test": data.test}
     encoded = {name: encode(pretrained.tokenizer, frame, config.sequence_length)
                for name, frame in frames.items() if frame is not None}
-    return Setup(config, data, state, pretrained, encoded, mesh, steps)
+    return Setup(config, data, state, pretrained, encoded, mesh, steps, parent)
 
 
 def run(setup: Setup) -> Path:
@@ -277,10 +289,11 @@ def run(setup: Setup) -> Path:
     # Model and optimizer: the mask says which leaves move; the rest keep no optimizer state.
     model = setup.pretrained.model
     model.remat = config.remat
+    inherited = [] if setup.parent is None else init_from_parent(model, setup.parent)
     graphdef, params = nnx.split(model)
-    trainable = trainable_filter(config.lora)
+    trainable = trainable_filter(config.lora, full=config.full)
     mask = trainable_mask(params, trainable)
-    tx = make_optimizer(config, mask, total_steps)
+    tx = make_optimizer(config, params, mask, total_steps)
     state = replicate(TrainState(jnp.int32(0), params, tx.init(params)), mesh)
     dropout_base = jax.random.fold_in(jax.random.key(config.seed), DROPOUT_STREAM)
     train_step = make_train_step(graphdef, tx, trainable, dropout_base,
@@ -315,7 +328,11 @@ def run(setup: Setup) -> Path:
                  devices=device_info(mesh), params=param_counts(params, mask))
     writer.update(preprocessing={"sequence_length": config.sequence_length,
                                  "truncate": "round_robin",
-                                 **setup.pretrained.tokenizer.describe()})
+                                 **setup.pretrained.tokenizer.describe()},
+                  model={"method": config.method, "pooling": config.pooling,
+                         "adapter_scale": config.lora.scale if config.lora.targets else None})
+    if setup.parent is not None:
+        writer.update(parent={**setup.parent, "inherited": inherited})
 
     def save_checkpoint(state, totals):
         progress["epoch_totals"] = {k: float(v) for k, v in totals.items()}
@@ -360,7 +377,8 @@ def run(setup: Setup) -> Path:
         test_logits, _ = predict(state.params, setup.encoded["test"])
         writer.write_submission(submission_frame(setup.data.test, softmax(test_logits)))
     nnx.update(model, jax.device_get(state.params))
-    save_adapter(Path(config.run_dir) / ADAPTER, model, setup.pretrained.source)
+    save_adapter(Path(config.run_dir) / ADAPTER, model, setup.pretrained.source,
+                 method=config.method)
     writer.finish(peak_accelerator_mem_mb=peak_accelerator_mb(mesh), steps=total_steps,
                   global_batch=setup.global_batch, adapter=ADAPTER)
     return Path(config.run_dir)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jax_lora.lora import LoraConfig, LoraParam
+from jax_lora.lora import LoraConfig, LoraParam, init_dora_magnitudes
 from jax_lora.models import BertClassifier, BertConfig
 from jax_lora.tokenizer import Tokenizer
 from shared.runs.presets import describe_preset, preset_dir
@@ -118,27 +118,29 @@ class Pretrained:
 
 
 def load_pretrained(preset: str, lora: LoraConfig, *, num_classes: int = 3, seed: int = 0,
-                    source: dict | None = None) -> Pretrained:
+                    pooling: str = "cls", source: dict | None = None) -> Pretrained:
     """The model with pretrained encoder + pooler, a fresh head and fresh LoRA factors (from
-    `seed`), its tokenizer, and where the weights came from (shared.runs.presets.describe_preset,
-    the same record tf_baseline writes; pass `source` when it is already computed)."""
+    `seed`; DoRA magnitudes = the pretrained kernels' column norms), its tokenizer, and where
+    the weights came from (shared.runs.presets.describe_preset, the same record tf_baseline
+    writes; pass `source` when it is already computed)."""
     directory, file_kind = preset_dir(preset)
     read = read_hf if file_kind == "hf" else read_keras
     config, tensors, weights_file = read(directory)
     source = source or describe_preset(preset)
-    model = _fresh_model(config, num_classes, lora, seed)
+    model = _fresh_model(config, num_classes, lora, seed, pooling)
     assign(model, tensors, weights_file)
+    init_dora_magnitudes(model)
     return Pretrained(model=model, config=config,
                       tokenizer=Tokenizer.from_preset_dir(directory, file_kind),
                       source=source)
 
 
-def _fresh_model(config: BertConfig, num_classes: int, lora: LoraConfig,
-                 seed: int) -> BertClassifier:
+def _fresh_model(config: BertConfig, num_classes: int, lora: LoraConfig, seed: int,
+                 pooling: str) -> BertClassifier:
     """An abstract model whose head and LoRA factors alone hold values (from `seed`); the
     pretrained parameters are left for assign()."""
     model = nnx.eval_shape(lambda: BertClassifier(config, num_classes=num_classes, lora=lora,
-                                                  rngs=nnx.Rngs(0)))
+                                                  pooling=pooling, rngs=nnx.Rngs(0)))
     nnx.update(model, _fresh_state(config, num_classes, lora, jax.random.key(seed)))
     return model
 

@@ -58,13 +58,16 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, title: str,
                      rename: dict | None = None) -> None:
     """One flag per dataclass field: --field-name, typed by the annotation, help = the comment
     after the field, so a config's documentation and its --help cannot drift apart. A field
-    holding a dataclass (a config section, e.g. `data: DataSpec`) gets its own group."""
+    holding a dataclass (a config section, e.g. `data: DataSpec`) gets its own group; a field
+    with metadata {"flag": False} gets none (another flag sets it)."""
     rename = rename or {}
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     comments = dict(re.findall(r"^\s+(\w+): .*?  # (.*)$", inspect.getsource(cls), re.M))
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
+        if not field.metadata.get("flag", True):
+            continue
         if dataclasses.is_dataclass(kind):
             add_config_flags(parser, kind, title=SECTION_TITLES.get(field.name, field.name),
                              rename=rename)
@@ -95,6 +98,8 @@ def config_from_flags(cls, values: dict, *, rename: dict | None = None):
     fields = {}
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
+        if not field.metadata.get("flag", True):
+            continue  # its default; the config derives it from other fields
         fields[field.name] = (config_from_flags(kind, values, rename=rename)
                               if dataclasses.is_dataclass(kind)
                               else values[flag_dest(field.name, rename)])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_lora.checkpoint import (ADAPTER_META, ADAPTER_WEIGHTS, CHECKPOINTS, Checkpoints,
-                                 latest_meta, load_adapter, replace_arrays, save_adapter)
+from jax_lora.adapter import ADAPTER_META, ADAPTER_WEIGHTS, load_adapter, save_adapter
+from jax_lora.checkpoint import CHECKPOINTS, Checkpoints, latest_meta, replace_arrays
 from jax_lora.config import TrainConfig
 from jax_lora.lora import LoraConfig, LoRALinear, trainable_filter
 from jax_lora.optim import make_optimizer, split_trainable, trainable_mask
@@ -33,7 +33,8 @@ def trained_like_state():
     """Trainable params and an optimizer state that are not at their initial values."""
     lora = LoraConfig(rank=2)
     params = nnx.state(AdaptedLayer(nnx.Rngs(0)))
-    tx = make_optimizer(TrainConfig(lora=lora), trainable_mask(params, trainable_filter(lora)), 10)
+    tx = make_optimizer(TrainConfig(lora=lora), params,
+                        trainable_mask(params, trainable_filter(lora)), 10)
 
     @jax.jit
     def step(params):
@@ -85,7 +86,7 @@ def test_adapter_reproduces_the_model_on_the_base(tiny_hf_preset, tmp_path):
     state = nnx.state(trained.model, trainable_filter(lora))
     nnx.update(trained.model, jax.tree.map(lambda v: v + 0.05, state))
     assert not np.allclose(base_logits, trained.model(*args))
-    save_adapter(tmp_path, trained.model, trained.source)
+    save_adapter(tmp_path, trained.model, trained.source, method="lora")
     meta = json.loads((tmp_path / ADAPTER_META).read_text())
     assert meta["base"]["sha256"] == trained.source["sha256"]
     assert (tmp_path / ADAPTER_WEIGHTS).stat().st_size < 60_000  # the adapter, not the base

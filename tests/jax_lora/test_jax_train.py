@@ -18,7 +18,8 @@ import pytest
 import safetensors.numpy
 from flax import nnx
 
-from jax_lora.checkpoint import ADAPTER, ADAPTER_WEIGHTS, CHECKPOINTS, load_adapter
+from jax_lora.adapter import ADAPTER, ADAPTER_WEIGHTS, load_adapter
+from jax_lora.checkpoint import CHECKPOINTS
 from jax_lora.config import TrainConfig, build_parser, parse_config
 from jax_lora.input_pipeline import Encoded, encode
 from jax_lora.lora import LoraConfig, trainable_filter
@@ -77,7 +78,8 @@ def fresh_state(lora: LoraConfig, lr: float = 1e-2):
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda x: 0.2 * rng.standard_normal(x.shape, np.float32), abstract)
     mask = trainable_mask(params, trainable_filter(lora))
-    tx = make_optimizer(TrainConfig(lora=lora, lr=lr), mask, total_steps=10)
+    method = "lora" if lora.targets else "probe"
+    tx = make_optimizer(TrainConfig(lora=lora, lr=lr, method=method), params, mask, total_steps=10)
     return graphdef, tx, mask, TrainState(jnp.int32(0), params, jax.jit(tx.init)(params))
 
 
@@ -165,7 +167,7 @@ def test_flags_map_onto_the_config():
     defaults = vars(build_parser().parse_args([]))
     for name, value in DataSpec().to_dict().items():  # the flags' defaults are the spec's
         assert defaults[name] == getattr(DataSpec(), name), name
-    config = parse_config(["--targets", "", "--no-train-head", "--train-pooler", "--rank", "4",
+    config = parse_config(["--method", "probe", "--targets", "", "--no-train-head", "--train-pooler", "--rank", "4",
                            "--lora-dropout", "0.1", "--no-dynamic-padding", "--lr", "1e-3",
                            "--schedule", "linear", "--warmup-steps", "5", "--limit", "40"])
     assert config.lora == LoraConfig(rank=4, dropout=0.1, targets=(), train_head=False,

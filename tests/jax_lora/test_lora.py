@@ -71,7 +71,7 @@ def test_adapter_shapes_and_init():
     layer = nnx.eval_shape(lambda: BertClassifier(MBERT, lora=lora, rngs=nnx.Rngs(0))).layers[0]
     assert layer.ffn_in.lora_a.shape == (768, 16) and layer.ffn_in.lora_b.shape == (16, 3072)
     assert layer.ffn_out.lora_a.shape == (3072, 16) and layer.ffn_out.lora_b.shape == (16, 768)
-    projection = LoRALinear(256, 8, rank=16, alpha=16.0, rngs=nnx.Rngs(0))
+    projection = LoRALinear(256, 8, rank=16, scale=1.0, rngs=nnx.Rngs(0))
     a = np.asarray(projection.lora_a[...])
     # PEFT's kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(d_in), 1/sqrt(d_in)), std = bound/sqrt(3).
     bound = 1 / np.sqrt(256)

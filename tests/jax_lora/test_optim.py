@@ -47,7 +47,8 @@ def test_mask_marks_exactly_adapters_and_head():
                          ids=["lora", "linear_probe"])
 def test_frozen_leaves_get_zero_update_and_no_moments(lora):
     params, mask = params_and_mask(lora)
-    tx = make_optimizer(TrainConfig(lora=lora, lr=1e-2), mask, total_steps=10)
+    tx = make_optimizer(TrainConfig(lora=lora, lr=1e-2, method="lora" if lora.targets else "probe"),
+                        params, mask, total_steps=10)
     opt_state = jax.jit(tx.init)(params)
     # Adam keeps mu and nu for each trainable leaf and nothing for a frozen one.
     n_trainable = sum(jax.tree.leaves(mask))
