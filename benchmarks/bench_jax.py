@@ -1,14 +1,15 @@
-"""Configurations 3 and 4: jax_lora's own train step, LoRA or everything trainable.
+"""Configurations 3, 4, 6 and 7: jax_lora's own train step, one per `--method`.
 
 The model comes from jax_lora.weights.load_pretrained, the optimizer from jax_lora.optim and the
-jitted step from jax_lora.train.make_train_step, with the recipe's TrainConfig. Configuration 4
-is the same Flax model without adapters and with every parameter trainable, which isolates what
-LoRA itself saves. Timed: one `train_step` on a fixed batch already on the device, waited for.
+jitted step from jax_lora.train.make_train_step, with the recipe's TrainConfig for the
+configuration's method (JAX_METHODS) and the trainable rule train.py uses. Configuration 4
+(full) is the same Flax model without adapters and with every parameter trainable, which
+isolates what LoRA itself saves; 6 is DoRA on the same adapters, 7 the head alone on the frozen
+encoder. Timed: one `train_step` on a fixed batch already on the device, waited for.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import flax
@@ -21,12 +22,15 @@ from jax.sharding import Mesh
 
 from benchmarks.spec import LORA_RANK, LORA_TARGETS, Config, Shape
 from benchmarks.worker import Bench, Job, fake_batch, run_worker
-from jax_lora.config import TrainConfig
-from jax_lora.lora import trainable_filter
+from jax_lora.config import ADAPTER_METHODS, TrainConfig
+from jax_lora.lora import LoraConfig, trainable_filter
 from jax_lora.optim import make_optimizer, param_counts, trainable_mask
 from jax_lora.train import (DROPOUT_STREAM, TrainState, compiler_options, make_mesh,
                             make_train_step, replicate, shard_batch)
 from jax_lora.weights import load_pretrained
+
+# spec.CONFIGS name -> jax_lora --method
+JAX_METHODS = {"jax_lora": "lora", "jax_full": "full", "jax_dora": "dora", "jax_probe": "probe"}
 
 
 @dataclass
@@ -41,6 +45,7 @@ class JaxSetup:
     dropout_base: jax.Array
     remat: str  # the recipe's --remat, set on the model
     options: dict  # XLA compiler options of the step (jax_lora.train.compiler_options)
+    method: str  # jax_lora's --method: what trains
 
     def device_batch(self, shape: Shape, batch: int, seq_len: int, seed: int) -> dict:
         """A fixed global batch, sharded over the mesh as train.py shards each batch."""
@@ -48,27 +53,29 @@ class JaxSetup:
         return shard_batch({**arrays, "weights": np.ones(batch, np.float32)}, self.mesh)
 
 
-def setup(job: Job, full: bool) -> JaxSetup:
-    recipe = TrainConfig(preset=job.preset, seed=job.seed)
-    # The recipe's adapters are the seed's (r=16, alpha=16, query and value); full fine-tuning
-    # is the same model with no adapters and every parameter trainable.
-    lora = dataclasses.replace(recipe.lora, targets=() if full else LORA_TARGETS,
-                               rank=LORA_RANK, alpha=float(LORA_RANK))
-    model = load_pretrained(job.preset, lora, seed=job.seed).model
-    model.remat = recipe.remat  # as train.py sets it, with its compiler options below
+def setup(job: Job, method: str) -> JaxSetup:
+    """train.py's model, trainable rule, optimizer and state for `--method method`."""
+    # The adapters are the seed's (r=16, alpha=16, query and value) for lora and dora; full
+    # and probe have none (TrainConfig clears the targets), the same Flax model without them.
+    lora = LoraConfig(rank=LORA_RANK, alpha=float(LORA_RANK),
+                      targets=LORA_TARGETS if method in ADAPTER_METHODS else ())
+    config = TrainConfig(preset=job.preset, seed=job.seed, method=method, lora=lora)
+    model = load_pretrained(job.preset, config.lora, seed=job.seed,
+                            pooling=config.pooling).model
+    model.remat = config.remat  # as train.py sets it, with its compiler options below
     graphdef, params = nnx.split(model)
-    trainable = nnx.Param if full else trainable_filter(lora)
+    trainable = trainable_filter(config.lora, full=config.full)
     mask = trainable_mask(params, trainable)
-    tx = make_optimizer(recipe, params, mask, total_steps=1_000_000)
+    tx = make_optimizer(config, params, mask, total_steps=1_000_000)
     mesh = make_mesh()
     state = replicate(TrainState(jnp.int32(0), params, tx.init(params)), mesh)
     dropout_base = jax.random.fold_in(jax.random.key(job.seed), DROPOUT_STREAM)
-    return JaxSetup(graphdef, state, tx, trainable, mask, mesh, dropout_base, recipe.remat,
-                    compiler_options(recipe.remat))
+    return JaxSetup(graphdef, state, tx, trainable, mask, mesh, dropout_base, config.remat,
+                    compiler_options(config.remat), method)
 
 
 def build(job: Job, config: Config, shape: Shape) -> Bench:
-    jax_setup = setup(job, full=config.method == "full")
+    jax_setup = setup(job, JAX_METHODS[config.name])
     train_step = make_train_step(jax_setup.graphdef, jax_setup.tx, jax_setup.trainable,
                                  jax_setup.dropout_base, options=jax_setup.options)
 
@@ -86,7 +93,7 @@ def build(job: Job, config: Config, shape: Shape) -> Bench:
                   "dtype": str(jax.tree.leaves(jax_setup.state.params)[0].dtype),
                   "devices": jax_setup.mesh.size, "backend": jax.default_backend(),
                   "prng": jax.config.jax_default_prng_impl,
-                  "remat": jax_setup.remat,
+                  "remat": jax_setup.remat, "method": jax_setup.method,
                   "step": "jax_lora.train.make_train_step (jit, state donated)"})
 
 

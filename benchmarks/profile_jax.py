@@ -206,7 +206,7 @@ def worker(names: list[str], job_json: str) -> list[dict]:
 
     job = Job.from_json(job_json)
     shape = get_shape(job.shape)
-    jax_setup = setup(job, full=False)
+    jax_setup = setup(job, "lora")
     batch = jax_setup.device_batch(shape, job.batch, job.seq_len, job.seed)
     runs = []
     for name in names:

@@ -1,7 +1,10 @@
-"""Benchmark the five training configurations on this machine, one subprocess each.
+"""Benchmark the training configurations on this machine, one subprocess each.
 
     python benchmarks/run.py --suite quick     # MiniLM shape, 10 timed steps, no epoch estimate
     python benchmarks/run.py --suite full      # mBERT-base and MiniLM, + epoch estimate
+
+Without --configs the suites measure the issue's five (spec.DEFAULT_CONFIGS); jax_dora and
+jax_probe (jax_lora's other methods) are measured when named in --configs.
 
 Writes <out>/<suite>.json and <out>/<suite>.md (default out: benchmarks/results/) and prints the
 Markdown. Exit code 0 when every installed configuration ran, 1 when one failed, 2 on bad flags.
@@ -29,7 +32,7 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repo impor
     sys.path.insert(0, str(REPO))
 
 from benchmarks import epoch, random_preset, report  # noqa: E402
-from benchmarks.spec import CONFIGS, CONFIG_BY_NAME, Config, get_shape  # noqa: E402
+from benchmarks.spec import CONFIG_BY_NAME, DEFAULT_CONFIGS, Config, get_shape  # noqa: E402
 from benchmarks.worker import Job  # noqa: E402
 from shared.cli import exit_on_bad_input  # noqa: E402
 from shared.runs.presets import minilm_dir  # noqa: E402
@@ -59,8 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--suite", choices=SUITES, default="quick",
                         help="quick: MiniLM only; full: mBERT-base and MiniLM + epoch estimate "
                              "[default: quick]")
-    parser.add_argument("--configs", default=",".join(c.name for c in CONFIGS),
-                        help="comma-separated configurations [default: all five]")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                        help=f"comma-separated configurations among {', '.join(CONFIG_BY_NAME)} "
+                             f"[default: the issue's five, {','.join(DEFAULT_CONFIGS)}]")
     parser.add_argument("--shapes", default=None,
                         help="comma-separated shapes among mbert, minilm, tiny "
                              "[default: the suite's]")
@@ -86,7 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "timings are not comparable (smoke tests only) [default: 1]")
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help="folder for <suite>.json and <suite>.md; writing to the default "
-                             "also updates the quote in benchmarks/BENCHMARKS.md "
+                             "or a folder inside it also updates the quote of that file in "
+                             "benchmarks/BENCHMARKS.md, where the document has its markers "
                              "[default: benchmarks/results]")
     return parser.parse_args(argv)
 
@@ -167,10 +172,20 @@ def weights(shape: str, folder: Path) -> str:
     return str(preset)
 
 
-def quote_in_doc(suite: str, markdown: str) -> None:
-    """Replace the block between BENCHMARKS.md's markers for this suite with the new results
-    (headings one level down), so the document always quotes the committed results file."""
-    begin, end = f"<!-- begin results/{suite}.md -->", f"<!-- end results/{suite}.md -->"
+def doc_block(out: Path, suite: str) -> str | None:
+    """The results file a run writes, named as BENCHMARKS.md's markers name it ("full",
+    "methods/full"), when `out` is benchmarks/results/ or a folder inside it; else None."""
+    out, results = out.resolve(), RESULTS.resolve()
+    if out != results and results not in out.parents:
+        return None
+    return (out.relative_to(results) / suite).as_posix()
+
+
+def quote_in_doc(name: str, markdown: str) -> None:
+    """Replace the block between BENCHMARKS.md's markers for results/<name>.md with the new
+    results (headings one level down), so the document always quotes the committed results
+    file; a name without markers in the document is left alone."""
+    begin, end = f"<!-- begin results/{name}.md -->", f"<!-- end results/{name}.md -->"
     text = DOC.read_text()
     if begin not in text or end not in text:
         return
@@ -220,8 +235,9 @@ def main(argv=None) -> int:
     (args.out / f"{args.suite}.json").write_text(json.dumps(document, indent=2) + "\n")
     markdown = report.markdown(document)
     (args.out / f"{args.suite}.md").write_text(markdown)
-    if args.out.resolve() == RESULTS.resolve():
-        quote_in_doc(args.suite, markdown)
+    block = doc_block(args.out, args.suite)
+    if block is not None:
+        quote_in_doc(block, markdown)
     print(markdown)
     failed = [r for r in results if r["status"] == "failed"] or peak["status"] == "failed"
     return 1 if failed else 0

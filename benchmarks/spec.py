@@ -1,4 +1,4 @@
-"""What is benchmarked: model shapes, the five configurations, and each step's FLOPs.
+"""What is benchmarked: model shapes, the seven configurations, and each step's FLOPs.
 
 No framework is imported here: run.py computes FLOPs for every worker from the same formulas,
 so every configuration is measured against one definition (written out in BENCHMARKS.md).
@@ -58,9 +58,11 @@ def get_shape(name: str) -> Shape:
 @dataclass(frozen=True)
 class Config:
     name: str  # key on the command line and in the results
-    number: int  # the issue's numbering, 1-5
+    number: int  # 1-5: the issue's numbering; 6, 7: jax_lora's further methods
     framework: str  # worker module benchmarks/bench_<framework>.py
-    method: str  # "full", "lora_adapter" (x·A·B beside x·W) or "lora_merged" (x·(W + A·B))
+    # The FLOPs model (step_flops): "full", "lora_adapter" (x·A·B beside x·W), "lora_merged"
+    # (x·(W + A·B)), "dora" (lora_adapter + DoRA's norm) or "probe" (the head alone trains).
+    method: str
     label: str  # one line for the tables
     cls_only: bool = False  # the last layer runs for the [CLS] row only (jax_lora's model)
 
@@ -71,8 +73,15 @@ CONFIGS = (
     Config("jax_lora", 3, "jax", "lora_adapter", "JAX LoRA (jax_lora)", cls_only=True),
     Config("jax_full", 4, "jax", "full", "JAX full fine-tune (same Flax model)", cls_only=True),
     Config("torch_peft", 5, "torch", "lora_adapter", "PyTorch + transformers + PEFT LoRA"),
+    Config("jax_dora", 6, "jax", "dora", "JAX DoRA (jax_lora --method dora)", cls_only=True),
+    Config("jax_probe", 7, "jax", "probe", "JAX linear probe (jax_lora --method probe)",
+           cls_only=True),
 )
 CONFIG_BY_NAME = {config.name: config for config in CONFIGS}
+# What run.py measures without --configs: the issue's five. jax_dora and jax_probe are asked
+# for by name (--configs ...), so the suites keep their length and their committed results.
+DEFAULT_CONFIGS = ("tf_full", "tf_lora", "jax_lora", "jax_full", "torch_peft")
+METHODS = ("full", "lora_adapter", "lora_merged", "dora", "probe")  # step_flops' methods
 
 
 def query_rows(shape: Shape, batch: int, seq_len: int, cls_only: bool) -> int:
@@ -107,21 +116,34 @@ def step_flops(shape: Shape, batch: int, seq_len: int, method: str,
     """FLOPs one training step needs with this method: forward + the backward it requires.
 
     A trained matmul costs 3x its forward (forward, input gradient, weight gradient). A frozen
-    matmul on the gradient path costs 2x (no weight gradient); with LoRA, the first layer's
-    query/key/value projections are off it (their input comes from the frozen embeddings), 1x,
-    and so is its key gradient. Attention matmuls multiply two activations, so both gradients
-    are needed: 3x. LoRA-adapted projections:
+    matmul on the gradient path costs 2x (no weight gradient); with adapters, the first
+    layer's query/key/value projections are off it (their input comes from the frozen
+    embeddings), 1x, and so is its key gradient. Attention matmuls multiply two activations,
+    so both gradients are needed: 3x. LoRA-adapted projections:
     - lora_adapter (PEFT, jax_lora): x·W frozen (2x) plus x·A·B trained (3x its
       2·rows·r·2H);
     - lora_merged (Keras enable_lora): x·(W + s·A·B) needs the weight gradient of the merged
-      kernel to reach A and B, so 3x, plus the merge A·B itself (3x its 2·H²·r) each step.
+      kernel to reach A and B, so 3x, plus the merge A·B itself (3x its 2·H²·r) each step;
+    - dora (jax_lora --method dora, as PEFT): y = x·W + b + (m/n − 1)·x·W + (m/n)·s·x·A·B
+      with n = ‖W + s·A·B‖ per output column. Its matmuls are lora_adapter's (x·W frozen, 2x;
+      x·A·B trained, 3x; the same first-layer savings) plus the product A·B that n needs,
+      2·H·r·H per adapted projection, once per step and 1x only: n is a constant in the
+      backward pass (stop_gradient), so nothing flows back through A·B. Left out as not
+      matmuls: the column norm itself (H² squares summed, 1/r of the A·B product), W + s·A·B
+      (H² adds), the (m/n − 1) and m/n scalings (rows·H multiplies each), and m's gradient
+      (a per-column sum over rows of g·(x·W + s·x·A·B)/n: 2·rows·H, 1/H of x·W).
+    - probe (jax_lora --method probe): only the head trains, and nothing below it does, so
+      the backward pass is the head's weight gradient alone (2·B·H·C, 1x): no input gradient
+      for the head, none for pooler, encoder or attention. Forward (every matmul, 1x) + that.
     cls_only: the last layer computes the [CLS] row only (see query_rows).
     """
     fwd = forward_flops(shape, batch, seq_len, cls_only)
     if method == "full":
         return 3 * sum(fwd.values())
-    if method not in ("lora_adapter", "lora_merged"):
-        raise ValueError(f"method {method!r}: expected full, lora_adapter or lora_merged")
+    if method == "probe":
+        return sum(fwd.values()) + fwd["head"]
+    if method not in METHODS:
+        raise ValueError(f"method {method!r}: expected one of {', '.join(METHODS)}")
     hidden, layers, tokens = shape.hidden_dim, shape.num_layers, batch * seq_len
     adapted = len(LORA_TARGETS) * layers  # projections with adapters
     # value adapters see every token, query adapters the query rows
@@ -132,8 +154,12 @@ def step_flops(shape: Shape, batch: int, seq_len: int, method: str,
     # its query, key and value projections (and adapters) skip their input gradients, and its
     # keys (no adapter) need no gradient at all, which saves the Q·Kᵀ product's key gradient.
     frozen -= 3 * 2 * tokens * hidden * hidden + 2 * batch * seq_len * seq_len * hidden
+    if method == "lora_merged":
+        return (frozen + 2 * adapter_rows * hidden * hidden
+                + 3 * adapted * 2 * hidden * hidden * LORA_RANK)
+    lora = (frozen + 3 * 2 * adapter_rows * LORA_RANK * 2 * hidden
+            - len(LORA_TARGETS) * 2 * tokens * LORA_RANK * hidden)
     if method == "lora_adapter":
-        return (frozen + 3 * 2 * adapter_rows * LORA_RANK * 2 * hidden
-                - len(LORA_TARGETS) * 2 * tokens * LORA_RANK * hidden)
-    return (frozen + 2 * adapter_rows * hidden * hidden
-            + 3 * adapted * 2 * hidden * hidden * LORA_RANK)
+        return lora
+    # dora: + A·B for the norm, forward only, on every adapted projection
+    return lora + adapted * 2 * hidden * LORA_RANK * hidden

@@ -102,7 +102,7 @@ def profile(shape_name: str, batch: int, seq_len: int, warmup: int, steps: int) 
     with tempfile.TemporaryDirectory(prefix="watson-trace-") as folder:
         job = Job("jax_lora", shape_name, batch, seq_len, steps, warmup,
                   weights(shape_name, Path(folder)))
-        jax_setup = setup(job, full=False)
+        jax_setup = setup(job, "lora")
         batch_arrays = jax_setup.device_batch(get_shape(shape_name), batch, seq_len, job.seed)
         compiled = make_train_step(jax_setup.graphdef, jax_setup.tx, jax_setup.trainable,
                                    jax_setup.dropout_base, options=jax_setup.options).lower(

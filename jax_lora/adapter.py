@@ -33,17 +33,23 @@ ADAPTER_META = "adapter.json"
 INHERITED = ("head", "pooler")
 
 
-def adapter_filter(lora: LoraConfig, *, full: bool = False) -> nnx.filterlib.Filter:
-    """What the base preset lacks: the trainable leaves, and the fresh head even when frozen."""
-    return nnx.Any(trainable_filter(lora, full=full), nnx.All(nnx.Param, nnx.PathContains("head")))
+def adapter_filter(lora: LoraConfig, *, full: bool = False,
+                   pooler: bool = False) -> nnx.filterlib.Filter:
+    """What the base preset lacks: the trainable leaves, the fresh head even when frozen, and
+    the pooler when it is not the base's (`pooler`: inherited from an --init-from parent)."""
+    kept = [trainable_filter(lora, full=full), nnx.All(nnx.Param, nnx.PathContains("head"))]
+    if pooler:
+        kept.append(nnx.All(nnx.Param, nnx.PathContains("pooler")))
+    return nnx.Any(*kept)
 
 
-def save_adapter(directory: Path, model, source: dict, *, method: str) -> None:
+def save_adapter(directory: Path, model, source: dict, *, method: str,
+                 pooler: bool = False) -> None:
     """Write `model`'s adapter (see adapter_filter) and what it must be loaded onto."""
-    state = nnx.state(model, adapter_filter(model.lora, full=method == "full"))
+    state = nnx.state(model, adapter_filter(model.lora, full=method == "full", pooler=pooler))
     arrays = {name: np.asarray(value) for name, value in flat_arrays(state).items()}
     meta = {"method": method, "lora": dataclasses.asdict(model.lora), "pooling": model.pooling,
-            "num_classes": model.num_classes, "base": source,
+            "pooler": pooler, "num_classes": model.num_classes, "base": source,
             "bert_config": dataclasses.asdict(model.config),
             "parameters": {name: list(value.shape) for name, value in arrays.items()}}
     directory = Path(directory)
@@ -58,7 +64,7 @@ def read_adapter_meta(directory: Path) -> dict:
     if not (directory / ADAPTER_META).is_file():
         raise FileNotFoundError(f"{directory}: no {ADAPTER_META}; pass a run's adapter/ folder")
     meta = json.loads((directory / ADAPTER_META).read_text())
-    return {"method": "lora", "pooling": "cls", **meta}
+    return {"method": "lora", "pooling": "cls", "pooler": False, **meta}
 
 
 def load_adapter(directory: Path, preset: str | None = None) -> Pretrained:
@@ -73,7 +79,8 @@ def load_adapter(directory: Path, preset: str | None = None) -> Pretrained:
         raise ValueError(f"{directory}: trained on base weights with sha256 "
                          f"{meta['base'].get('sha256')}, but {pretrained.source.get('preset')} "
                          f"has {pretrained.source.get('sha256')}; pass the original --preset")
-    state = nnx.state(pretrained.model, adapter_filter(lora, full=meta["method"] == "full"))
+    state = nnx.state(pretrained.model, adapter_filter(lora, full=meta["method"] == "full",
+                                                       pooler=meta["pooler"]))
     arrays = safetensors.numpy.load_file(str(directory / ADAPTER_WEIGHTS))
     nnx.update(pretrained.model, replace_arrays(state, arrays, str(directory / ADAPTER_WEIGHTS)))
     return pretrained

@@ -34,10 +34,10 @@ ADAPTER_METHODS = ("lora", "dora")
 # Kaggle starter's keras.optimizers.Adam(1e-5), whose epsilon is 1e-7); adapters take PEFT's
 # usual 2e-4 with torch/optax AdamW's 1e-8; the probe's rate was chosen on the real Watson
 # training part (README, "Choosing the probe's learning rate").
-METHOD_DEFAULTS = {"lora": {"lr": 2e-4, "adam_epsilon": 1e-8},
-                   "dora": {"lr": 2e-4, "adam_epsilon": 1e-8},
-                   "full": {"lr": 1e-5, "adam_epsilon": 1e-7},
-                   "probe": {"lr": 1e-2, "adam_epsilon": 1e-8}}
+METHOD_DEFAULTS = {"lora": {"lr": 2e-4, "adam_epsilon": 1e-8, "keras_epsilon": False},
+                   "dora": {"lr": 2e-4, "adam_epsilon": 1e-8, "keras_epsilon": False},
+                   "full": {"lr": 1e-5, "adam_epsilon": 1e-7, "keras_epsilon": True},
+                   "probe": {"lr": 1e-2, "adam_epsilon": 1e-8, "keras_epsilon": False}}
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class TrainConfig:
     batch_per_device: int = 16  # rows per device per step; the global batch is this x devices
     lr: float | None = None  # AdamW peak learning rate [default: per method: lora and dora 2e-4, full 1e-5, probe 1e-2]
     adam_epsilon: float | None = None  # Adam's epsilon [default: per method: full 1e-7 (Keras Adam, as tf_baseline), else 1e-8]
+    keras_epsilon: bool | None = None  # add epsilon as Keras Adam does, before the bias correction (= eps / sqrt(1 - 0.999^t) after it) [default: per method: on for full, as tf_baseline]
     lora_plus_ratio: float = 1.0  # LoRA+: lora_b and every 1-D trainable leaf learn at this x --lr, as PEFT's create_loraplus_optimizer (1 = plain LoRA; its paper suggests 16)
     weight_decay: float = 0.0  # decoupled AdamW weight decay on the trainable leaves
     schedule: str = "constant"  # after warm-up: constant, or linear decay to 0 at the last step
@@ -101,7 +102,7 @@ class TrainConfig:
     def _resolve_method(self) -> None:
         """Fill the per-method defaults and the adapter settings --method implies."""
         defaults = METHOD_DEFAULTS[self.method]
-        for name in ("lr", "adam_epsilon"):
+        for name in ("lr", "adam_epsilon", "keras_epsilon"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, defaults[name])
         lora = self.lora
@@ -133,7 +134,8 @@ class TrainConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Fine-tune BERT with LoRA adapters (JAX/Flax) on the Watson NLI data.")
+        description="Fine-tune BERT in JAX/Flax on the Watson NLI data: LoRA or DoRA adapters, full "
+                    "fine-tuning or a linear probe (--method).")
     add_config_flags(parser, TrainConfig, title="training", rename=LORA_FLAG_NAMES)
     return parser
 

@@ -54,6 +54,14 @@ def learning_rate(config: TrainConfig, total_steps: int,
     return optax.join_schedules([warmup, after], [config.warmup_steps])
 
 
+def keras_epsilon(epsilon: float, b2: float = 0.999) -> optax.Schedule:
+    """Keras Adam divides by sqrt(v) + eps before the bias correction, optax by
+    sqrt(v_hat) + eps after it: the same update when optax's epsilon at step t (count t - 1)
+    is eps / sqrt(1 - b2^t). It matters while gradients are near eps (early steps, tiny
+    gradients): tf_baseline's first steps are matched with it (tests/jax_lora/test_methods.py)."""
+    return lambda count: epsilon / jnp.sqrt(1.0 - b2 ** (count + 1).astype(jnp.float32))
+
+
 def group_labels(params: nnx.State, mask: nnx.State, *, lora_plus: bool) -> nnx.State:
     """The optimizer group of every leaf: FROZEN, TRAINABLE, or with LoRA+ FAST for lora_b and
     every 1-D trainable leaf (biases, DoRA magnitudes), as PEFT's create_loraplus_optimizer
@@ -70,8 +78,13 @@ def group_labels(params: nnx.State, mask: nnx.State, *, lora_plus: bool) -> nnx.
 def make_optimizer(config: TrainConfig, params: nnx.State, mask: nnx.State,
                    total_steps: int) -> optax.GradientTransformation:
     def adamw(peak):
-        return optax.adamw(learning_rate(config, total_steps, peak), eps=config.adam_epsilon,
-                           weight_decay=config.weight_decay)
+        schedule = learning_rate(config, total_steps, peak)
+        if not config.keras_epsilon:
+            return optax.adamw(schedule, eps=config.adam_epsilon,
+                               weight_decay=config.weight_decay)
+        return optax.inject_hyperparams(optax.adamw)(
+            learning_rate=schedule, eps=keras_epsilon(config.adam_epsilon),
+            weight_decay=config.weight_decay)
 
     groups = {TRAINABLE: adamw(config.lr), FROZEN: optax.set_to_zero()}
     lora_plus = config.lora_plus_ratio != 1.0

@@ -378,7 +378,7 @@ def run(setup: Setup) -> Path:
         writer.write_submission(submission_frame(setup.data.test, softmax(test_logits)))
     nnx.update(model, jax.device_get(state.params))
     save_adapter(Path(config.run_dir) / ADAPTER, model, setup.pretrained.source,
-                 method=config.method)
+                 method=config.method, pooler=any(n.startswith("pooler.") for n in inherited))
     writer.finish(peak_accelerator_mem_mb=peak_accelerator_mb(mesh), steps=total_steps,
                   global_batch=setup.global_batch, adapter=ADAPTER)
     return Path(config.run_dir)

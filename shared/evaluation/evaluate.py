@@ -250,8 +250,7 @@ def recipe(manifest: dict) -> dict:
     config, training = manifest.get("config") or {}, manifest.get("training") or {}
     lora = config.get("lora") or {}
     if manifest.get("trainer") == "jax_lora":
-        method = (f"LoRA r={lora.get('rank')} on {','.join(lora['targets'])}"
-                  if lora.get("targets") else "linear probe (head only)")
+        method = _jax_method(config, lora, manifest.get("parent"))
     else:
         method = (f"keras-hub LoRA r={config['lora_rank']}" if config.get("lora_rank")
                   else "full fine-tune")
@@ -261,6 +260,24 @@ def recipe(manifest: dict) -> dict:
             "learning_rate": _number(training.get("learning_rate", config.get("lr"))),
             "global_batch": _number(training.get("global_batch", manifest.get("global_batch"))),
             "sequence_length": config.get("sequence_length")}
+
+
+def _jax_method(config: dict, lora: dict, parent: dict | None) -> str:
+    """jax_lora's --method in words; runs from before --method are LoRA or, without targets,
+    a probe."""
+    method = config.get("method") or ("lora" if lora.get("targets") else "probe")
+    if method in ("lora", "dora"):
+        words = (f"{'DoRA' if method == 'dora' else 'LoRA'} r={lora.get('rank')}"
+                 f"{' rsLoRA' if lora.get('rslora') else ''} on {','.join(lora['targets'])}")
+        if (config.get("lora_plus_ratio") or 1.0) != 1.0:
+            words += f", LoRA+ ratio {config['lora_plus_ratio']:g}"
+    else:
+        words = {"full": "full fine-tune (JAX)", "probe": "linear probe (head only)"}[method]
+    if config.get("pooling", "cls") != "cls":
+        words += f", {config['pooling']} pooling"
+    if parent:
+        words += f", from a {parent.get('method')} run"
+    return words
 
 
 def resources(manifest: dict) -> dict:

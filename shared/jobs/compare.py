@@ -95,7 +95,8 @@ def trainer_commands(args: argparse.Namespace) -> dict[str, list[str]]:
         common.append("--quiet")
     trainers = {"tf_full": ("tf_baseline", args.tf_args), "jax_lora": ("jax_lora", args.jax_args),
                 "jax_probe": ("jax_lora", args.jax_args)}
-    method = {"jax_probe": ["--targets", ""]}  # a head-only run of the LoRA trainer
+    # The head alone, whatever adapter flags --jax-args gives the LoRA run.
+    method = {"jax_probe": ["--method", "probe", "--targets", ""]}
     commands = {}
     for name, (trainer, extra) in trainers.items():
         if name == "jax_probe" and not args.probe:

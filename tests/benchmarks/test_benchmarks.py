@@ -1,6 +1,7 @@
-"""The benchmark harness end to end on a tiny shape: every installed configuration runs 2 steps
-in its own process and the results document has the promised fields and consistent numbers.
-Not a timing test: no assertion depends on how fast anything ran."""
+"""The benchmark harness end to end on a tiny shape: every installed configuration (the default
+five and jax_lora's other methods) runs 2 steps in its own process and the results document has
+the promised fields and consistent numbers. Not a timing test: no assertion depends on how fast
+anything ran."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import pytest
 from benchmarks import epoch, report, run
 from benchmarks.report import REFERENCES
 from benchmarks.run import REQUIRED_MODULES
-from benchmarks.spec import (CONFIG_BY_NAME, CONFIGS, LORA_RANK, MBERT, NUM_CLASSES, TINY,
-                             forward_flops, step_flops)
+from benchmarks.spec import (CONFIG_BY_NAME, CONFIGS, DEFAULT_CONFIGS, LORA_RANK, LORA_TARGETS,
+                             MBERT, NUM_CLASSES, TINY, forward_flops, step_flops)
 
 REPO = Path(__file__).resolve().parent.parent.parent
 BATCH, SEQ_LEN, STEPS = 2, 16, 2
@@ -43,11 +44,14 @@ def bert_params(shape) -> int:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
+    # Every configuration, the default five and those measured only when named.
     command = [sys.executable, "benchmarks/run.py", "--suite", "quick", "--shapes", "tiny",
+               "--configs", ",".join(c.name for c in CONFIGS),
                "--steps", str(STEPS), "--warmup", "1", "--batch", str(BATCH),
-               "--seq-len", str(SEQ_LEN), "--peak-size", "128", "--jobs", "5", "--out", str(out)]
+               "--seq-len", str(SEQ_LEN), "--peak-size", "128", "--jobs", str(len(CONFIGS)),
+               "--out", str(out)]
     # The workers compile more than they run here: XLA's cheapest codegen halves the test's time
-    # (TF's jit_compile reads XLA_FLAGS too). The five configurations run at once (--jobs 5).
+    # (TF's jit_compile reads XLA_FLAGS too). The configurations run at once (--jobs).
     env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0 "
                                       "--xla_llvm_disable_expensive_passes=true"}
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
@@ -104,13 +108,18 @@ def test_parameter_counts_match_the_shape(quick_run):
     h, layers, heads = TINY.hidden_dim, TINY.num_layers, TINY.num_heads
     head = h * NUM_CLASSES + NUM_CLASSES
     adapters = layers * 2 * LORA_RANK * (h + h)  # PEFT-style A [H, r] and B [r, H] on Q and V
+    magnitudes = layers * 2 * h  # DoRA: one m [H] per adapted projection, whatever r is
     # keras-hub factorises per head: A [H, heads, r], B [r, head_dim]; Q/V biases train too.
     keras_adapters = layers * 2 * (h * heads * LORA_RANK + LORA_RANK * (h // heads) + h)
     expected = {"tf_full": (bert_params(TINY), bert_params(TINY)),
                 "tf_lora": (keras_adapters + head, None),
                 "jax_lora": (adapters + head, bert_params(TINY) + adapters),
                 "jax_full": (bert_params(TINY), bert_params(TINY)),
-                "torch_peft": (adapters + head, None)}
+                "torch_peft": (adapters + head, None),
+                "jax_dora": (adapters + magnitudes + head,
+                             bert_params(TINY) + adapters + magnitudes),
+                # the head alone trains; no adapters in the model
+                "jax_probe": (h * 3 + 3, bert_params(TINY))}
     for name, result in ran.items():
         trainable, total = expected[name]
         assert result["trainable_params"] == trainable, name
@@ -158,8 +167,72 @@ def test_flops_formula():
         2 * (2 * 2 * 32 * 32 + 2 * 32 * 64 * 2) * (tokens - BATCH)
         + 3 * 2 * SEQ_LEN * 32 * 2 * (tokens - BATCH)
         + 3 * 2 * LORA_RANK * 2 * 32 * (tokens - BATCH))
+    # DoRA: LoRA's matmuls + A·B ([H, r]·[r, H]) for the column norm on each of the 2L
+    # adapted projections, forward only (the norm is stop_gradient): per step, not per token.
+    dora = step_flops(TINY, BATCH, SEQ_LEN, "dora")
+    assert dora - lora == 2 * 2 * (2 * 32 * LORA_RANK * 32)
+    assert (step_flops(TINY, 1, 3, "dora", cls_only=True)
+            - step_flops(TINY, 1, 3, "lora_adapter", cls_only=True)) == dora - lora
+    # Probe: the whole forward pass + the head's weight gradient (2·B·H·C), nothing else.
+    assert step_flops(TINY, BATCH, SEQ_LEN, "probe") == (
+        sum(forward.values()) + 2 * BATCH * 32 * NUM_CLASSES)
+    assert step_flops(TINY, BATCH, SEQ_LEN, "probe", cls_only=True) == (
+        sum(short.values()) + 2 * BATCH * 32 * NUM_CLASSES)
     with pytest.raises(ValueError, match="method"):
         step_flops(TINY, BATCH, SEQ_LEN, "half")
+
+
+@pytest.mark.parametrize("shape, batch, seq_len", [(TINY, BATCH, SEQ_LEN), (MBERT, 16, 128)])
+@pytest.mark.parametrize("cls_only", [True, False])
+def test_flops_order_of_the_methods(shape, batch, seq_len, cls_only):
+    """The head alone < adapters < adapters + DoRA's norm <= everything, at the test's shape
+    and at mBERT's measured one."""
+    flops = {method: step_flops(shape, batch, seq_len, method, cls_only)
+             for method in ("probe", "lora_adapter", "dora", "full")}
+    assert flops["probe"] < flops["lora_adapter"] < flops["dora"] <= flops["full"], flops
+    assert flops["probe"] > sum(forward_flops(shape, batch, seq_len, cls_only).values())
+
+
+def test_new_configurations_are_opt_in():
+    """Without --configs the suites run the issue's five; jax_dora and jax_probe are chosen by
+    name, and every JAX configuration maps to a jax_lora --method."""
+    assert run.parse_args([]).configs == ",".join(DEFAULT_CONFIGS)
+    _, configs, _ = run.resolve(run.parse_args([]))
+    assert [c.name for c in configs] == ["tf_full", "tf_lora", "jax_lora", "jax_full",
+                                         "torch_peft"]
+    _, configs, _ = run.resolve(run.parse_args(["--configs", "jax_dora,jax_probe"]))
+    assert [(c.number, c.method, c.cls_only) for c in configs] == [(6, "dora", True),
+                                                                   (7, "probe", True)]
+    assert LORA_TARGETS == ("query", "value")  # the magnitudes count above assumes 2 targets
+
+
+@pytest.mark.parametrize("config_name", ["jax_lora", "jax_dora", "jax_probe", "jax_full"])
+def test_compiled_step_dots_match_the_formula(tmp_path, config_name):
+    """The FLOPs of the dots in each JAX method's compiled step (as benchmarks.bench_jax builds
+    it, read off the HLO) equal spec.step_flops, with the two corrections that
+    test_trace_matmul_flops_agree_with_the_formula explains, which exist only when the
+    backward pass runs through the layers (not for the probe)."""
+    from benchmarks import random_preset, trace_jax
+    from benchmarks.bench_jax import JAX_METHODS, setup
+    from benchmarks.worker import Job
+    from jax_lora.train import make_train_step
+
+    assert set(JAX_METHODS) == {c.name for c in CONFIGS if c.framework == "jax"}
+    random_preset.write(TINY, tmp_path / "tiny")
+    jax_setup = setup(Job(config_name, "tiny", BATCH, SEQ_LEN, 1, 0, str(tmp_path / "tiny")),
+                      JAX_METHODS[config_name])
+    batch = jax_setup.device_batch(TINY, BATCH, SEQ_LEN, 0)
+    compiled = make_train_step(jax_setup.graphdef, jax_setup.tx, jax_setup.trainable,
+                               jax_setup.dropout_base, options=jax_setup.options).lower(
+                                   jax_setup.state, batch).compile()
+    hlo_flops = sum(flops for _, flops in trace_jax.matmuls(compiled.as_text()).values())
+    config = CONFIG_BY_NAME[config_name]
+    expected = step_flops(TINY, BATCH, SEQ_LEN, config.method, config.cls_only)
+    if config.method != "probe":
+        outer_products = 2 * 2 * BATCH * SEQ_LEN * TINY.hidden_dim
+        recomputed = forward_flops(TINY, BATCH, SEQ_LEN, cls_only=True)["attention"] // 2
+        hlo_flops += outer_products - recomputed
+    assert hlo_flops == expected
 
 
 @pytest.mark.parametrize("flags, field", [(["--configs", "tf_full,nope"], "--configs"),
@@ -228,6 +301,15 @@ def test_results_are_quoted_between_the_suites_markers(tmp_path, monkeypatch):
     assert doc.read_text() == ("intro\n<!-- begin results/quick.md -->\n## Benchmarks\n\n| a |\n"
                                "<!-- end results/quick.md -->\n<!-- begin results/full.md -->\n"
                                "kept\n<!-- end results/full.md -->\n")
+    # A folder inside results/ has blocks of its own; other folders are never quoted.
+    assert run.doc_block(run.RESULTS, "full") == "full"
+    assert run.doc_block(run.RESULTS / "methods", "full") == "methods/full"
+    assert run.doc_block(tmp_path, "full") is None
+    doc.write_text("<!-- begin results/methods/full.md -->\nold\n"
+                   "<!-- end results/methods/full.md -->\n")
+    run.quote_in_doc("methods/full", "# Benchmarks\n")
+    assert doc.read_text() == ("<!-- begin results/methods/full.md -->\n## Benchmarks\n"
+                               "<!-- end results/methods/full.md -->\n")
 
 
 def run_profile(out: Path, variants: str, *flags: str) -> dict:

@@ -13,8 +13,10 @@ pytest process never imports TensorFlow. Writes plain .npz files the JAX tests c
       and keras-hub's from the exported preset); finally saves the model of the Hugging Face
       folder SAVE_FROM as tf_baseline saves a run's preset (ROOT/tf_saved) and as jax_lora
       exports it (ROOT/exported_accented), and tokenizes PAIRS with each reloaded
-      (ROOT/tf_saved_tokens.npz, ROOT/exported_accented_tokens.npz). One process, because
-      importing TensorFlow is the slow part of these tests.
+      (ROOT/tf_saved_tokens.npz, ROOT/exported_accented_tokens.npz); and trains a
+      dropout-free copy of the tiny preset (ROOT/tiny_keras_nodrop) FULL_STEPS steps on one
+      batch with tf_baseline's compile (ROOT/full_steps.npz: the batch, logits after each
+      step; ROOT/full_step1_deltas.npz: each variable's change in the first step). One process, because importing TensorFlow is the slow part of these tests.
   python keras_reference.py tokenize JOBS.json
 """
 
@@ -173,6 +175,50 @@ def saved_round_trips(preset, root, pairs):
                  **trainer_token_arrays(os.path.join(root, folder), pairs, LENGTHS[:1]))
 
 
+FULL_STEPS, FULL_LR = 3, 1e-3  # a rate at which three steps visibly move the logits
+
+
+def full_steps(root, vocab_file):
+    """tf_baseline's full fine-tune (its compile: Adam, CategoricalCrossentropy from logits)
+    for FULL_STEPS steps on one batch, dropout off everywhere, from a random tiny preset."""
+    out_dir = os.path.join(root, "tiny_keras_nodrop")
+    keras.utils.set_random_seed(1)
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocab_file, lowercase=False)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=tokenizer.vocabulary_size(),
+                                             **{**TINY_BACKBONE, "dropout": 0.0})
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=32)
+    classifier = keras_hub.models.BertTextClassifier(backbone, num_classes=3, dropout=0.0,
+                                                     preprocessor=preprocessor)
+    classifier.save_to_preset(out_dir)
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(8, 33, size=8)
+    inputs = {"token_ids": rng.integers(5, tokenizer.vocabulary_size(), (8, 32)).astype("int32"),
+              "segment_ids": (np.arange(32)[None] >= lengths[:, None] // 2).astype("int32"),
+              "padding_mask": (np.arange(32)[None] < lengths[:, None]).astype("int32")}
+    inputs["token_ids"] *= inputs["padding_mask"]
+    inputs["segment_ids"] *= inputs["padding_mask"]
+    labels = rng.integers(0, 3, size=8)
+    model = keras_hub.models.BertTextClassifier.from_preset(out_dir, preprocessor=None)
+    model.compile(optimizer=keras.optimizers.Adam(FULL_LR),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    head = model.get_layer("logits")
+    head_kernel, head_bias = np.asarray(head.kernel), np.asarray(head.bias)  # before training
+    logits, losses = [np.asarray(model(inputs))], []
+    before = {v.path: np.asarray(v) for v in model.trainable_variables}
+    for _ in range(FULL_STEPS):
+        loss, _ = model.train_on_batch(inputs, np.eye(3, dtype="float32")[labels])
+        losses.append(float(loss))
+        logits.append(np.asarray(model(inputs)))
+        if len(losses) == 1:  # what the first step changed, per variable
+            np.savez(os.path.join(root, "full_step1_deltas.npz"),
+                     **{v.path: np.asarray(v) - before[v.path]
+                        for v in model.trainable_variables})
+    np.savez(os.path.join(root, "full_steps.npz"), **inputs, labels=labels, lr=FULL_LR,
+             losses=np.asarray(losses), logits=np.stack(logits), head_kernel=head_kernel,
+             head_bias=head_bias)
+
+
 def reference(root, vocab_file, pairs_file, export_from, save_from, named_presets):
     with open(pairs_file, encoding="utf-8") as f:
         pairs = json.load(f)
@@ -194,6 +240,7 @@ def reference(root, vocab_file, pairs_file, export_from, save_from, named_preset
     export_round_trip(export_from, os.path.join(root, "exported"),
                       os.path.join(root, "export.npz"))
     saved_round_trips(save_from, root, pairs)
+    full_steps(root, vocab_file)
 
 
 def tokenize(jobs_file):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from shared.evaluation.evaluate import code_versions, trivial_baselines, verdict
+from shared.evaluation.evaluate import code_versions, recipe, trivial_baselines, verdict
 from shared.evaluation.report import _provenance, _verdicts
 
 
@@ -51,3 +51,17 @@ def test_runs_from_different_commits_are_flagged():
     mixed = code_versions([Run({"commit": "a" * 40, "dirty": True}), Run(None)], ["x", "y"])
     assert not mixed["same"] and mixed["commits"] == {"x": "aaaaaaaaaaaa+dirty", "y": None}
     assert "different code commits" in _provenance({"code": mixed})[0]
+
+
+@pytest.mark.parametrize("config, parent, words", [
+    ({"method": "dora", "lora": {"rank": 8, "targets": ["query", "value"], "rslora": True},
+      "lora_plus_ratio": 16.0}, None, "DoRA r=8 rsLoRA on query,value, LoRA+ ratio 16"),
+    ({"method": "full", "lora": {"targets": []}}, {"method": "probe"},
+     "full fine-tune (JAX), from a probe run"),
+    ({"method": "probe", "pooling": "mean", "lora": {"targets": []}}, None,
+     "linear probe (head only), mean pooling"),
+    ({"lora": {"rank": 16, "targets": ["query"]}}, None, "LoRA r=16 on query"),  # before --method
+])
+def test_recipe_names_the_jax_method(config, parent, words):
+    manifest = {"trainer": "jax_lora", "config": config, "parent": parent}
+    assert recipe(manifest)["method"] == words

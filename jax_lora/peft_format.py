@@ -1,0 +1,383 @@
+"""A jax_lora LoRA/DoRA adapter in Hugging Face PEFT's own on-disk format, and back.
+
+    python -m jax_lora.peft_format --run-dir RUN --out DIR [--preset P] [--base-model NAME]
+
+DIR gets what PEFT 0.21's `save_pretrained` writes for a LoRA adapter on
+BertForSequenceClassification (task SEQ_CLS): adapter_config.json, adapter_model.safetensors,
+and a README.md saying how to load it, i.e. `PeftModel.from_pretrained(
+BertForSequenceClassification.from_pretrained(base, num_labels=N), DIR)`. load_peft reads
+such a folder, ours or one PEFT wrote, into our BertClassifier. Neither direction imports
+torch or peft; the names, layouts and config fields below are PEFT's, as
+tests/jax_lora/test_peft_format.py checks against the installed PEFT when it is there.
+
+Tensors: base_model.model.bert.encoder.layer.<i>.<module>.lora_A.weight [r, in] (our lora_a.T),
+.lora_B.weight [out, r] (lora_b.T), .lora_magnitude_vector [out] (DoRA's m), and the
+modules_to_save copies under their plain names: base_model.model.classifier.weight
+[classes, H] (head.kernel.T) and .bias, base_model.model.bert.pooler.dense.* when the pooler
+trained. <module> comes from weights.HF_NAMES.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+from flax import nnx
+
+from jax_lora.adapter import adapter_filter
+from jax_lora.checkpoint import flat_arrays, replace_arrays
+from jax_lora.lora import LORA_TARGETS, LoraConfig
+from jax_lora.weights import HF_NAMES, Pretrained, load_pretrained, read_hf, read_keras
+from shared.runs.presets import preset_dir
+
+CONFIG_FILE, WEIGHTS_FILE, README_FILE = ("adapter_config.json", "adapter_model.safetensors",
+                                          "README.md")
+PREFIX = "base_model.model."  # PeftModel > LoraModel > BertForSequenceClassification
+# Every field PEFT 0.21.2's LoraConfig.to_dict writes, at its default (peft/tuners/lora/
+# config.py; save_pretrained sets inference_mode true and fills peft_version).
+PEFT_FORMAT_VERSION = "0.21.2"
+PEFT_LORA_DEFAULTS = {
+    "alora_invocation_tokens": None, "alpha_pattern": {}, "arrow_config": None,
+    "auto_mapping": None, "base_model_name_or_path": None, "bias": "none", "corda_config": None,
+    "ensure_weight_tying": False, "eva_config": None, "exclude_modules": None,
+    "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
+    "kasa_config": None, "layer_replication": None, "layers_pattern": None,
+    "layers_to_transform": None, "loftq_config": {}, "lora_alpha": 8, "lora_bias": False,
+    "lora_dropout": 0.0, "lora_ga_config": None, "megatron_config": None,
+    "megatron_core": "megatron.core", "modules_to_save": None, "monteclora_config": None,
+    "peft_type": "LORA", "peft_version": PEFT_FORMAT_VERSION, "qalora_group_size": 16, "r": 8,
+    "rank_pattern": {}, "revision": None, "target_modules": None, "target_parameters": None,
+    "task_type": None, "trainable_token_indices": None, "use_bdlora": None, "use_dora": False,
+    "use_qalora": False, "use_rslora": False, "velora_config": None}
+# Fields load_peft reads, and fields that cannot change what the adapter computes; any other
+# field must hold its default (a variant or per-layer setting we do not reproduce).
+READ_FIELDS = {"peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "target_modules",
+               "exclude_modules", "use_rslora", "use_dora", "modules_to_save",
+               "init_lora_weights", "base_model_name_or_path"}
+INERT_FIELDS = {"inference_mode", "peft_version", "revision", "auto_mapping", "megatron_core",
+                "qalora_group_size", "loftq_config", "eva_config", "corda_config",
+                "lora_ga_config", "ensure_weight_tying"}
+# These initialisations only draw A and B; pissa, olora, corda, loftq, lora_ga... also
+# rewrite the base weights, which a folder of adapter tensors alone cannot reproduce.
+PLAIN_INITS = (True, False, "gaussian", "orthogonal", "eva")
+# PeftModelForSequenceClassification appends these to modules_to_save (peft_model.py).
+SEQ_CLS_MODULES = ["classifier", "score"]
+POOLER_MODULE = "pooler"  # saves bert.pooler, i.e. bert.pooler.dense.{weight,bias}
+PEFT_DEFAULT_TARGETS = ["query", "value"]  # peft/utils/constants.py, for target_modules null
+# Our LoraConfig target -> its module inside layers/<i> (models.TransformerLayer).
+TARGET_PATHS = {"query": "attention/query", "key": "attention/key", "value": "attention/value",
+                "attention_output": "attention/output", "ffn_in": "ffn_in", "ffn_out": "ffn_out"}
+LAYER_MODULES = {ours: hf for hf, ours in HF_NAMES.layer_parts.items()}
+HF_TARGETS = {target: LAYER_MODULES[path] for target, path in TARGET_PATHS.items()}
+TOP_MODULES = {"head": "classifier",
+               **{ours: "bert." + hf for hf, ours in HF_NAMES.top_parts.items()}}
+# Our leaf -> torch's name for it; 2-D leaves are transposed ([in, out] vs torch's [out, in]).
+LEAVES = {"kernel": "weight", "bias": "bias", "lora_a": "lora_A.weight",
+          "lora_b": "lora_B.weight", "lora_magnitude": "lora_magnitude_vector"}
+
+
+def hf_module_names(num_layers: int) -> list[str]:
+    """BertForSequenceClassification's module names that PEFT matches targets against (its
+    dropout and activation modules aside), parents included."""
+    names = {"classifier", *TOP_MODULES.values()}
+    names |= {f"bert.encoder.layer.{i}.{part}" for i in range(num_layers)
+              for part in HF_NAMES.layer_parts}
+    return sorted({".".join(name.split(".")[:end]) for name in names
+                   for end in range(1, name.count(".") + 2)})
+
+
+def layer_modules(targets, num_layers: int) -> set[str]:
+    """The module names of `targets` (ours) in every layer."""
+    return {f"bert.encoder.layer.{i}.{HF_TARGETS[t]}" for t in targets for i in range(num_layers)}
+
+
+def selected(config: dict, num_layers: int) -> set[str]:
+    """The modules PEFT puts adapters on for adapter_config `config`."""
+    return {name for name in hf_module_names(num_layers) if peft_targets(config, name)}
+
+
+def peft_targets(config: dict, key: str) -> bool:
+    """Whether PEFT puts an adapter on module `key` (tuners_utils.check_target_module_exists,
+    without layers_to_transform, which load_peft refuses)."""
+    exclude = config.get("exclude_modules")
+    if isinstance(exclude, str) and re.fullmatch(exclude, key):
+        return False
+    if isinstance(exclude, list) and (key in exclude or any(key.endswith(f".{e}")
+                                                            for e in exclude)):
+        return False
+    # Modules to save and their children never get adapters.
+    saved = [*(config.get("modules_to_save") or []), *SEQ_CLS_MODULES]
+    if any(re.match(rf"(^|.*\.){m}($|\..*)", key) for m in saved):
+        return False
+    targets = config.get("target_modules")
+    targets = PEFT_DEFAULT_TARGETS if targets is None else targets
+    if isinstance(targets, str):
+        return re.fullmatch(targets, key) is not None
+    return key in targets or any(key.endswith(f".{t}") for t in targets)
+
+
+def target_modules(targets: tuple[str, ...], num_layers: int) -> list[str] | str:
+    """PEFT's target_modules for our targets: each as the shortest name suffix that selects it
+    alone ("query", "attention.output.dense", ...), or, when the list would select another
+    module too ("output.dense" ends attention.output.dense as well), a regex PEFT full-matches."""
+    entries = []
+    for target in targets:
+        part = HF_TARGETS[target].split(".")
+        suffixes = [".".join(part[-n:]) for n in range(1, len(part) + 1)]
+        entries.append(next((s for s in suffixes if selected(
+            {"target_modules": [s]}, num_layers) == layer_modules([target], num_layers)),
+            suffixes[-1]))
+    if selected({"target_modules": entries}, num_layers) == layer_modules(targets, num_layers):
+        return sorted(entries)
+    parts = "|".join(re.escape(HF_TARGETS[t]) for t in targets)
+    return rf"(.*\.)?encoder\.layer\.\d+\.({parts})"
+
+
+def peft_key(name: str) -> str:
+    """Our flat parameter name (checkpoint.flat_arrays) -> PEFT's tensor name."""
+    *module, leaf = name.split(".")
+    if module[0] == "layers":
+        hf = f"bert.encoder.layer.{module[1]}.{LAYER_MODULES['/'.join(module[2:])]}"
+    else:
+        hf = TOP_MODULES["/".join(module)]
+    return f"{PREFIX}{hf}.{LEAVES[leaf]}"
+
+
+def _torch_layout(array) -> np.ndarray:
+    """[in, out] <-> [out, in] for 2-D leaves (the transpose is its own inverse), float32."""
+    array = np.asarray(array, np.float32)
+    return np.ascontiguousarray(array.T if array.ndim == 2 else array)
+
+
+# ---------------------------------------------------------------- export
+
+def check_exportable(method: str, pooling: str, out_dir: Path) -> None:
+    """One-line ValueError when the adapter has no PEFT LoRA form or `out_dir` has files."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"--out {out_dir}: folder is not empty; pass a new folder")
+    if method not in ("lora", "dora"):  # full, probe
+        raise ValueError(f"--method {method}: the run trained no LoRA adapter, and PEFT's LORA "
+                         f"type needs target modules; use `python -m jax_lora.export` for a "
+                         f"keras-hub preset of the whole model instead")
+    if pooling != "cls":
+        raise ValueError(f"--pooling {pooling}: the head reads the mean of the last layer, but "
+                         f"BertForSequenceClassification classifies from BERT's pooler and "
+                         f"would predict differently; no PEFT adapter is written")
+
+
+def peft_config(lora: LoraConfig, num_layers: int, base_model_name_or_path: str, *,
+                pooler: bool) -> dict:
+    """adapter_config.json as PEFT writes it for `lora` on BertForSequenceClassification,
+    with the pooler among the modules to save when `pooler`."""
+    alpha = int(lora.alpha) if float(lora.alpha).is_integer() else lora.alpha  # PEFT: int field
+    return {**PEFT_LORA_DEFAULTS, "task_type": "SEQ_CLS", "r": lora.rank, "lora_alpha": alpha,
+            "lora_dropout": lora.dropout, "use_rslora": lora.rslora, "use_dora": lora.dora,
+            "target_modules": target_modules(lora.targets, num_layers),
+            "modules_to_save": [POOLER_MODULE] * pooler + SEQ_CLS_MODULES,
+            "base_model_name_or_path": base_model_name_or_path}
+
+
+def save_peft(model, out_dir: str | Path, *, base_model_name_or_path: str, method: str,
+              pooler: bool = False) -> Path:
+    """Write `model`'s adapter (a BertClassifier trained with --method lora or dora) as a PEFT
+    LoRA adapter folder for BertForSequenceClassification; nothing is written when it is
+    refused (check_exportable). The pooler is saved when it trained or `pooler` says it is not
+    the base's (adapter.json's "pooler": inherited from an --init-from parent)."""
+    out_dir = Path(out_dir)
+    check_exportable(method, model.pooling, out_dir)
+    if (method == "dora") != model.lora.dora or not model.lora.targets:
+        raise ValueError(f"--method {method}: the model's adapters (targets "
+                         f"{','.join(model.lora.targets) or 'none'}, dora={model.lora.dora}) "
+                         f"do not match it; pass the method the run was trained with")
+    pooler = pooler or model.lora.train_pooler
+    kept = adapter_filter(model.lora)
+    if pooler:
+        kept = nnx.Any(kept, nnx.All(nnx.Param, nnx.PathContains("pooler")))
+    state = nnx.state(model, kept)
+    tensors = {peft_key(name): _torch_layout(array) for name, array in flat_arrays(state).items()}
+    config = peft_config(model.lora, model.config.num_layers, base_model_name_or_path,
+                         pooler=pooler)
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:  # a failed write leaves neither DIR nor DIR.partial
+        # {"format": "pt"} is the metadata PEFT (safetensors.torch) writes.
+        safetensors.numpy.save_file(tensors, str(staging / WEIGHTS_FILE),
+                                    metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (staging / README_FILE).write_text(_readme(base_model_name_or_path, model.num_classes,
+                                                   out_dir.name, method))
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _readme(base: str, num_classes: int, name: str, method: str) -> str:
+    return f"""---
+base_model: {base}
+library_name: peft
+---
+# {name}: a {method.upper()} adapter for BertForSequenceClassification
+
+Written by `python -m jax_lora.peft_format` in PEFT {PEFT_FORMAT_VERSION}'s format. Load it with
+
+    from peft import PeftModel
+    from transformers import BertForSequenceClassification
+    base = BertForSequenceClassification.from_pretrained(
+        {base!r}, num_labels={num_classes}, hidden_act="gelu_pytorch_tanh")
+    model = PeftModel.from_pretrained(base, "{name}").eval()
+
+and tokenize with the base model's tokenizer. `hidden_act="gelu_pytorch_tanh"` (or "gelu_new")
+matters: jax_lora's BERT, like keras-hub's, uses tanh-approximate GELU, while Hugging Face
+BERT's default "gelu" is the exact erf form; without it the logits differ slightly from
+jax_lora's, with it they agree to float rounding.
+"""
+
+
+# ---------------------------------------------------------------- import
+
+def read_peft_config(directory: Path) -> dict:
+    """adapter_config.json, refused (one line) unless it is a plain LoRA on SEQ_CLS BERT."""
+    config_file = Path(directory) / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}; pass a PEFT adapter folder")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    checks = [("peft_type", config.get("peft_type") == "LORA", "only LORA adapters are read"),
+              ("task_type", config.get("task_type") == "SEQ_CLS",
+               "only SEQ_CLS (BertForSequenceClassification) adapters are read"),
+              ("init_lora_weights", config.get("init_lora_weights", True) in PLAIN_INITS,
+               "this initialisation rewrites the base weights, which the folder does not hold")]
+    for field, value in config.items():
+        default = PEFT_LORA_DEFAULTS.get(field)
+        unset = value == default or value in (None, False, {}, [])
+        if field not in READ_FIELDS | INERT_FIELDS and not unset:
+            checks.append((field, False, f"jax_lora does not support it (only {default!r})"))
+    for field, ok, problem in checks:
+        if not ok:
+            raise ValueError(f"{config_file}: {field}={config.get(field)!r}: {problem}")
+    return config
+
+
+def lora_from_peft(config: dict, num_layers: int, source: str) -> LoraConfig:
+    """Our LoraConfig for a PEFT config: the projections its target_modules select (by PEFT's
+    own rule), which must be whole kinds of BERT's six projections, in every layer."""
+    chosen = selected(config, num_layers)
+    field = f"{source}: target_modules={config.get('target_modules')!r}"
+    outside = sorted(chosen - layer_modules(LORA_TARGETS, num_layers))
+    if outside:
+        raise ValueError(f"{field} selects {outside[0]}, not one of BERT's projections "
+                         f"({', '.join(HF_TARGETS.values())}); jax_lora cannot adapt it")
+    targets = tuple(t for t in LORA_TARGETS if chosen & layer_modules([t], num_layers))
+    for target in targets:
+        own = layer_modules([target], num_layers)
+        if not own <= chosen:
+            layers = sorted(int(name.split(".")[3]) for name in own & chosen)
+            raise ValueError(f"{field} adapts {HF_TARGETS[target]} in layers {layers} only; "
+                             f"jax_lora adapts a projection in every layer")
+    if not targets:
+        raise ValueError(f"{field} selects none of BERT's projections")
+    saved = [*(config.get("modules_to_save") or []), *SEQ_CLS_MODULES]
+    # PEFT wraps each module whose name ends with an entry (utils/other.py _set_trainable).
+    wrapped = {n for n in hf_module_names(num_layers) if any(n.endswith(m) for m in saved)}
+    unsupported = sorted(wrapped - {"classifier", "bert.pooler", "bert.pooler.dense"})
+    if unsupported:
+        raise ValueError(f"{source}: modules_to_save={config.get('modules_to_save')!r} saves "
+                         f"{unsupported[0]}; jax_lora trains only the classifier and BERT's "
+                         f"pooler besides adapters")
+    # Missing r / lora_alpha take PEFT's defaults, as PEFT's own loader does.
+    return LoraConfig(rank=config.get("r", PEFT_LORA_DEFAULTS["r"]),
+                      alpha=float(config.get("lora_alpha", PEFT_LORA_DEFAULTS["lora_alpha"])),
+                      dropout=float(config.get("lora_dropout", 0.0)), targets=targets,
+                      rslora=bool(config.get("use_rslora")), dora=bool(config.get("use_dora")),
+                      train_pooler=bool(wrapped & {"bert.pooler", "bert.pooler.dense"}))
+
+
+def load_peft(directory: str | Path, preset: str | None = None) -> Pretrained:
+    """The base BERT (`preset`, default: the config's base_model_name_or_path) with a PEFT
+    LoRA/DoRA adapter folder applied: adapters, classifier head and pooler (if saved). Every
+    tensor of the file must have a place in the model and every adapter leaf a tensor."""
+    directory = Path(directory)
+    config = read_peft_config(directory)
+    weights_file = directory / WEIGHTS_FILE
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE} (an adapter_model.bin is not "
+                                f"read: only safetensors); re-save it with save_pretrained()")
+    tensors = safetensors.numpy.load_file(str(weights_file))
+    head = peft_key("head.kernel")
+    if head not in tensors:
+        raise ValueError(f"{weights_file}: no tensor {head}; the classifier head is needed")
+    preset = preset or config.get("base_model_name_or_path")
+    if not preset:
+        raise ValueError(f"{directory / CONFIG_FILE}: no base_model_name_or_path; pass the preset")
+    directory_of_base, kind = preset_dir(preset)
+    base = (read_hf if kind == "hf" else read_keras)(directory_of_base)[0]  # tensors unread
+    lora = lora_from_peft(config, base.num_layers, str(directory / CONFIG_FILE))
+    pretrained = load_pretrained(preset, lora, num_classes=tensors[head].shape[0], pooling="cls")
+    state = nnx.state(pretrained.model, adapter_filter(lora))
+    shapes = {name: tuple(value.shape) for name, value in flat_arrays(state).items()}
+    names = {peft_key(name): name for name in shapes}
+    for key in sorted(set(names) ^ set(tensors)):
+        problem = "has no place in the model" if key in tensors else "is missing"
+        raise ValueError(f"{weights_file}: tensor {key} {problem} (adapter config: targets "
+                         f"{','.join(lora.targets)}, pooler {lora.train_pooler})")
+    for key, name in names.items():
+        if tuple(tensors[key].shape) != shapes[name][::-1]:  # torch layout: 2-D transposed
+            raise ValueError(f"{weights_file}: tensor {key} has shape "
+                             f"{tuple(tensors[key].shape)}, the model needs {shapes[name][::-1]}")
+    arrays = {name: _torch_layout(tensors[key]) for key, name in names.items()}
+    nnx.update(pretrained.model, replace_arrays(state, arrays, str(weights_file)))
+    return pretrained
+
+
+def main(argv=None) -> None:
+    """python -m jax_lora.peft_format --run-dir RUN --out DIR: a run's adapter for PEFT."""
+    import argparse
+
+    from jax_lora.adapter import ADAPTER, ADAPTER_META, load_adapter, read_adapter_meta
+    from shared.cli import exit_on_bad_input
+    from shared.runs.presets import preset_kind
+
+    parser = argparse.ArgumentParser(
+        prog="python -m jax_lora.peft_format",
+        description="Write a jax_lora run's LoRA or DoRA adapter as a Hugging Face PEFT folder "
+                    "for BertForSequenceClassification (PeftModel.from_pretrained).")
+    parser.add_argument("--run-dir", type=Path, required=True, help="a finished jax_lora run")
+    parser.add_argument("--out", type=Path, required=True, help="new folder for the adapter")
+    parser.add_argument("--preset", default=None,
+                        help="the base weights, when they moved since training [default: the "
+                             "preset recorded in the adapter]")
+    parser.add_argument("--base-model", default=None,
+                        help="base_model_name_or_path to write: the Hugging Face name or folder "
+                             "of the base weights [default: the preset, which must then be a "
+                             "Hugging Face BERT folder]")
+    args = parser.parse_args(argv)
+    with exit_on_bad_input():
+        adapter_dir = args.run_dir / ADAPTER
+        if not (adapter_dir / ADAPTER_META).is_file():
+            raise FileNotFoundError(f"--run-dir {args.run_dir}: no {ADAPTER}/{ADAPTER_META}; "
+                                    f"pass a finished jax_lora run")
+        meta = read_adapter_meta(adapter_dir)
+        check_exportable(meta["method"], meta["pooling"], args.out)
+        preset = args.preset or meta["base"]["preset"]
+        if args.base_model is None and preset_kind(preset) != "hf":
+            raise ValueError(f"--base-model: the base {preset} is a keras-hub preset, which "
+                             f"transformers cannot load; pass the Hugging Face name or folder "
+                             f"of the same weights")
+        pretrained = load_adapter(adapter_dir, args.preset)
+        save_peft(pretrained.model, args.out, method=meta["method"],
+                  base_model_name_or_path=args.base_model or preset,
+                  pooler=meta.get("pooler", False))
+    print(f"PEFT adapter written to {args.out}; load it as {args.out / README_FILE} says")
+
+
+if __name__ == "__main__":
+    main()
