@@ -12,6 +12,7 @@ run_dir/adapter/  adapter.safetensors + adapter.json: what the base preset lacks
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -84,6 +85,17 @@ def load_adapter(directory: Path, preset: str | None = None) -> Pretrained:
     arrays = safetensors.numpy.load_file(str(directory / ADAPTER_WEIGHTS))
     nnx.update(pretrained.model, replace_arrays(state, arrays, str(directory / ADAPTER_WEIGHTS)))
     return pretrained
+
+
+def export_parser(prog: str, description: str, out_help: str) -> argparse.ArgumentParser:
+    """The flags every exporter of a finished run shares: --run-dir, --out, --preset."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--run-dir", type=Path, required=True, help="a finished jax_lora run")
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
+    parser.add_argument("--preset", default=None,
+                        help="the base weights, when they moved since training [default: the "
+                             "preset recorded in the adapter]")
+    return parser
 
 
 # ---------------------------------------------------------------- --init-from (LP→X)

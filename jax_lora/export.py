@@ -105,23 +105,17 @@ def _keras_tokenizer(keras_hub, tokenizer: Tokenizer):
 
 def main(argv=None) -> None:
     """python -m jax_lora.export --run-dir RUN --out DIR: a finished run as a keras-hub preset."""
-    import argparse
     import json
 
-    from jax_lora.adapter import ADAPTER, load_adapter
+    from jax_lora.adapter import ADAPTER, export_parser, load_adapter
     from shared.cli import exit_on_bad_input
     from shared.runs.run_dir import MANIFEST
 
-    parser = argparse.ArgumentParser(
-        prog="python -m jax_lora.export",
-        description="Merge a jax_lora run's adapter (LoRA, DoRA; or a probe's or full "
-                    "fine-tune's weights) into its base BERT and write a keras-hub "
-                    "preset folder that keras_hub.models.BertTextClassifier.from_preset loads.")
-    parser.add_argument("--run-dir", type=Path, required=True, help="a finished jax_lora run")
-    parser.add_argument("--out", type=Path, required=True, help="new folder for the preset")
-    parser.add_argument("--preset", default=None,
-                        help="the base weights, when they moved since training [default: the "
-                             "preset recorded in the adapter]")
+    parser = export_parser(
+        "python -m jax_lora.export",
+        "Merge a jax_lora run's adapter (LoRA, DoRA; or a probe's or full fine-tune's weights) "
+        "into its base BERT and write a keras-hub preset folder that "
+        "keras_hub.models.BertTextClassifier.from_preset loads.", "new folder for the preset")
     args = parser.parse_args(argv)
     with exit_on_bad_input():
         manifest_path = args.run_dir / MANIFEST

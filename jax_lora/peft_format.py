@@ -340,21 +340,15 @@ def load_peft(directory: str | Path, preset: str | None = None) -> Pretrained:
 
 def main(argv=None) -> None:
     """python -m jax_lora.peft_format --run-dir RUN --out DIR: a run's adapter for PEFT."""
-    import argparse
-
-    from jax_lora.adapter import ADAPTER, ADAPTER_META, load_adapter, read_adapter_meta
+    from jax_lora.adapter import (ADAPTER, ADAPTER_META, export_parser, load_adapter,
+                                  read_adapter_meta)
     from shared.cli import exit_on_bad_input
     from shared.runs.presets import preset_kind
 
-    parser = argparse.ArgumentParser(
-        prog="python -m jax_lora.peft_format",
-        description="Write a jax_lora run's LoRA or DoRA adapter as a Hugging Face PEFT folder "
-                    "for BertForSequenceClassification (PeftModel.from_pretrained).")
-    parser.add_argument("--run-dir", type=Path, required=True, help="a finished jax_lora run")
-    parser.add_argument("--out", type=Path, required=True, help="new folder for the adapter")
-    parser.add_argument("--preset", default=None,
-                        help="the base weights, when they moved since training [default: the "
-                             "preset recorded in the adapter]")
+    parser = export_parser(
+        "python -m jax_lora.peft_format",
+        "Write a jax_lora run's LoRA or DoRA adapter as a Hugging Face PEFT folder for "
+        "BertForSequenceClassification (PeftModel.from_pretrained).", "new folder for the adapter")
     parser.add_argument("--base-model", default=None,
                         help="base_model_name_or_path to write: the Hugging Face name or folder "
                              "of the base weights [default: the preset, which must then be a "
