@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from benchmarks.spec import CONFIG_BY_NAME, get_shape, step_flops
 
 REFERENCES = ("tf_full", "torch_peft")  # ratios are given against configurations 1 and 5
@@ -77,6 +79,36 @@ def _target(name: str, value: float, shape: str) -> dict:
             "threshold": f"{comparison} {threshold}", "met": met}
 
 
+def base_dtypes(results: list[dict]) -> list[dict]:
+    """Per shape, each JAX LoRA configuration's stored base (8-10 against 3, float32): bytes
+    of the frozen kernels, the logits' largest gap from float32's on the same real rows, step
+    time and peak RSS. Empty unless a base-dtype configuration ran."""
+    ok = [r for r in results if r["status"] == "ok" and r["info"].get("base_dtype")
+          and CONFIG_BY_NAME[r["job"]["config"]].method == "lora_adapter"]
+    rows = []
+    for shape in dict.fromkeys(r["job"]["shape"] for r in ok):
+        same = [r for r in ok if r["job"]["shape"] == shape]
+        if all(r["info"]["base_dtype"] == "float32" for r in same):
+            continue
+        reference = next((r for r in same if r["info"]["base_dtype"] == "float32"), None)
+        for r in same:
+            logits, gap, scale = r["info"].get("real_rows_logits"), None, None
+            if logits is not None and reference is not None and reference["info"].get(
+                    "real_rows_logits") is not None:
+                ref = np.asarray(reference["info"]["real_rows_logits"])
+                gap, scale = float(np.abs(np.asarray(logits) - ref).max()), float(np.abs(ref).max())
+            frozen = r["info"]["frozen_kernel_bytes"]
+            rows.append({"shape": shape, "config": r["job"]["config"],
+                         "base_dtype": r["info"]["base_dtype"],
+                         "frozen_stored_bytes": frozen["stored"],
+                         "frozen_float32_bytes": frozen["float32"],
+                         "logit_gap": gap, "logit_scale": scale,
+                         "rows": len(logits) if logits is not None else 0,
+                         "median_step_s": r["median_step_s"],
+                         "peak_rss_bytes": r["peak_rss_bytes"]})
+    return rows
+
+
 def build(*, command: str, machine: dict, suite: str, settings: dict, peak: dict,
           results: list[dict], epoch: dict | None) -> dict:
     peak_gflops = peak.get("peak_fp32_gflops")
@@ -86,6 +118,7 @@ def build(*, command: str, machine: dict, suite: str, settings: dict, peak: dict
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine, "settings": settings, "matmul_peak": peak,
             "results": results, "epoch_estimate": epoch,
+            "base_dtypes": base_dtypes(results),
             "targets": check_targets(results, epoch)}
 
 
@@ -136,6 +169,7 @@ def markdown(doc: dict) -> str:
                 f"| {_fmt(x.get('pct_of_peak'), '.0f')} | {r['peak_rss_bytes'] / 2**20:.0f} "
                 f"| {_fmt(x.get('rss_vs_tf_full'), '.2f')} | {r['trainable_params']:,} |")
         lines.append("")
+    lines += base_dtype_lines(doc.get("base_dtypes") or [])
     lines += epoch_lines(doc["epoch_estimate"])
     if doc["targets"]:
         lines += ["## Targets (JAX LoRA)", "", "| target | shape | measured | needed | met |",
@@ -144,6 +178,30 @@ def markdown(doc: dict) -> str:
                   f"| {'yes' if t['met'] else '**no**'} |" for t in doc["targets"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def base_dtype_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## Stored base (jax_lora --base-dtype)", "",
+             "Frozen kernels: the encoder's projections and the pooler, as stored (codes and "
+             "scales). Logit gap: the largest |logit − float32's| over the real validation "
+             "rows (the base and the fresh head, before any step; mBERT's weights are random).",
+             "", "| shape | base | frozen kernels MiB | vs float32 | rows | max logit gap "
+             "| max |logit| | ms/step | × float32's | peak RSS MiB | Δ RSS MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        ref = next((r for r in rows if r["shape"] == row["shape"]
+                    and r["base_dtype"] == "float32"), row)
+        lines.append(
+            f"| {row['shape']} | {row['base_dtype']} | {row['frozen_stored_bytes'] / 2**20:.1f} "
+            f"| {row['frozen_stored_bytes'] / row['frozen_float32_bytes']:.3f} | {row['rows']} "
+            f"| {_fmt(row['logit_gap'], '.2e')} | {_fmt(row['logit_scale'], '.3f')} "
+            f"| {row['median_step_s'] * 1e3:.1f} "
+            f"| {row['median_step_s'] / ref['median_step_s']:.2f} "
+            f"| {row['peak_rss_bytes'] / 2**20:.0f} "
+            f"| {(row['peak_rss_bytes'] - ref['peak_rss_bytes']) / 2**20:+.0f} |")
+    return lines + [""]
 
 
 def epoch_lines(epoch: dict | None) -> list[str]:

@@ -58,13 +58,14 @@ def get_shape(name: str) -> Shape:
 @dataclass(frozen=True)
 class Config:
     name: str  # key on the command line and in the results
-    number: int  # 1-5: the issue's numbering; 6, 7: jax_lora's further methods
+    number: int  # 1-5: the issue's numbering; 6, 7: jax_lora's further methods; 8-10: base dtypes
     framework: str  # worker module benchmarks/bench_<framework>.py
     # The FLOPs model (step_flops): "full", "lora_adapter" (x·A·B beside x·W), "lora_merged"
     # (x·(W + A·B)), "dora" (lora_adapter + DoRA's norm) or "probe" (the head alone trains).
     method: str
     label: str  # one line for the tables
     cls_only: bool = False  # the last layer runs for the [CLS] row only (jax_lora's model)
+    base_dtype: str = "float32"  # jax_lora --base-dtype: how the frozen kernels are stored
 
 
 CONFIGS = (
@@ -76,10 +77,18 @@ CONFIGS = (
     Config("jax_dora", 6, "jax", "dora", "JAX DoRA (jax_lora --method dora)", cls_only=True),
     Config("jax_probe", 7, "jax", "probe", "JAX linear probe (jax_lora --method probe)",
            cls_only=True),
+    # jax_lora's LoRA on a frozen base stored in fewer bits (--base-dtype); 3 is its float32.
+    Config("jax_lora_bf16", 8, "jax", "lora_adapter", "JAX LoRA, base bfloat16",
+           cls_only=True, base_dtype="bfloat16"),
+    Config("jax_lora_int8", 9, "jax", "lora_adapter", "JAX LoRA, base int8",
+           cls_only=True, base_dtype="int8"),
+    Config("jax_qlora_nf4", 10, "jax", "lora_adapter", "JAX QLoRA-style, base NF4",
+           cls_only=True, base_dtype="nf4"),
 )
 CONFIG_BY_NAME = {config.name: config for config in CONFIGS}
-# What run.py measures without --configs: the issue's five. jax_dora and jax_probe are asked
-# for by name (--configs ...), so the suites keep their length and their committed results.
+# What run.py measures without --configs: the issue's five. The others (jax_dora, jax_probe,
+# the base dtypes) are asked for by name (--configs ...), so the suites keep their length and
+# their committed results.
 DEFAULT_CONFIGS = ("tf_full", "tf_lora", "jax_lora", "jax_full", "torch_peft")
 METHODS = ("full", "lora_adapter", "lora_merged", "dora", "probe")  # step_flops' methods
 

@@ -24,6 +24,7 @@ from flax import nnx
 
 from jax_lora.checkpoint import flat_arrays, replace_arrays
 from jax_lora.lora import LoraConfig, LoraParam, init_dora_magnitudes, trainable_filter
+from jax_lora.quant import base_dtype_of
 from jax_lora.weights import Pretrained, load_pretrained
 from shared.runs.run_dir import MANIFEST, atomic_write_bytes, atomic_write_text
 
@@ -50,7 +51,8 @@ def save_adapter(directory: Path, model, source: dict, *, method: str,
     state = nnx.state(model, adapter_filter(model.lora, full=method == "full", pooler=pooler))
     arrays = {name: np.asarray(value) for name, value in flat_arrays(state).items()}
     meta = {"method": method, "lora": dataclasses.asdict(model.lora), "pooling": model.pooling,
-            "pooler": pooler, "num_classes": model.num_classes, "base": source,
+            "pooler": pooler, "base_dtype": base_dtype_of(model),
+            "num_classes": model.num_classes, "base": source,
             "bert_config": dataclasses.asdict(model.config),
             "parameters": {name: list(value.shape) for name, value in arrays.items()}}
     directory = Path(directory)
@@ -65,17 +67,21 @@ def read_adapter_meta(directory: Path) -> dict:
     if not (directory / ADAPTER_META).is_file():
         raise FileNotFoundError(f"{directory}: no {ADAPTER_META}; pass a run's adapter/ folder")
     meta = json.loads((directory / ADAPTER_META).read_text())
-    return {"method": "lora", "pooling": "cls", "pooler": False, **meta}
+    return {"method": "lora", "pooling": "cls", "pooler": False, "base_dtype": "float32",
+            **meta}
 
 
 def load_adapter(directory: Path, preset: str | None = None) -> Pretrained:
-    """The base preset (from adapter.json unless given) with the adapter applied. Refuses a
-    base whose checksum differs from the one the adapter was trained on."""
+    """The base preset (from adapter.json unless given), its kernels stored as in training
+    (--base-dtype), with the adapter applied. Refuses a base whose checksum differs from the
+    one the adapter was trained on."""
     directory = Path(directory)
     meta = read_adapter_meta(directory)
     lora = LoraConfig(**meta["lora"])
     pretrained = load_pretrained(preset or meta["base"]["preset"], lora,
-                                 num_classes=meta["num_classes"], pooling=meta["pooling"])
+                                 num_classes=meta["num_classes"], pooling=meta["pooling"],
+                                 base_dtype=meta["base_dtype"],
+                                 quantize_pooler=not (meta["pooler"] or lora.train_pooler))
     if pretrained.source.get("sha256") != meta["base"].get("sha256"):
         raise ValueError(f"{directory}: trained on base weights with sha256 "
                          f"{meta['base'].get('sha256')}, but {pretrained.source.get('preset')} "
@@ -134,7 +140,9 @@ def read_parent(run_dir: Path, *, split: dict, weights: dict, pooling: str) -> d
             raise ValueError(f"{flag}: {problem}")
     weights_file = adapter_dir / ADAPTER_WEIGHTS
     return {"run_dir": str(run_dir), "method": meta["method"], "split_fingerprint": theirs,
-            "adapter_sha256": hashlib.sha256(weights_file.read_bytes()).hexdigest()}
+            "adapter_sha256": hashlib.sha256(weights_file.read_bytes()).hexdigest(),
+            # its adapter holds a pooler (trained or inherited), which the child then takes
+            "pooler": any(name.startswith("pooler.") for name in meta.get("parameters", {}))}
 
 
 def init_from_parent(model, parent: dict) -> list[str]:

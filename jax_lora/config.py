@@ -14,8 +14,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jax_lora.lora import LoraConfig
+from jax_lora.lora import COMPUTE_DTYPES, LoraConfig
 from jax_lora.models import POOLING, REMAT
+from jax_lora.quant import BASE_DTYPES
 from shared.cli import add_config_flags, check_fields, config_from_flags, config_to_dict
 from shared.data.spec import DataSpec
 from shared.runs.presets import KAGGLE_PRESET
@@ -48,7 +49,10 @@ class TrainConfig:
     method: str = "lora"  # what trains: lora, dora (adapters + head), full (everything), probe (head alone)
     pooling: str = "cls"  # what the head reads: cls (BERT's pooler, as keras-hub) or mean (mean of the last layer, as sentence-transformers)
     init_from: Path | None = None  # a finished jax_lora run whose head (and adapters, where both runs have them) this run starts from: linear probe first, then LoRA or full (LP->X) [default: none]
-    batch_per_device: int = 16  # rows per device per step; the global batch is this x devices
+    batch_per_device: int = 16  # rows per device per step (per micro-batch with --accumulate); the global batch is this x devices
+    accumulate: int = 1  # gradient accumulation: the optimizer steps every K micro-batches, on the gradient of their union (effective batch = K x global batch)
+    base_dtype: str = "float32"  # how the frozen encoder and pooler kernels are stored: float32, bfloat16, int8 (per output channel) or nf4 (QLoRA's NormalFloat4, blocks of 64); dequantized inside each matmul
+    compute_dtype: str = "float32"  # matmul operands: float32, or bfloat16 with float32 sums (parameters, softmax, LayerNorm and loss stay float32)
     lr: float | None = None  # AdamW peak learning rate [default: per method: lora and dora 2e-4, full 1e-5, probe 1e-2]
     adam_epsilon: float | None = None  # Adam's epsilon [default: per method: full 1e-7 (Keras Adam, as tf_baseline), else 1e-8]
     keras_epsilon: bool | None = None  # add epsilon as Keras Adam does, before the bias correction (= eps / sqrt(1 - 0.999^t) after it) [default: per method: on for full, as tf_baseline]
@@ -80,6 +84,13 @@ class TrainConfig:
             ("adam-epsilon", self.adam_epsilon > 0, "must be > 0"),
             ("epochs", self.epochs >= 1, "must be >= 1"),
             ("batch-per-device", self.batch_per_device >= 1, "must be >= 1"),
+            ("accumulate", self.accumulate >= 1, "must be >= 1"),
+            ("base-dtype", self.base_dtype in BASE_DTYPES, f"choose one of {', '.join(BASE_DTYPES)}"),
+            ("base-dtype", self.base_dtype == "float32" or self.method != "full",
+             "--method full trains every kernel, so none is frozen to store in fewer bits; "
+             "use --method lora, dora or probe, or --base-dtype float32"),
+            ("compute-dtype", self.compute_dtype in COMPUTE_DTYPES,
+             f"choose one of {', '.join(COMPUTE_DTYPES)}"),
             ("lr", self.lr > 0, "must be > 0"),
             ("weight-decay", self.weight_decay >= 0, "must be >= 0"),
             ("schedule", self.schedule in SCHEDULES, f"choose one of {', '.join(SCHEDULES)}"),

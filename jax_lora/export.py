@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from jax_lora.lora import LoraParam, merge_lora
+from jax_lora.lora import is_plain, merge_lora
 from jax_lora.models import BertClassifier
 from jax_lora.tokenizer import Tokenizer
 from jax_lora.weights import keras_parameter_path
@@ -33,7 +33,8 @@ class ExportError(ValueError):
 
 def export_preset(model: BertClassifier, tokenizer: Tokenizer, out_dir: str | Path, *,
                   sequence_length: int = 512) -> Path:
-    """Writes `model` (LoRA merged in first, if it has adapters) as a keras-hub preset.
+    """Writes `model` (adapters merged in first and a quantized base dequantized: plain
+    float32 kernels) as a keras-hub preset.
 
     `sequence_length` is what the saved preprocessor pads to. Nothing is written when the
     folder already has files or the model does not fit keras-hub's BERT."""
@@ -51,7 +52,7 @@ def export_preset(model: BertClassifier, tokenizer: Tokenizer, out_dir: str | Pa
     if len(tokenizer.vocabulary) != config.vocab_size:
         raise ExportError(f"tokenizer has {len(tokenizer.vocabulary)} tokens but the model's "
                           f"vocab_size is {config.vocab_size}; pass the model's own tokenizer")
-    if nnx.state(model, LoraParam):
+    if not is_plain(model):  # adapters folded in, a quantized base dequantized
         model = merge_lora(model)
     params = {path: np.asarray(variable.get_value())
               for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))}

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_lora.quant import QuantCodes, QuantScales, dequantize, quantize
+
 LORA_TARGETS = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
 # BERT's initializer for every projection and embedding (keras-hub bert_kernel_initializer).
 BERT_KERNEL_INIT = nnx.initializers.truncated_normal(stddev=0.02)
@@ -91,6 +93,18 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros_like(x))
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def matmul(x: jax.Array, y: jax.Array, compute_dtype: str = "float32") -> jax.Array:
+    """x @ y; with bfloat16 compute the operands are rounded to bfloat16 and the products
+    summed in float32 (what TPUs and GPUs do), the result float32."""
+    if compute_dtype == "float32":
+        return x @ y
+    return jnp.matmul(x.astype(jnp.bfloat16), y.astype(jnp.bfloat16),
+                      preferred_element_type=jnp.float32)
+
+
 def column_norm(kernel: jax.Array) -> jax.Array:
     """‖W[:, j]‖ over the input axis of a [d_in, d_out] kernel: DoRA's norm, [d_out]."""
     return jnp.linalg.norm(kernel, axis=0)
@@ -98,13 +112,19 @@ def column_norm(kernel: jax.Array) -> jax.Array:
 
 class LoRALinear(nnx.Module):
     """y = x W + b + s · dropout(x) A B (LoRA), rescaled per output by DoRA's m / ‖W + s·A·B‖
-    when `dora`; without adapters (rank=0) a plain dense."""
+    when `dora`; without adapters (rank=0) a plain dense. W is a float32 `kernel` Param, or,
+    once `store_base` ran (--base-dtype), the frozen `kernel_codes` (+ `kernel_scales`) that
+    `base_kernel()` dequantizes inside the step. `compute_dtype` (set by
+    models.set_compute_dtype) is the matmuls' operand type."""
 
     def __init__(self, in_features: int, out_features: int, *, rank: int = 0,
                  scale: float = 1.0, lora_dropout: float = 0.0, dora: bool = False,
                  rngs: nnx.Rngs):
         self.kernel = nnx.Param(BERT_KERNEL_INIT(rngs.params(), (in_features, out_features)))
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+        self.kernel_shape = (in_features, out_features)
+        self.base_dtype = "float32"
+        self.compute_dtype = "float32"
         self.rank = rank
         self.scale = scale if rank else 0.0
         self.lora_dropout = lora_dropout
@@ -117,26 +137,52 @@ class LoRALinear(nnx.Module):
             # A placeholder: init_dora_magnitudes sets m = ‖W‖ once W holds its pretrained value.
             self.lora_magnitude = LoraParam(jnp.ones((out_features,), jnp.float32))
 
+    def store_base(self, base_dtype: str, codes=None, scales=None) -> None:
+        """Replace the float32 kernel by its quantized storage (jax_lora.quant), for good;
+        `codes`, `scales`: the kernel already quantized (by the loader, tensor by tensor)."""
+        if self.base_dtype != "float32":
+            raise ValueError(f"kernel already stored as {self.base_dtype}")
+        if codes is None:
+            codes, scales = quantize(self.kernel.get_value(), base_dtype)
+        del self.kernel
+        self.kernel_codes = QuantCodes(jnp.asarray(codes), kernel_shape=self.kernel_shape)
+        if scales is not None:
+            self.kernel_scales = QuantScales(jnp.asarray(scales))
+        self.base_dtype = base_dtype
+
+    def base_kernel(self) -> jax.Array:
+        """W, float32 [d_in, d_out] (dequantized when stored in fewer bits)."""
+        if self.base_dtype == "float32":
+            return self.kernel[...]
+        scales = None if self.base_dtype == "bfloat16" else self.kernel_scales[...]
+        return dequantize(self.kernel_codes[...], scales, self.base_dtype, self.kernel_shape)
+
     def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
-        base = x @ self.kernel[...]
+        dtype = self.compute_dtype
+        kernel = self.base_kernel()
+        base = matmul(x, kernel, dtype)
         if not self.rank:
             return base + self.bias[...]
         adapter_in = dropout(x, self.lora_dropout, dropout_key)
-        update = self.scale * ((adapter_in @ self.lora_a[...]) @ self.lora_b[...])
+        update = self.scale * matmul(matmul(adapter_in, self.lora_a[...], dtype),
+                                     self.lora_b[...], dtype)
         if not self.dora:
             return base + self.bias[...] + update
-        factor = self.lora_magnitude[...] / jax.lax.stop_gradient(self.adapted_norm())
-        frozen_in = base if adapter_in is x else adapter_in @ self.kernel[...]
+        factor = self.lora_magnitude[...] / jax.lax.stop_gradient(self.adapted_norm(kernel))
+        frozen_in = base if adapter_in is x else matmul(adapter_in, kernel, dtype)
         return base + self.bias[...] + (factor - 1.0) * frozen_in + factor * update
 
-    def adapted_norm(self) -> jax.Array:
-        """‖W + s·A·B‖ per output column (DoRA's denominator)."""
-        return column_norm(self.kernel[...] + self.scale * (self.lora_a[...] @ self.lora_b[...]))
+    def adapted_norm(self, kernel: jax.Array | None = None) -> jax.Array:
+        """‖W + s·A·B‖ per output column (DoRA's denominator); `kernel`: W if already at hand."""
+        kernel = self.base_kernel() if kernel is None else kernel
+        return column_norm(kernel + self.scale * (self.lora_a[...] @ self.lora_b[...]))
 
     def merged_kernel(self) -> jax.Array:
+        """The plain float32 kernel this layer computes with: W (dequantized) + s·A·B, DoRA's
+        rescaling folded in."""
         if not self.rank:
-            return self.kernel[...]
-        merged = self.kernel[...] + self.scale * (self.lora_a[...] @ self.lora_b[...])
+            return self.base_kernel()
+        merged = self.base_kernel() + self.scale * (self.lora_a[...] @ self.lora_b[...])
         if self.dora:
             merged = merged * (self.lora_magnitude[...] / column_norm(merged))[None, :]
         return merged
@@ -164,17 +210,18 @@ def trainable_filter(lora: LoraConfig, *, full: bool = False) -> nnx.filterlib.F
 
 
 def merge_lora(model):
-    """A copy of `model` (a BertClassifier) with its adapters folded into plain kernels:
-    W + s·A·B for LoRA, m · (W + s·A·B) / ‖W + s·A·B‖ for DoRA."""
+    """A copy of `model` (a BertClassifier) with plain float32 kernels: adapters folded in
+    (W + s·A·B for LoRA, m · (W + s·A·B) / ‖W + s·A·B‖ for DoRA) and quantized kernels
+    dequantized."""
     plain_lora = dataclasses.replace(model.lora, targets=(), dora=False)
     # type(model) rather than importing models.py, which imports this file.
     merged = nnx.eval_shape(lambda: type(model)(model.config, num_classes=model.num_classes,
                                                 lora=plain_lora, pooling=model.pooling,
                                                 rngs=nnx.Rngs(0)))
-    state = nnx.to_flat_state(nnx.state(model, nnx.Not(LoraParam)))
+    state = nnx.to_flat_state(nnx.state(model, nnx.All(nnx.Param, nnx.Not(LoraParam))))
     values = {path: variable.get_value() for path, variable in state}
     for path, module in nnx.iter_modules(model):
-        if isinstance(module, LoRALinear) and module.rank:
+        if isinstance(module, LoRALinear):
             values[(*path, "kernel")] = module.merged_kernel()
     merged_state = nnx.state(merged)
     for path, variable in nnx.to_flat_state(merged_state):
@@ -184,3 +231,8 @@ def merge_lora(model):
                          f"has no place in the plain model")
     nnx.update(merged, merged_state)
     return merged
+
+
+def is_plain(model) -> bool:
+    """No adapters and every kernel float32: what keras-hub and PEFT's base can hold as is."""
+    return not nnx.state(model, LoraParam) and not nnx.state(model, QuantCodes)

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_lora.lora import BERT_KERNEL_INIT, LoraConfig, LoRALinear, dropout
+from jax_lora.lora import (BERT_KERNEL_INIT, COMPUTE_DTYPES, LoraConfig, LoRALinear, dropout,
+                           matmul)
 
 # keras.layers.Softmax fills masked logits with this value (float32), not -inf.
 MASKED_LOGIT = -1e9
@@ -84,14 +85,24 @@ class Embeddings(nnx.Module):
         return dropout(self.layer_norm(x), self.rate, dropout_key)
 
 
-def attend(query, key, value, padding_mask, rate: float, dropout_key):
+def einsum(spec: str, x, y, compute_dtype: str = "float32"):
+    """jnp.einsum with lora.matmul's precision rule: bfloat16 operands, float32 sums."""
+    if compute_dtype == "float32":
+        return jnp.einsum(spec, x, y)
+    return jnp.einsum(spec, x.astype(jnp.bfloat16), y.astype(jnp.bfloat16),
+                      preferred_element_type=jnp.float32)
+
+
+def attend(query, key, value, padding_mask, rate: float, dropout_key,
+           compute_dtype: str = "float32"):
     """Masked softmax attention on [B, T, heads, head_dim] projections (query already scaled;
     it may have fewer rows than key/value), dropout on the probabilities; returns the context
-    [B, T_query, heads, head_dim]."""
-    logits = jnp.einsum("btnd,bsnd->bnts", query, key)
+    [B, T_query, heads, head_dim]. The two products follow `compute_dtype`; the softmax is
+    float32."""
+    logits = einsum("btnd,bsnd->bnts", query, key, compute_dtype)
     logits = jnp.where(padding_mask[:, None, None, :], logits, MASKED_LOGIT)
     probs = dropout(jax.nn.softmax(logits, axis=-1), rate, dropout_key)
-    return jnp.einsum("bnts,bsnd->btnd", probs, value)
+    return einsum("bnts,bsnd->btnd", probs, value, compute_dtype)
 
 
 class Attention(nnx.Module):
@@ -103,6 +114,7 @@ class Attention(nnx.Module):
         self.output = _linear(h, h, "attention_output", lora, rngs)
         self.num_heads = config.num_heads
         self.rate = config.dropout
+        self.compute_dtype = "float32"  # of the attention products (set_compute_dtype)
 
     def __call__(self, x, padding_mask, dropout_key, *, cls_only: bool = False):
         """cls_only: queries (and so the output) for position 0 only; keys/values for all."""
@@ -117,7 +129,8 @@ class Attention(nnx.Module):
         query = heads(self.query, x[:, :1] if cls_only else x, 0) * jnp.float32(
             1.0 / head_dim ** 0.5)
         key, value = heads(self.key, x, 1), heads(self.value, x, 2)
-        context = attend(query, key, value, padding_mask, self.rate, _fold(dropout_key, 3))
+        context = attend(query, key, value, padding_mask, self.rate, _fold(dropout_key, 3),
+                         self.compute_dtype)
         return self.output(context.reshape(batch, query.shape[1], hidden),
                            dropout_key=_fold(dropout_key, 4))
 
@@ -171,8 +184,9 @@ class BertClassifier(nnx.Module):
         self.embeddings = Embeddings(config, rngs=rngs)
         self.layers = nnx.List([TransformerLayer(config, lora, rngs=rngs)
                                 for _ in range(config.num_layers)])
-        self.pooler = nnx.Linear(config.hidden_dim, config.hidden_dim,
-                                 kernel_init=BERT_KERNEL_INIT, rngs=rngs)
+        # A LoRALinear without adapters (a plain dense) so --base-dtype can store it too.
+        self.pooler = _linear(config.hidden_dim, config.hidden_dim, "pooler", lora, rngs)
+        rngs.params()  # the key nnx.Linear drew for its zero bias: the head's init stays as it was
         self.head = nnx.Linear(config.hidden_dim, num_classes, kernel_init=BERT_KERNEL_INIT,
                                rngs=rngs)
 
@@ -215,3 +229,15 @@ class BertClassifier(nnx.Module):
         cls pooling only the [CLS] row goes through the last layer (`encode(cls_only=True)`)."""
         return self.encode(token_ids, segment_ids, padding_mask, dropout_key=dropout_key,
                            cls_only=True)["logits"]
+
+
+def set_compute_dtype(model: BertClassifier, compute_dtype: str) -> None:
+    """The operand type of the encoder's matmuls (projections, attention products, pooler):
+    float32, or bfloat16 with float32 sums (lora.matmul). Parameters, softmax, LayerNorm,
+    GELU, the head and the loss stay float32. Holds no weights: set it after loading."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype {compute_dtype!r}: choose one of "
+                         f"{', '.join(COMPUTE_DTYPES)}")
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, (LoRALinear, Attention)):
+            module.compute_dtype = compute_dtype

@@ -13,12 +13,15 @@ removes again because `set_to_zero` never reads them.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from jax_lora.config import TrainConfig
+from jax_lora.quant import QuantCodes, QuantScales
 
 TRAINABLE, FROZEN = "trainable", "frozen"
 FAST = "trainable_fast"  # LoRA+'s group: lora_b and 1-D leaves at lora_plus_ratio x lr
@@ -94,10 +97,17 @@ def make_optimizer(config: TrainConfig, params: nnx.State, mask: nnx.State,
 
 
 def param_counts(params: nnx.State, mask: nnx.State) -> dict:
-    """The manifest's `params`: scalar counts over all leaves and over the trainable ones."""
-    sizes = [leaf.size for leaf in jax.tree.leaves(params)]
-    trains = jax.tree.leaves(mask)
-    total = int(sum(sizes))
-    trainable = int(sum(size for size, t in zip(sizes, trains) if t))
+    """The manifest's `params`: the model's weights, all and trainable. A kernel stored in
+    fewer bits (jax_lora.quant) counts as the weights it stands for, its scales not at all."""
+    def size(variable) -> int:
+        if isinstance(variable, QuantScales):
+            return 0
+        if isinstance(variable, QuantCodes):
+            return math.prod(variable.kernel_shape)
+        return variable.get_value().size
+    sizes = {path: size(variable) for path, variable in nnx.to_flat_state(params)}
+    trains = {path: variable.get_value() for path, variable in nnx.to_flat_state(mask)}
+    total = int(sum(sizes.values()))
+    trainable = int(sum(size for path, size in sizes.items() if trains[path]))
     return {"total": total, "trainable": trainable,
             "trainable_pct": round(100.0 * trainable / total, 4)}

@@ -31,6 +31,7 @@ from flax import nnx
 from jax_lora.adapter import adapter_filter
 from jax_lora.checkpoint import flat_arrays, replace_arrays
 from jax_lora.lora import LORA_TARGETS, LoraConfig
+from jax_lora.quant import base_dtype_of
 from jax_lora.weights import HF_NAMES, Pretrained, load_pretrained, read_hf, read_keras
 from shared.runs.presets import preset_dir
 
@@ -211,7 +212,7 @@ def save_peft(model, out_dir: str | Path, *, base_model_name_or_path: str, metho
                                     metadata={"format": "pt"})
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (staging / README_FILE).write_text(_readme(base_model_name_or_path, model.num_classes,
-                                                   out_dir.name, method))
+                                                   out_dir.name, method, base_dtype_of(model)))
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)
@@ -221,7 +222,7 @@ def save_peft(model, out_dir: str | Path, *, base_model_name_or_path: str, metho
     return out_dir
 
 
-def _readme(base: str, num_classes: int, name: str, method: str) -> str:
+def _readme(base: str, num_classes: int, name: str, method: str, base_dtype: str) -> str:
     return f"""---
 base_model: {base}
 library_name: peft
@@ -240,7 +241,14 @@ and tokenize with the base model's tokenizer. `hidden_act="gelu_pytorch_tanh"` (
 matters: jax_lora's BERT, like keras-hub's, uses tanh-approximate GELU, while Hugging Face
 BERT's default "gelu" is the exact erf form; without it the logits differ slightly from
 jax_lora's, with it they agree to float rounding.
-"""
+""" + ("" if base_dtype == "float32" else f"""
+The adapter was trained on the base's kernels stored as {base_dtype} (jax_lora --base-dtype
+{base_dtype}, QLoRA's idea). On the float32 base above its logits differ from jax_lora's by that
+rounding. jax_lora's nf4 follows bitsandbytes' layout (blocks of 64 weights of torch's
+[out, in] kernel, absmax scales, the same 16 NF4 levels, no double quantization), so a base
+loaded with `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")` is the closest
+match; that was not compared here (no bitsandbytes on the machine that wrote this).
+""")
 
 
 # ---------------------------------------------------------------- import

@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # `python jax_lora/train.py`: import the repo, no
 
 import contextlib
 import functools
+import itertools
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -45,8 +46,10 @@ from jax_lora.checkpoint import Checkpoints
 from jax_lora.config import TrainConfig, parse_config
 from jax_lora.input_pipeline import Encoded, encode, eval_batches, steps_per_epoch, train_batches
 from jax_lora.lora import trainable_filter
+from jax_lora.models import set_compute_dtype
 from jax_lora.optim import (make_optimizer, param_counts, split_trainable, trainable_mask,
                             with_frozen_zeros)
+from jax_lora.quant import stored_bytes
 from jax_lora.weights import Pretrained, load_pretrained
 from shared.cli import exit_on_bad_input, trainer_main
 from shared.data.spec import Data
@@ -79,12 +82,19 @@ class Setup:
     pretrained: Pretrained
     encoded: dict  # split name -> Encoded: "train", "val" and, when test.csv exists, "test"
     mesh: Mesh
-    steps_per_epoch: int
+    micro_batches: int  # batches of global_batch rows per epoch
     parent: dict | None  # adapter.read_parent of --init-from
 
     @property
     def global_batch(self) -> int:
+        """Rows of one (micro-)batch over all devices."""
         return self.config.batch_per_device * self.mesh.size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: one per --accumulate micro-batches, the last one on
+        what is left."""
+        return -(-self.micro_batches // self.config.accumulate)
 
 
 # ---------------------------------------------------------------- pure step functions
@@ -112,28 +122,82 @@ def compiler_options(remat: str) -> dict:
     return {} if remat == "none" else memory_scheduler()
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, trainable, dropout_base, *,
-                    options: dict | None = None):
-    """The jitted step (state donated); `options` are XLA compiler options (compiler_options)."""
-    def loss_fn(trainable_params, frozen, batch, dropout_key):
+def make_loss_sum(graphdef):
+    """(trainable, frozen, batch, dropout_key) -> (loss summed over the batch's real rows,
+    metrics), to differentiate with respect to the trainable part only."""
+    def loss_sum(trainable_params, frozen, batch, dropout_key):
         model = nnx.merge(graphdef, trainable_params, frozen)
         logits = model(batch["token_ids"], batch["segment_ids"], batch["padding_mask"],
                        dropout_key=dropout_key)
         metrics = batch_metrics(logits, batch["labels"], batch["weights"])
-        return metrics["loss_sum"] / metrics["count"], metrics
+        return metrics["loss_sum"], metrics
+    return loss_sum
+
+
+def apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads,
+                    frozen) -> TrainState:
+    """One optimizer step on the trainable leaves' gradients (frozen leaves get zeros, which
+    the partitioned optimizer never reads)."""
+    updates, opt_state = tx.update(with_frozen_zeros(grads, frozen), state.opt_state,
+                                   state.params)
+    return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, trainable, dropout_base, *,
+                    options: dict | None = None):
+    """The jitted step (state donated) on one batch; `options` are XLA compiler options
+    (compiler_options)."""
+    loss_sum = make_loss_sum(graphdef)
+
+    def mean_loss(*args):
+        total, metrics = loss_sum(*args)
+        return total / metrics["count"], metrics
 
     def train_step(state: TrainState, batch: dict):
         # Differentiate only the trainable part: no weight gradients for the frozen base.
         trainable_params, frozen = split_trainable(state.params, trainable)
         dropout_key = jax.random.fold_in(dropout_base, state.step)
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(trainable_params, frozen, batch,
-                                                         dropout_key)
-        updates, opt_state = tx.update(with_frozen_zeros(grads, frozen), state.opt_state,
-                                       state.params)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(state.step + 1, params, opt_state), metrics
+        grads, metrics = jax.grad(mean_loss, has_aux=True)(trainable_params, frozen, batch,
+                                                           dropout_key)
+        return apply_gradients(tx, state, grads, frozen), metrics
 
     return jax.jit(train_step, donate_argnums=0, compiler_options=options or None)
+
+
+def make_accumulated_step(graphdef, tx: optax.GradientTransformation, trainable, dropout_base,
+                          accumulate: int, *, options: dict | None = None):
+    """step(state, micro_batches) -> (state, metrics), --accumulate: one optimizer step on the
+    mean loss over the real rows of up to `accumulate` micro-batches. Each micro-batch adds
+    the gradient of its summed loss (one jitted program per batch shape, the running sums
+    donated); one update then divides by the number of real rows, so micro-batches of other
+    lengths (dynamic padding) or a shorter last group are exact. Micro-batch k of step s draws
+    its dropout masks from key s · accumulate + k."""
+    grad_sum = jax.grad(make_loss_sum(graphdef), has_aux=True)
+
+    def micro_step(state: TrainState, grads, metrics, batch, k):
+        trainable_params, frozen = split_trainable(state.params, trainable)
+        dropout_key = jax.random.fold_in(dropout_base, state.step * accumulate + k)
+        more, more_metrics = grad_sum(trainable_params, frozen, batch, dropout_key)
+        return (jax.tree.map(jnp.add, grads, more),
+                {name: metrics[name] + more_metrics[name] for name in METRICS})
+
+    def update(state: TrainState, grads, count):
+        frozen = split_trainable(state.params, trainable)[1]
+        return apply_gradients(tx, state, jax.tree.map(lambda g: g / count, grads), frozen)
+
+    jit = functools.partial(jax.jit, compiler_options=options or None)
+    micro, update = jit(micro_step, donate_argnums=(1, 2)), jit(update, donate_argnums=0)
+    zeros = jax.jit(lambda params: jax.tree.map(jnp.zeros_like,
+                                                split_trainable(params, trainable)[0]))
+
+    def train_step(state: TrainState, micro_batches: list[dict]):
+        grads = zeros(state.params)
+        metrics = {name: jnp.zeros((), jnp.float32) for name in METRICS}  # three buffers
+        for k, batch in enumerate(micro_batches):
+            grads, metrics = micro(state, grads, metrics, batch, jnp.int32(k))
+        return update(state, grads, metrics["count"]), metrics
+
+    return train_step
 
 
 def make_eval_step(graphdef):
@@ -212,6 +276,13 @@ def val_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
             "val_accuracy": float((probs.argmax(axis=1) == labels).mean())}
 
 
+def micro_batches_of(setup: Setup, *, epoch: int, start: int) -> list[int]:
+    """How many micro-batches each optimizer step from `start` of `epoch` takes."""
+    k = setup.config.accumulate
+    return [min(k, setup.micro_batches - step * k)
+            for step in range(start, setup.steps_per_epoch)]
+
+
 def train_epoch(setup: Setup, train_step, state: TrainState, *, epoch: int, start: int,
                 totals: dict, save_checkpoint):
     """Steps `start`.. of `epoch`, continuing the epoch's running sums `totals`. Returns
@@ -224,14 +295,18 @@ def train_epoch(setup: Setup, train_step, state: TrainState, *, epoch: int, star
         began = time.perf_counter()
         batches = train_batches(setup.encoded["train"], setup.global_batch, seed=config.seed,
                                 epoch=epoch, dynamic=config.dynamic_padding,
-                                group_by_length=config.group_by_length, start=start)
-        for index, batch in enumerate(batches, start=start + 1):
-            state, metrics = train_step(state, shard_batch(batch, setup.mesh))
+                                group_by_length=config.group_by_length,
+                                start=start * config.accumulate)
+        rows = 0
+        for index, size in enumerate(micro_batches_of(setup, epoch=epoch, start=start),
+                                     start=start + 1):
+            group = [shard_batch(batch, setup.mesh) for batch in itertools.islice(batches, size)]
+            state, metrics = train_step(state, group)
             totals = {k: totals[k] + metrics[k] for k in METRICS}
+            rows += size * setup.global_batch
             bar.update()
             if index % 10 == 0 and not config.quiet:  # reading the loss waits for the device
-                rate = (index - start) * setup.global_batch / (
-                    time.perf_counter() - began - compiled["seconds"])
+                rate = rows / (time.perf_counter() - began - compiled["seconds"])
                 bar.set_postfix(loss=f"{float(totals['loss_sum'] / totals['count']):.4f}",
                                 examples_per_s=f"{rate:.1f}")
             step = epoch * setup.steps_per_epoch + index
@@ -257,26 +332,30 @@ def prepare(config: TrainConfig) -> Setup | None:
     data, weights, state = plan
     mesh = make_mesh()
     global_batch = config.batch_per_device * mesh.size
-    steps = steps_per_epoch(len(data.train), global_batch)
-    if steps == 0:
+    micro_batches = steps_per_epoch(len(data.train), global_batch)
+    if micro_batches == 0:
         raise ValueError(f"--batch-per-device {config.batch_per_device}: global batch "
                          f"{global_batch} ({mesh.size} device(s)) exceeds the "
                          f"{len(data.train)} training rows; lower it or use more rows")
+    steps = -(-micro_batches // config.accumulate)
     if config.warmup_steps > steps * config.epochs:
         raise ValueError(f"--warmup-steps {config.warmup_steps}: longer than the whole run "
-                         f"({steps * config.epochs} steps)")
+                         f"({steps * config.epochs} optimizer steps)")
     parent = (None if config.init_from is None else
               read_parent(config.init_from, split=data.split.describe(), weights=weights,
                           pooling=config.pooling))
+    # The pooler stays float32 when it is not the base's: it trains, or comes from the parent.
+    own_pooler = config.lora.train_pooler or (parent is not None and parent["pooler"])
     pretrained = load_pretrained(config.preset, config.lora, seed=config.seed,
-                                 pooling=config.pooling, source=weights)
+                                 pooling=config.pooling, source=weights,
+                                 base_dtype=config.base_dtype, quantize_pooler=not own_pooler)
     if config.sequence_length > pretrained.config.max_sequence_length:
         raise ValueError(f"--sequence-length {config.sequence_length}: {config.preset} has "
                          f"{pretrained.config.max_sequence_length} positions")
     frames = {"train": data.train, "val": data.val, "test": data.test}
     encoded = {name: encode(pretrained.tokenizer, frame, config.sequence_length)
                for name, frame in frames.items() if frame is not None}
-    return Setup(config, data, state, pretrained, encoded, mesh, steps, parent)
+    return Setup(config, data, state, pretrained, encoded, mesh, micro_batches, parent)
 
 
 def run(setup: Setup) -> Path:
@@ -284,20 +363,27 @@ def run(setup: Setup) -> Path:
     total_steps = setup.steps_per_epoch * config.epochs
     print(f"{TRAINER}: {len(setup.data.train)} train / {len(setup.data.val)} val rows, "
           f"{setup.steps_per_epoch} steps x {config.epochs} epochs of {setup.global_batch} "
-          f"on {mesh.size} {jax.default_backend()} device(s) -> {config.run_dir}", flush=True)
+          + (f"x {config.accumulate} accumulated " if config.accumulate > 1 else "")
+          + f"on {mesh.size} {jax.default_backend()} device(s) -> {config.run_dir}", flush=True)
 
     # Model and optimizer: the mask says which leaves move; the rest keep no optimizer state.
     model = setup.pretrained.model
     model.remat = config.remat
     inherited = [] if setup.parent is None else init_from_parent(model, setup.parent)
+    set_compute_dtype(model, config.compute_dtype)
     graphdef, params = nnx.split(model)
     trainable = trainable_filter(config.lora, full=config.full)
     mask = trainable_mask(params, trainable)
     tx = make_optimizer(config, params, mask, total_steps)
     state = replicate(TrainState(jnp.int32(0), params, tx.init(params)), mesh)
     dropout_base = jax.random.fold_in(jax.random.key(config.seed), DROPOUT_STREAM)
-    train_step = make_train_step(graphdef, tx, trainable, dropout_base,
-                                 options=compiler_options(config.remat))
+    options = compiler_options(config.remat)
+    if config.accumulate == 1:
+        single_step = make_train_step(graphdef, tx, trainable, dropout_base, options=options)
+        train_step = lambda state, micro_batches: single_step(state, *micro_batches)  # noqa: E731
+    else:
+        train_step = make_accumulated_step(graphdef, tx, trainable, dropout_base,
+                                           config.accumulate, options=options)
     predict = functools.partial(evaluate, make_eval_step(graphdef), mesh=mesh,
                                 global_batch=setup.global_batch, dynamic=config.dynamic_padding)
 
@@ -330,7 +416,9 @@ def run(setup: Setup) -> Path:
                                  "truncate": "round_robin",
                                  **setup.pretrained.tokenizer.describe()},
                   model={"method": config.method, "pooling": config.pooling,
-                         "adapter_scale": config.lora.scale if config.lora.targets else None})
+                         "adapter_scale": config.lora.scale if config.lora.targets else None,
+                         "base_dtype": config.base_dtype, "compute_dtype": config.compute_dtype,
+                         "frozen_kernel_bytes": stored_bytes(model)})
     if setup.parent is not None:
         writer.update(parent={**setup.parent, "inherited": inherited})
 
@@ -343,7 +431,7 @@ def run(setup: Setup) -> Path:
     last_val = None
     for epoch in range(step // setup.steps_per_epoch, config.epochs):
         start = step - epoch * setup.steps_per_epoch
-        examples = (setup.steps_per_epoch - start) * setup.global_batch
+        examples = sum(micro_batches_of(setup, epoch=epoch, start=start)) * setup.global_batch
         state, totals, train_seconds, compile_seconds = train_epoch(
             setup, train_step, state, epoch=epoch, start=start,
             totals=progress["epoch_totals"], save_checkpoint=save_checkpoint)
@@ -380,7 +468,8 @@ def run(setup: Setup) -> Path:
     save_adapter(Path(config.run_dir) / ADAPTER, model, setup.pretrained.source,
                  method=config.method, pooler=any(n.startswith("pooler.") for n in inherited))
     writer.finish(peak_accelerator_mem_mb=peak_accelerator_mb(mesh), steps=total_steps,
-                  global_batch=setup.global_batch, adapter=ADAPTER)
+                  global_batch=setup.global_batch, accumulate=config.accumulate,
+                  effective_batch=setup.global_batch * config.accumulate, adapter=ADAPTER)
     return Path(config.run_dir)
 
 

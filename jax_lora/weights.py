@@ -24,6 +24,7 @@ from flax import nnx
 
 from jax_lora.lora import LoraConfig, LoraParam, init_dora_magnitudes
 from jax_lora.models import BertClassifier, BertConfig
+from jax_lora.quant import quantize, quantized_linears
 from jax_lora.tokenizer import Tokenizer
 from shared.runs.presets import describe_preset, preset_dir
 
@@ -118,17 +119,21 @@ class Pretrained:
 
 
 def load_pretrained(preset: str, lora: LoraConfig, *, num_classes: int = 3, seed: int = 0,
-                    pooling: str = "cls", source: dict | None = None) -> Pretrained:
+                    pooling: str = "cls", source: dict | None = None,
+                    base_dtype: str = "float32", quantize_pooler: bool = True) -> Pretrained:
     """The model with pretrained encoder + pooler, a fresh head and fresh LoRA factors (from
     `seed`; DoRA magnitudes = the pretrained kernels' column norms), its tokenizer, and where
     the weights came from (shared.runs.presets.describe_preset, the same record tf_baseline
-    writes; pass `source` when it is already computed)."""
+    writes; pass `source` when it is already computed). `base_dtype` (jax_lora.quant): the
+    encoder's kernels, and the pooler's when `quantize_pooler`, are stored quantized as they
+    are read, so the float32 kernels are never all in memory at once."""
     directory, file_kind = preset_dir(preset)
     read = read_hf if file_kind == "hf" else read_keras
     config, tensors, weights_file = read(directory)
     source = source or describe_preset(preset)
     model = _fresh_model(config, num_classes, lora, seed, pooling)
-    assign(model, tensors, weights_file)
+    assign(model, tensors, weights_file, base_dtype=base_dtype,
+           stored={path for path, _ in quantized_linears(model, pooler=quantize_pooler)})
     init_dora_magnitudes(model)
     return Pretrained(model=model, config=config,
                       tokenizer=Tokenizer.from_preset_dir(directory, file_kind),
@@ -270,11 +275,13 @@ def keras_parameter_path(layer: str, variable: str) -> tuple | None:
     return KERAS_NAMES.path(layer, variable)
 
 
-def assign(model: BertClassifier, tensors: Iterable[Tensor], weights_file: Path) -> None:
+def assign(model: BertClassifier, tensors: Iterable[Tensor], weights_file: Path, *,
+           base_dtype: str = "float32", stored: set = frozenset()) -> None:
     """Put each tensor into the model as it is read; every parameter but head and LoRA must
-    receive exactly one."""
+    receive exactly one. The kernels of the modules at the paths `stored` are quantized as
+    `base_dtype` (jax_lora.quant) one at a time, and stored so once all are read."""
     state = nnx.state(model, nnx.Not(FRESH))
-    unset, set_from = dict(nnx.to_flat_state(state)), {}
+    unset, set_from, quantized = dict(nnx.to_flat_state(state)), {}, {}
     for path, array, name in tensors:
         where = "/".join(map(str, path))
         if path not in unset:
@@ -285,9 +292,21 @@ def assign(model: BertClassifier, tensors: Iterable[Tensor], weights_file: Path)
         if array.shape != variable.shape:
             raise WeightsError(f"{weights_file}: tensor {name} has shape {array.shape}, "
                                f"parameter {where} needs {variable.shape}")
-        variable.set_value(np.asarray(array, np.float32))
         set_from[path] = name
+        if base_dtype != "float32" and path[-1] == "kernel" and path[:-1] in stored:
+            quantized[path[:-1]] = quantize(np.asarray(array, np.float32), base_dtype)
+            continue
+        variable.set_value(np.asarray(array, np.float32))
     if unset:
         raise WeightsError(f"{weights_file}: no tensor for parameter "
                            f"{'/'.join(map(str, next(iter(unset))))}")
     nnx.update(model, state)
+    for path, (codes, scales) in quantized.items():
+        module_at(model, path).store_base(base_dtype, codes, scales)
+
+
+def module_at(model, path: tuple):
+    """The submodule of `model` at a module path such as ("layers", 0, "attention", "query")."""
+    for part in path:
+        model = model[part] if isinstance(part, int) else getattr(model, part)
+    return model

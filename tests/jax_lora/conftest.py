@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,11 @@ from shared.data.watson import SAMPLE_DATA_DIR, load_test, load_train
 from shared.runs.presets import PresetError, minilm_dir
 
 KERAS_REFERENCE = Path(__file__).with_name("keras_reference.py")
+REPO = Path(__file__).resolve().parents[2]
+# Subprocess runs of the trainer compile with LLVM optimisations off: several times faster to
+# compile, and every run compared with another one here uses the same flags.
+SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": (
+    os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()}
 # Texts where keras-hub's own text rules give other ids than a model's tokenizer.json
 # (uncased, strip_accents null, as MiniLM), each with the reason.
 RULE_GAPS = [
@@ -124,6 +130,16 @@ def bert_tokenizer_json():
 @pytest.fixture(scope="session")
 def rule_gaps() -> list[tuple[str, str]]:
     return RULE_GAPS
+
+
+@pytest.fixture(scope="module")
+def run_env(tmp_path_factory) -> dict:
+    """The environment of a test module's trainer subprocesses: SUBPROCESS_ENV plus a
+    compilation cache they share (the first run compiles, the killed and the resumed one
+    load its executables)."""
+    cache = tmp_path_factory.mktemp("jax_cache")
+    return {**SUBPROCESS_ENV, "JAX_COMPILATION_CACHE_DIR": str(cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
 @pytest.fixture(scope="session")

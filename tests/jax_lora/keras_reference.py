@@ -124,19 +124,22 @@ def model_outputs(preset, inputs):
             "head_kernel": np.asarray(head.kernel), "head_bias": np.asarray(head.bias)}
 
 
-def export_round_trip(preset, out_dir, result_file):
-    """jax_lora.export in a process that holds both JAX and TensorFlow, as the export CLI."""
+def export_round_trip(preset, out_dir, result_file, base_dtype="float32"):
+    """jax_lora.export in a process that holds both JAX and TensorFlow, as the export CLI;
+    `base_dtype`: the frozen kernels stored as --base-dtype says before the export."""
     import jax
     from flax import nnx
 
     from jax_lora.export import export_preset
     from jax_lora.lora import LORA_TARGETS, LoraConfig
+    from jax_lora.quant import quantize_base
     from jax_lora.weights import load_pretrained
     from shared.data.watson import SAMPLE_DATA_DIR, load_train
 
     pretrained = load_pretrained(preset, LoraConfig(rank=4, alpha=8.0, targets=LORA_TARGETS),
                                  seed=3)
     model = pretrained.model
+    quantize_base(model, base_dtype)
     for index, (_, module) in enumerate(nnx.iter_modules(model)):
         if hasattr(module, "lora_b"):  # trained adapters are not zero; these must not be either
             key = jax.random.fold_in(jax.random.key(7), index)
@@ -239,6 +242,8 @@ def reference(root, vocab_file, pairs_file, export_from, save_from, named_preset
         np.savez(os.path.join(root, f"{name}_outputs.npz"), **model_outputs(preset, inputs))
     export_round_trip(export_from, os.path.join(root, "exported"),
                       os.path.join(root, "export.npz"))
+    export_round_trip(export_from, os.path.join(root, "exported_nf4"),
+                      os.path.join(root, "export_nf4.npz"), base_dtype="nf4")
     saved_round_trips(save_from, root, pairs)
     full_steps(root, vocab_file)
 

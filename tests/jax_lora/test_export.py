@@ -34,6 +34,20 @@ def test_exported_preset_reproduces_the_adapted_model(round_trip):
     assert from_ids <= TOLERANCE and from_text <= TOLERANCE
 
 
+def test_export_from_an_nf4_base_writes_its_dequantized_kernels(keras_hub_reference):
+    """A QLoRA-style model (kernels stored as NF4, adapters float32) exports the kernels it
+    computes with: dequantized + adapter, float32; keras-hub's logits equal the Flax ones."""
+    root = keras_hub_reference["root"]
+    result, plain = dict(np.load(root / "export_nf4.npz")), dict(np.load(root / "export.npz"))
+    gap = np.abs(result["tf_logits_from_ids"] - result["flax_logits"]).max()
+    quantization = np.abs(result["flax_logits"] - plain["flax_logits"]).max()
+    print(f"nf4 export max abs {gap:.2e}; nf4 vs float32 base logits {quantization:.2e}")
+    assert gap <= TOLERANCE and quantization > 10 * TOLERANCE  # the NF4 base, not the float32
+    pretrained = load_pretrained(str(root / "exported_nf4"), LoraConfig(targets=()))
+    kernel = pretrained.model.layers[0].attention.query.kernel.get_value()
+    assert kernel.dtype == np.float32 and len(np.unique(kernel)) > 16
+
+
 def test_export_reloads_as_our_own_keras_preset(round_trip):
     """The exported folder is also a valid --preset for jax_lora (weights.read_keras)."""
     preset, result = round_trip

@@ -201,14 +201,6 @@ def train_command(preset: Path, run_dir: Path) -> list[str]:
             "--run-dir", str(run_dir), *RUN_FLAGS]
 
 
-@pytest.fixture(scope="module")
-def run_env(tmp_path_factory) -> dict:
-    """SUBPROCESS_ENV plus a compilation cache shared by this module's runs of train.py: the
-    first run compiles, the killed and the resumed one load its executables."""
-    cache = tmp_path_factory.mktemp("jax_cache")
-    return {**SUBPROCESS_ENV, "JAX_COMPILATION_CACHE_DIR": str(cache),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_hf_preset, tmp_path_factory, run_env) -> Path:
