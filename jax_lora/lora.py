@@ -16,10 +16,12 @@ s · x' A B, x' = dropout(x), which is x W + b rescaled when dropout is off.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jax_lora.quant import QuantCodes, QuantScales, dequantize, quantize
@@ -105,6 +107,32 @@ def matmul(x: jax.Array, y: jax.Array, compute_dtype: str = "float32") -> jax.Ar
                       preferred_element_type=jnp.float32)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def stored_matmul(x: jax.Array, codes: jax.Array, scales: jax.Array | None, base_dtype: str,
+                  shape: tuple[int, int], compute_dtype: str) -> jax.Array:
+    """x @ dequantize(codes, scales), whose backward pass dequantizes the kernel again instead
+    of keeping the float32 kernel from the forward pass (as bitsandbytes' QLoRA matmul does):
+    what stays in memory between the passes is the stored codes. The stored leaves never train,
+    so their cotangents are zeros."""
+    return matmul(x, dequantize(codes, scales, base_dtype, shape), compute_dtype)
+
+
+def _stored_matmul_fwd(x, codes, scales, base_dtype, shape, compute_dtype):
+    return stored_matmul(x, codes, scales, base_dtype, shape, compute_dtype), (codes, scales)
+
+
+def _stored_matmul_bwd(base_dtype, shape, compute_dtype, residuals, grad):
+    codes, scales = residuals
+    kernel = dequantize(codes, scales, base_dtype, shape)
+    zero = (jnp.zeros_like(codes) if jnp.issubdtype(codes.dtype, jnp.floating)
+            else np.zeros(codes.shape, jax.dtypes.float0))
+    return (matmul(grad, kernel.T, compute_dtype), zero,
+            None if scales is None else jnp.zeros_like(scales))
+
+
+stored_matmul.defvjp(_stored_matmul_fwd, _stored_matmul_bwd)
+
+
 def column_norm(kernel: jax.Array) -> jax.Array:
     """‖W[:, j]‖ over the input axis of a [d_in, d_out] kernel: DoRA's norm, [d_out]."""
     return jnp.linalg.norm(kernel, axis=0)
@@ -157,10 +185,17 @@ class LoRALinear(nnx.Module):
         scales = None if self.base_dtype == "bfloat16" else self.kernel_scales[...]
         return dequantize(self.kernel_codes[...], scales, self.base_dtype, self.kernel_shape)
 
+    def base_matmul(self, x: jax.Array) -> jax.Array:
+        """x W (no bias); a stored kernel is dequantized inside (stored_matmul)."""
+        if self.base_dtype == "float32":
+            return matmul(x, self.kernel[...], self.compute_dtype)
+        scales = None if self.base_dtype == "bfloat16" else self.kernel_scales[...]
+        return stored_matmul(x, self.kernel_codes[...], scales, self.base_dtype,
+                             self.kernel_shape, self.compute_dtype)
+
     def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
         dtype = self.compute_dtype
-        kernel = self.base_kernel()
-        base = matmul(x, kernel, dtype)
+        base = self.base_matmul(x)
         if not self.rank:
             return base + self.bias[...]
         adapter_in = dropout(x, self.lora_dropout, dropout_key)
@@ -168,14 +203,13 @@ class LoRALinear(nnx.Module):
                                      self.lora_b[...], dtype)
         if not self.dora:
             return base + self.bias[...] + update
-        factor = self.lora_magnitude[...] / jax.lax.stop_gradient(self.adapted_norm(kernel))
-        frozen_in = base if adapter_in is x else matmul(adapter_in, kernel, dtype)
+        factor = self.lora_magnitude[...] / jax.lax.stop_gradient(self.adapted_norm())
+        frozen_in = base if adapter_in is x else self.base_matmul(adapter_in)
         return base + self.bias[...] + (factor - 1.0) * frozen_in + factor * update
 
-    def adapted_norm(self, kernel: jax.Array | None = None) -> jax.Array:
-        """‖W + s·A·B‖ per output column (DoRA's denominator); `kernel`: W if already at hand."""
-        kernel = self.base_kernel() if kernel is None else kernel
-        return column_norm(kernel + self.scale * (self.lora_a[...] @ self.lora_b[...]))
+    def adapted_norm(self) -> jax.Array:
+        """‖W + s·A·B‖ per output column (DoRA's denominator)."""
+        return column_norm(self.base_kernel() + self.scale * (self.lora_a[...] @ self.lora_b[...]))
 
     def merged_kernel(self) -> jax.Array:
         """The plain float32 kernel this layer computes with: W (dequantized) + s·A·B, DoRA's
