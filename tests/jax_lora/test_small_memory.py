@@ -150,6 +150,35 @@ def test_loading_onto_a_quantized_base_equals_quantizing_after(tiny_hf_preset):
     assert np.abs(ours - logits(base, batch)).max() <= 1e-5
 
 
+@pytest.mark.parametrize("base_dtype", ["bfloat16", "int8", "nf4"])
+@pytest.mark.parametrize("dora", [False, True])
+def test_stored_matmul_gradients_equal_the_dequantized_float32_models(base_dtype, dora,
+                                                                      tiny_config):
+    """The custom backward pass (the kernel dequantized again, not kept) gives the gradients
+    of the float32 model whose kernels are the dequantized ones."""
+    config = dataclasses.replace(tiny_config, dropout=0.0)
+    lora = LoraConfig(rank=2, targets=("query", "value", "ffn_in"), dora=dora)
+    stored = BertClassifier(config, lora=lora, rngs=nnx.Rngs(0))
+    quantize_base(stored, base_dtype)
+    randomize_adapters(stored)
+    plain = BertClassifier(config, lora=lora, rngs=nnx.Rngs(0))
+    for (_, ours), (_, theirs) in zip(nnx.iter_modules(stored), nnx.iter_modules(plain)):
+        if isinstance(ours, LoRALinear):
+            theirs.kernel[...] = ours.base_kernel()
+    nnx.update(plain, nnx.state(stored, trainable_filter(lora)))
+    batch = inputs(config.vocab_size)
+
+    def grads(model):
+        graphdef, trained, rest = nnx.split(model, trainable_filter(lora), ...)
+        loss = lambda t: jnp.sum(nnx.merge(graphdef, t, rest)(  # noqa: E731
+            batch["token_ids"], batch["segment_ids"], batch["padding_mask"]) ** 2)
+        return jax.tree.leaves(jax.grad(loss)(trained))
+
+    ours, theirs = grads(stored), grads(plain)
+    assert len(ours) == len(theirs) and max(np.abs(t).max() for t in theirs) > 0
+    assert max(np.abs(o - t).max() for o, t in zip(ours, theirs)) <= 1e-6
+
+
 # ---------------------------------------------------------------- bfloat16 compute
 
 def test_bfloat16_compute_stays_close_to_float32_on_minilm(minilm):
