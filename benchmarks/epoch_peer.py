@@ -194,8 +194,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     with exit_on_bad_input():
         names = check(args)
-    command = "python -m benchmarks.epoch_peer " + shlex.join(
-        sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "-m", "benchmarks.epoch_peer",
+                          *(sys.argv[1:] if argv is None else argv)])
     runs = {}
     with tempfile.TemporaryDirectory(prefix="epoch-peer-") as folder:
         for name in names:
