@@ -40,6 +40,7 @@ from benchmarks.epoch import WATSON_DIR  # noqa: E402
 from benchmarks.run import RESULTS, doc_block, machine, quote_in_doc  # noqa: E402
 from shared.cli import exit_on_bad_input  # noqa: E402
 from shared.runs.run_dir import atomic_write_text  # noqa: E402
+from shared.runs.tokenization import MIN_SEQUENCE_LENGTH  # noqa: E402
 
 RUNS = {  # name -> (label, extra jax_lora flags; None: the PyTorch peer)
     "jax_lora": ("JAX LoRA (jax_lora defaults)", []),
@@ -71,6 +72,11 @@ def check(args: argparse.Namespace) -> list[str]:
     if unknown or not names:
         raise ValueError(f"--runs {args.runs}: unknown {', '.join(unknown) or 'empty list'}; "
                          f"choose among {', '.join(RUNS)}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit}: must be >= 1")
+    if not MIN_SEQUENCE_LENGTH <= args.sequence_length <= 512:
+        raise ValueError(f"--sequence-length {args.sequence_length}: must lie in "
+                         f"[{MIN_SEQUENCE_LENGTH}, 512]")
     if not (args.data_dir / "train.csv").is_file():
         raise FileNotFoundError(f"--data-dir {args.data_dir}: no train.csv; pass the Watson "
                                 f"CSV folder")

@@ -178,20 +178,23 @@ class LoRALinear(nnx.Module):
             self.kernel_scales = QuantScales(jnp.asarray(scales))
         self.base_dtype = base_dtype
 
+    def stored(self) -> tuple[jax.Array, jax.Array | None]:
+        """(codes, scales) of a kernel stored in fewer bits; scales is None for bfloat16."""
+        scales = None if self.base_dtype == "bfloat16" else self.kernel_scales[...]
+        return self.kernel_codes[...], scales
+
     def base_kernel(self) -> jax.Array:
         """W, float32 [d_in, d_out] (dequantized when stored in fewer bits)."""
         if self.base_dtype == "float32":
             return self.kernel[...]
-        scales = None if self.base_dtype == "bfloat16" else self.kernel_scales[...]
-        return dequantize(self.kernel_codes[...], scales, self.base_dtype, self.kernel_shape)
+        return dequantize(*self.stored(), self.base_dtype, self.kernel_shape)
 
     def base_matmul(self, x: jax.Array) -> jax.Array:
         """x W (no bias); a stored kernel is dequantized inside (stored_matmul)."""
         if self.base_dtype == "float32":
             return matmul(x, self.kernel[...], self.compute_dtype)
-        scales = None if self.base_dtype == "bfloat16" else self.kernel_scales[...]
-        return stored_matmul(x, self.kernel_codes[...], scales, self.base_dtype,
-                             self.kernel_shape, self.compute_dtype)
+        return stored_matmul(x, *self.stored(), self.base_dtype, self.kernel_shape,
+                             self.compute_dtype)
 
     def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
         dtype = self.compute_dtype

@@ -13,8 +13,8 @@ head stay float32:
   per byte, the first in the high nibble (0.5 byte a weight + 4 bytes per block). QLoRA's
   "double quantization" of the block scales (saving 0.37 bit a weight) is not done here.
 The stored leaves are QuantCodes/QuantScales variables, not nnx.Param: no trainable filter
-selects them, so they get no gradient and no optimizer state, and only `quantize_base` writes
-them. The adapter trains against the dequantized kernel, so a merge or export folds the adapter
+selects them, so they get no gradient and no optimizer state; they are written once, by the
+loader (weights.assign) or `quantize_base`, through LoRALinear.store_base. The adapter trains against the dequantized kernel, so a merge or export folds the adapter
 into that kernel (LoRALinear.base_kernel), as QLoRA merges into the dequantized weights.
 """
 

@@ -49,8 +49,13 @@ def test_each_run_trained_one_epoch_on_the_same_rows(peer_run):
     assert doc["command"] in markdown and "JAX LoRA, base NF4" in markdown
 
 
-def test_bad_runs_exit_2(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "benchmarks.epoch_peer", "--runs", "nope",
-                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 2 and "--runs nope: unknown nope" in done.stderr
-    assert not any(tmp_path.iterdir())
+@pytest.mark.parametrize("flags, problem", [(["--runs", "nope"], "--runs nope: unknown nope"),
+                                            (["--limit", "0"], "--limit 0: must be >= 1"),
+                                            (["--sequence-length", "2"],
+                                             "--sequence-length 2: must lie in")])
+def test_bad_flags_exit_2_and_write_nothing(tmp_path, flags, problem):
+    done = subprocess.run([sys.executable, "-m", "benchmarks.epoch_peer", *flags,
+                           "--data-dir", str(SAMPLE_DATA_DIR), "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2 and problem in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not any(tmp_path.iterdir())
