@@ -128,14 +128,18 @@ def variant_step(name: str, jax_setup, batch, patches: contextlib.ExitStack):
     return jax.jit(forward_only), (s.state, batch)
 
 
-def headmajor_attend(query, key, value, padding_mask, rate: float, dropout_key):
+def headmajor_attend(query, key, value, padding_mask, rate: float, dropout_key,
+                     compute_dtype: str = "float32"):
     """jax_lora.models.attend with the heads moved ahead of the sequence before two matmuls
-    (about 1.8x faster than the einsums alone in a forward-only micro-benchmark)."""
+    (about 1.8x faster than the einsums alone in a forward-only micro-benchmark); float32
+    products only, as the profile runs the recipe."""
     import jax
     import jax.numpy as jnp
 
     from jax_lora.models import MASKED_LOGIT, dropout
 
+    if compute_dtype != "float32":
+        raise ValueError(f"headmajor_attention: compute dtype {compute_dtype}, not float32")
     q, k, v = (jnp.swapaxes(t, 1, 2) for t in (query, key, value))
     logits = jnp.where(padding_mask[:, None, None, :], q @ jnp.swapaxes(k, -1, -2), MASKED_LOGIT)
     probs = dropout(jax.nn.softmax(logits, axis=-1), rate, dropout_key)

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -126,6 +127,14 @@ def missing_modules(config: Config) -> list[str]:
             if importlib.util.find_spec(name) is None]
 
 
+def error_line(stderr: str) -> str:
+    """The line of a traceback that names the exception (JAX ends its tracebacks with a note
+    about filtered frames, which names nothing), else the last line."""
+    lines = stderr.strip().splitlines() or ["(no stderr)"]
+    named = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line)]
+    return (named or lines)[-1]
+
+
 def run_module(module: str, args: list[str], env: dict | None = None) -> dict:
     """Run `python -m module args` from the repo root, with `env` added to the environment;
     its last stdout line is a JSON object."""
@@ -138,7 +147,7 @@ def run_module(module: str, args: list[str], env: dict | None = None) -> dict:
         return {"status": "failed", "returncode": proc.returncode,
                 "error": f"killed by signal {-proc.returncode}{why}"}
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+        tail = error_line(proc.stderr)
         return {"status": "failed", "returncode": proc.returncode, "error": tail[-500:]}
     result = json.loads(lines[-1])
     result.setdefault("status", "ok")

@@ -421,3 +421,20 @@ def test_a_killed_worker_is_reported_as_killed(monkeypatch):
     result = run.run_module("benchmarks.bench_tf", [])
     assert result["status"] == "failed" and result["returncode"] == -9
     assert result["error"].startswith("killed by signal 9 (SIGKILL: out of memory?")
+
+
+def test_a_failed_worker_reports_the_line_that_names_its_exception(monkeypatch):
+    """JAX ends a traceback with a note about filtered frames; the error must name the
+    exception instead."""
+    stderr = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+              "TypeError: attend() got an unexpected keyword argument 'compute_dtype'\n"
+              "--------------------\n"
+              "For simplicity, JAX has removed its internal frames from the traceback\n")
+
+    def failed(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 1, stdout="", stderr=stderr)
+
+    monkeypatch.setattr(run.subprocess, "run", failed)
+    result = run.run_module("benchmarks.bench_jax", [])
+    assert result["status"] == "failed" and result["returncode"] == 1
+    assert result["error"].startswith("TypeError: attend() got an unexpected keyword")
