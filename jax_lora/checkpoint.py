@@ -60,14 +60,14 @@ def replace_arrays(state: nnx.State, arrays: dict, source: str) -> nnx.State:
 
 
 class Checkpoints:
-    """run_dir/checkpoints, created on first use; `keep` newest are kept (None: all)."""
+    """run_dir/<folder>, created on first use; `keep` newest are kept (None: all)."""
 
-    def __init__(self, run_dir: Path, *, keep: int | None = None):
+    def __init__(self, run_dir: Path, *, keep: int | None = None, folder: str = CHECKPOINTS):
         # Synchronous saves: a LoRA checkpoint is a few MB, and a save that has returned is
         # on disk, which is what a kill -9 test (and a preempted job) needs.
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(Path(run_dir).resolve() / CHECKPOINTS,
+        self.manager = ocp.CheckpointManager(Path(run_dir).resolve() / folder,
                                              options=options)
 
     def latest_step(self) -> int | None:

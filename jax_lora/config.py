@@ -65,6 +65,9 @@ class TrainConfig:
     group_by_length: bool = True  # batch rows of similar length (less padding), in shuffled order
     remat: str = "dots"  # what each layer keeps for the backward pass: none, dots or layers (see README)
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapters and which head layers train
+    eval_every: int = 0  # evaluate the dev part (--dev-fraction) every N optimizer steps, besides each epoch end; 0 = epoch ends only
+    patience: int = 0  # stop after this many dev evaluations without a better dev accuracy; 0 = never stop early
+    max_steps: int = 0  # stop after this many optimizer steps (a fixed budget); 0 = run every epoch
     checkpoint_every: int = 200  # steps between checkpoints, besides each epoch end; 0 = epoch ends
     keep_checkpoints: int = 3  # newest checkpoints kept in run_dir/checkpoints
     quiet: bool = False  # no progress bar (CI logs)
@@ -99,6 +102,13 @@ class TrainConfig:
             ("sequence-length", MIN_SEQUENCE_LENGTH <= self.sequence_length <= MAX_SEQUENCE_LENGTH,
              f"must lie in [{MIN_SEQUENCE_LENGTH}, {MAX_SEQUENCE_LENGTH}] ([CLS] premise [SEP] "
              f"hypothesis [SEP] with a token of each)"),
+            ("eval-every", self.eval_every >= 0, "must be >= 0 (0 = epoch ends)"),
+            ("eval-every", self.eval_every == 0 or self.data.dev_fraction > 0,
+             "evaluates the dev part: set --dev-fraction (never the validation rows)"),
+            ("patience", self.patience >= 0, "must be >= 0 (0 = never stop early)"),
+            ("patience", self.patience == 0 or self.data.dev_fraction > 0,
+             "counts dev evaluations: set --dev-fraction (never the validation rows)"),
+            ("max-steps", self.max_steps >= 0, "must be >= 0 (0 = every epoch)"),
             ("checkpoint-every", self.checkpoint_every >= 0, "must be >= 0 (0 = epoch ends)"),
             ("keep-checkpoints", self.keep_checkpoints >= 1, "must be >= 1"),
         ]
@@ -132,6 +142,17 @@ class TrainConfig:
                                  "and --train-pooler")
             lora = dataclasses.replace(lora, targets=())
         object.__setattr__(self, "lora", dataclasses.replace(lora, dora=self.method == "dora"))
+
+    def extends(self, recorded: dict) -> bool:
+        """Whether this config continues the finished run that `recorded` (its manifest's
+        config) describes: it asks only for more epochs or steps, at a learning rate that does
+        not depend on the run's length (constant schedule), so training on is the same as
+        having trained longer from the start."""
+        if self.schedule != "constant":
+            return False
+        longer = self.epochs >= recorded.get("epochs", self.epochs + 1) and (
+            self.max_steps == 0 or 0 < recorded.get("max_steps", -1) <= self.max_steps)
+        return longer
 
     @property
     def full(self) -> bool:

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from jax_lora.adapter import ADAPTER, init_from_parent, read_parent, save_adapter
 from jax_lora.checkpoint import Checkpoints
+from jax_lora.dev_eval import BestCheckpoint, DevTracker
 from jax_lora.config import TrainConfig, parse_config
 from jax_lora.input_pipeline import Encoded, encode, eval_batches, steps_per_epoch, train_batches
 from jax_lora.lora import trainable_filter
@@ -54,7 +55,7 @@ from jax_lora.weights import Pretrained, load_pretrained
 from shared.cli import exit_on_bad_input, trainer_main
 from shared.data.spec import Data
 from shared.runs.reuse import NEW, clear_run_dir, code_version, plan_run
-from shared.runs.run_dir import (HISTORY_COLUMNS, RunWriter, library_versions,
+from shared.runs.run_dir import (EVAL_COLUMNS, HISTORY_COLUMNS, RunWriter, library_versions,
                                  predictions_frame, softmax, submission_frame)
 
 TRAINER = "jax_lora"
@@ -95,6 +96,19 @@ class Setup:
         """Optimizer steps per epoch: one per --accumulate micro-batches, the last one on
         what is left."""
         return -(-self.micro_batches // self.config.accumulate)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run: every epoch, or --max-steps if fewer."""
+        steps = self.steps_per_epoch * self.config.epochs
+        return min(steps, self.config.max_steps) if self.config.max_steps else steps
+
+    def examples_at(self, step: int) -> int:
+        """Training rows seen after `step` optimizer steps."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        micro = epoch * self.micro_batches + min(index * self.config.accumulate,
+                                                 self.micro_batches)
+        return micro * self.global_batch
 
 
 # ---------------------------------------------------------------- pure step functions
@@ -284,9 +298,11 @@ def micro_batches_of(setup: Setup, *, epoch: int, start: int) -> list[int]:
 
 
 def train_epoch(setup: Setup, train_step, state: TrainState, *, epoch: int, start: int,
-                totals: dict, save_checkpoint):
-    """Steps `start`.. of `epoch`, continuing the epoch's running sums `totals`. Returns
-    (state, totals, wall seconds of the steps including compiling, seconds compiling)."""
+                totals: dict, after_step):
+    """Steps `start`.. of `epoch`, continuing the epoch's running sums `totals`; after each
+    step `after_step(state, totals, metrics, step, epoch_end)` may save, evaluate, and stop
+    the epoch early by returning True. Returns (state, totals, wall seconds of the steps
+    including compiling and after_step, seconds compiling, stopped early)."""
     config = setup.config
     totals = {k: jnp.float32(v) for k, v in totals.items()}
     bar = tqdm(total=setup.steps_per_epoch, initial=start, unit="step", leave=False,
@@ -297,7 +313,7 @@ def train_epoch(setup: Setup, train_step, state: TrainState, *, epoch: int, star
                                 epoch=epoch, dynamic=config.dynamic_padding,
                                 group_by_length=config.group_by_length,
                                 start=start * config.accumulate)
-        rows = 0
+        rows, stopped = 0, False
         for index, size in enumerate(micro_batches_of(setup, epoch=epoch, start=start),
                                      start=start + 1):
             group = [shard_batch(batch, setup.mesh) for batch in itertools.islice(batches, size)]
@@ -310,14 +326,13 @@ def train_epoch(setup: Setup, train_step, state: TrainState, *, epoch: int, star
                 bar.set_postfix(loss=f"{float(totals['loss_sum'] / totals['count']):.4f}",
                                 examples_per_s=f"{rate:.1f}")
             step = epoch * setup.steps_per_epoch + index
-            # Epoch ends are saved by the caller, after evaluation.
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and (
-                    index < setup.steps_per_epoch):
-                save_checkpoint(state, totals)
+            if after_step(state, totals, metrics, step, index == setup.steps_per_epoch):
+                stopped = True
+                break
         jax.block_until_ready(state)
         seconds = time.perf_counter() - began
     bar.close()
-    return state, totals, seconds, compiled["seconds"]
+    return state, totals, seconds, compiled["seconds"], stopped
 
 
 # ---------------------------------------------------------------- setup (validation) and run
@@ -337,10 +352,11 @@ def prepare(config: TrainConfig) -> Setup | None:
         raise ValueError(f"--batch-per-device {config.batch_per_device}: global batch "
                          f"{global_batch} ({mesh.size} device(s)) exceeds the "
                          f"{len(data.train)} training rows; lower it or use more rows")
-    steps = -(-micro_batches // config.accumulate)
-    if config.warmup_steps > steps * config.epochs:
+    steps = -(-micro_batches // config.accumulate) * config.epochs
+    steps = min(steps, config.max_steps) if config.max_steps else steps
+    if config.warmup_steps > steps:
         raise ValueError(f"--warmup-steps {config.warmup_steps}: longer than the whole run "
-                         f"({steps * config.epochs} optimizer steps)")
+                         f"({steps} optimizer steps)")
     parent = (None if config.init_from is None else
               read_parent(config.init_from, split=data.split.describe(), weights=weights,
                           pooling=config.pooling))
@@ -352,7 +368,7 @@ def prepare(config: TrainConfig) -> Setup | None:
     if config.sequence_length > pretrained.config.max_sequence_length:
         raise ValueError(f"--sequence-length {config.sequence_length}: {config.preset} has "
                          f"{pretrained.config.max_sequence_length} positions")
-    frames = {"train": data.train, "val": data.val, "test": data.test}
+    frames = {"train": data.train, "dev": data.dev, "val": data.val, "test": data.test}
     encoded = {name: encode(pretrained.tokenizer, frame, config.sequence_length)
                for name, frame in frames.items() if frame is not None}
     return Setup(config, data, state, pretrained, encoded, mesh, micro_batches, parent)
@@ -360,13 +376,16 @@ def prepare(config: TrainConfig) -> Setup | None:
 
 def run(setup: Setup) -> Path:
     config, mesh = setup.config, setup.mesh
-    total_steps = setup.steps_per_epoch * config.epochs
-    print(f"{TRAINER}: {len(setup.data.train)} train / {len(setup.data.val)} val rows, "
-          f"{setup.steps_per_epoch} steps x {config.epochs} epochs of {setup.global_batch} "
+    total_steps = setup.total_steps
+    print(f"{TRAINER}: {len(setup.data.train)} train / {len(setup.data.val)} val rows"
+          + (f" / {len(setup.data.dev)} dev" if setup.data.dev is not None else "")
+          + f", {setup.steps_per_epoch} steps x {config.epochs} epochs of {setup.global_batch} "
           + (f"x {config.accumulate} accumulated " if config.accumulate > 1 else "")
+          + (f"(at most {total_steps} steps) " if config.max_steps else "")
           + f"on {mesh.size} {jax.default_backend()} device(s) -> {config.run_dir}", flush=True)
 
-    # Model and optimizer: the mask says which leaves move; the rest keep no optimizer state.
+    # ------------------------------------------------------------ model and optimizer
+    # The mask says which leaves move; the rest keep no optimizer state.
     model = setup.pretrained.model
     model.remat = config.remat
     inherited = [] if setup.parent is None else init_from_parent(model, setup.parent)
@@ -390,20 +409,28 @@ def run(setup: Setup) -> Path:
     if setup.state == NEW:
         clear_run_dir(config.run_dir)  # --restart: nothing of the old run survives
 
-    # Resume: the newest checkpoint that restores holds the trainable leaves, Adam's moments
-    # and progress; damaged ones are set aside with a warning, and if none restores the run
-    # stops with one line (before the manifest is touched).
+    # ------------------------------------------------------------ resume
+    # The newest checkpoint that restores holds the trainable leaves, Adam's moments and
+    # progress; damaged ones are set aside with a warning, and if none restores the run stops
+    # with one line (before the manifest is touched).
     checkpoints = Checkpoints(config.run_dir, keep=config.keep_checkpoints)
-    progress = {"config": config.to_dict(), "history": [],
-                "epoch_totals": dict.fromkeys(METRICS, 0.0)}
+    progress = {"config": config.to_dict(), "history": [], "evals": [], "train_seconds": 0.0,
+                "epoch_totals": dict.fromkeys(METRICS, 0.0), "window": dict.fromkeys(METRICS, 0.0)}
     trainable_params, frozen = split_trainable(state.params, trainable)
     with exit_on_bad_input():
         restored = checkpoints.restore_latest(trainable_params, state.opt_state)
     step = 0
     if restored is not None:
-        step, trainable_params, opt_state, progress = restored
+        step, trainable_params, opt_state, restored_progress = restored
+        progress.update(restored_progress)
         state = TrainState(jnp.int32(step), nnx.merge_state(trainable_params, frozen), opt_state)
         print(f"{TRAINER}: resumed from step {step}", flush=True)
+    dev = setup.encoded.get("dev")
+    tracker = DevTracker(config.patience, progress["evals"])
+    tracker.truncate(step)
+    best = None if dev is None else BestCheckpoint(config.run_dir)
+    if best is not None:
+        best.forget_after(step)
 
     writer = RunWriter(config.run_dir)
     writer.start(trainer=TRAINER, config=config.to_dict(), weights=setup.pretrained.source,
@@ -422,20 +449,72 @@ def run(setup: Setup) -> Path:
     if setup.parent is not None:
         writer.update(parent={**setup.parent, "inherited": inherited})
 
+    # ------------------------------------------------------------ saving and dev evaluation
+    # Training seconds exclude the dev evaluations: `clock` adds the time since `mark`.
+    clock = {"train": progress["train_seconds"], "mark": time.perf_counter(), "evals": 0.0}
+    window = {"sums": {k: jnp.float32(v) for k, v in progress["window"].items()}}
+
+    def tick():
+        now = time.perf_counter()
+        clock["train"], clock["mark"] = clock["train"] + now - clock["mark"], now
+
     def save_checkpoint(state, totals):
-        progress["epoch_totals"] = {k: float(v) for k, v in totals.items()}
+        tick()
+        progress.update(epoch_totals={k: float(v) for k, v in totals.items()},
+                        window={k: float(v) for k, v in window["sums"].items()},
+                        evals=tracker.evals, train_seconds=clock["train"])
         checkpoints.save(int(state.step), split_trainable(state.params, trainable)[0],
                          state.opt_state, progress)
 
-    # Training loop: each epoch runs what is left of its permutation (all of it, unless resumed).
+    def evaluate_dev(state, step: int) -> None:
+        tick()
+        sums = {k: float(v) for k, v in window["sums"].items()}
+        metrics = val_metrics(predict(state.params, dev)[0], dev.labels)
+        row = {"step": step, "epoch": step / setup.steps_per_epoch,
+               "examples": setup.examples_at(step),
+               "train_loss": sums["loss_sum"] / sums["count"] if sums["count"] else None,
+               "dev_loss": metrics["val_loss"], "dev_accuracy": metrics["val_accuracy"],
+               "train_seconds": clock["train"]}
+        window["sums"] = {k: jnp.float32(0.0) for k in METRICS}
+        if tracker.record(row):  # saved before the checkpoint that records the evaluation
+            best.save(step, split_trainable(state.params, trainable)[0])
+        writer.write_evals(pd.DataFrame(tracker.evals, columns=list(EVAL_COLUMNS)))
+        now = time.perf_counter()
+        clock["evals"] += now - clock["mark"]
+        clock["mark"] = now
+
+    def after_step(state, totals, metrics, step: int, epoch_end: bool) -> bool:
+        window["sums"] = {k: window["sums"][k] + metrics[k] for k in METRICS}
+        if epoch_end:  # evaluated and saved by the epoch loop
+            return False
+        last = step >= total_steps
+        due = config.eval_every and step % config.eval_every == 0
+        if dev is not None and (last or due):
+            evaluate_dev(state, step)
+        stop = last or tracker.exhausted()
+        if stop or (dev is not None and due) or (
+                config.checkpoint_every and step % config.checkpoint_every == 0):
+            save_checkpoint(state, totals)
+        return stop
+
+    # ------------------------------------------------------------ training loop
+    # Each epoch runs what is left of its permutation (all of it, unless resumed); the run
+    # stops early at --max-steps, or when --patience dev evaluations bring nothing better.
     last_val = None
     for epoch in range(step // setup.steps_per_epoch, config.epochs):
+        if step >= total_steps or tracker.exhausted():
+            break
         start = step - epoch * setup.steps_per_epoch
-        examples = sum(micro_batches_of(setup, epoch=epoch, start=start)) * setup.global_batch
-        state, totals, train_seconds, compile_seconds = train_epoch(
+        clock["mark"], clock["evals"] = time.perf_counter(), 0.0
+        state, totals, train_seconds, compile_seconds, stopped = train_epoch(
             setup, train_step, state, epoch=epoch, start=start,
-            totals=progress["epoch_totals"], save_checkpoint=save_checkpoint)
+            totals=progress["epoch_totals"], after_step=after_step)
+        mid_epoch_evals = clock["evals"]  # the epoch-end evaluations are timed below
+        tick()
+        step = int(state.step)
         eval_began = time.perf_counter()
+        if dev is not None and not stopped:
+            evaluate_dev(state, step)
         last_val = predict(state.params, setup.encoded["val"])
         record = {"epoch": epoch + 1,
                   "train_loss": float(totals["loss_sum"] / totals["count"]),
@@ -443,33 +522,52 @@ def run(setup: Setup) -> Path:
                   **val_metrics(last_val[0], setup.encoded["val"].labels)}
         progress["history"] = [r for r in progress["history"] if r["epoch"] <= epoch] + [record]
         writer.write_history(pd.DataFrame(progress["history"], columns=list(HISTORY_COLUMNS)))
-        eval_seconds = time.perf_counter() - eval_began
         # As tf_baseline's (a Keras epoch): `seconds` spans the whole epoch, compiling and
-        # validation included; `train_seconds` the training steps (compiling included).
+        # evaluations included; `train_seconds` the training steps (compiling included).
+        eval_seconds = time.perf_counter() - eval_began
         seconds = train_seconds + eval_seconds
-        writer.add_epoch(epoch + 1, seconds, examples, train_seconds=train_seconds,
-                         compile_seconds=compile_seconds, eval_seconds=eval_seconds,
-                         **({"resumed_from_step": step} if start else {}))
-        step = (epoch + 1) * setup.steps_per_epoch
-        save_checkpoint(state, dict.fromkeys(METRICS, 0.0))
+        examples = setup.examples_at(step) - setup.examples_at(epoch * setup.steps_per_epoch
+                                                               + start)
+        writer.add_epoch(epoch + 1, seconds, examples,
+                         train_seconds=train_seconds - mid_epoch_evals,
+                         compile_seconds=compile_seconds,
+                         eval_seconds=eval_seconds + mid_epoch_evals,
+                         **({"resumed_from_step": epoch * setup.steps_per_epoch + start}
+                            if start else {}))
+        if not stopped:  # a stop mid-epoch saved its checkpoint, with the epoch's sums
+            save_checkpoint(state, dict.fromkeys(METRICS, 0.0))
         print(f"epoch {epoch + 1}/{config.epochs}: "
               + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
-              + f", {examples / seconds:.1f} examples/s (validation included)", flush=True)
+              + f", {examples / seconds:.1f} examples/s (evaluations included)", flush=True)
     checkpoints.close()
+    ended = {"step": step, "reason": "patience" if tracker.exhausted() else
+             "max_steps" if step < setup.steps_per_epoch * config.epochs else "epochs"}
 
-    # Final evaluation: every validation row, the test file, [CLS] vectors, the adapter.
-    val_logits, val_cls = last_val or predict(state.params, setup.encoded["val"])
+    # ------------------------------------------------------------ final outputs
+    # From the best dev step when there is a dev part: validation rows, test file, [CLS]
+    # vectors, the adapter.
+    params = state.params
+    if best is not None:
+        trainable_now, frozen = split_trainable(state.params, trainable)
+        params = nnx.merge_state(best.restore(trainable_now), frozen)
+        best.close()
+        if tracker.best["step"] != step:
+            last_val = None
+        print(f"{TRAINER}: best dev accuracy {tracker.best['dev_accuracy']:.4f} at step "
+              f"{tracker.best['step']}; stopped at step {step} ({ended['reason']})", flush=True)
+    val_logits, val_cls = last_val or predict(params, setup.encoded["val"])
     writer.write_predictions(predictions_frame(setup.data.val, softmax(val_logits)))
     writer.write_embeddings(val_cls)
     if "test" in setup.encoded:
-        test_logits, _ = predict(state.params, setup.encoded["test"])
+        test_logits, _ = predict(params, setup.encoded["test"])
         writer.write_submission(submission_frame(setup.data.test, softmax(test_logits)))
-    nnx.update(model, jax.device_get(state.params))
+    nnx.update(model, jax.device_get(params))
     save_adapter(Path(config.run_dir) / ADAPTER, model, setup.pretrained.source,
                  method=config.method, pooler=any(n.startswith("pooler.") for n in inherited))
-    writer.finish(peak_accelerator_mem_mb=peak_accelerator_mb(mesh), steps=total_steps,
+    writer.finish(peak_accelerator_mem_mb=peak_accelerator_mb(mesh), steps=step,
                   global_batch=setup.global_batch, accumulate=config.accumulate,
-                  effective_batch=setup.global_batch * config.accumulate, adapter=ADAPTER)
+                  effective_batch=setup.global_batch * config.accumulate, adapter=ADAPTER,
+                  best=tracker.summary(), stopped=ended)
     return Path(config.run_dir)
 
 

@@ -3,7 +3,9 @@
 A run directory is new, unfinished (a killed run) or finished. Its manifest records the config,
 the weights' and data files' checksums and the code's commit. Rerunning a trainer with the same
 inputs resumes an unfinished run and keeps a finished one (nothing is recomputed); with other
-inputs it stops with a one-line error that names what differs. `--restart` discards the run
+inputs it stops with a one-line error that names what differs, except that a finished run may
+be extended: a config that asks only for more epochs or steps (GROWABLE), and says it
+`extends` the recorded one, resumes it. `--restart` discards the run
 directory's contents and trains from scratch. "The same inputs" means equal configs minus
 RESULT_NEUTRAL, equal weights checksums and equal data-file checksums; a field an older
 manifest lacks counts as different.
@@ -27,9 +29,11 @@ from shared.runs.run_dir import MANIFEST
 RESULT_NEUTRAL = ("run_dir", "quiet", "restart", "check", "checkpoint_every",
                   "keep_checkpoints", "remat")
 REPO = Path(__file__).resolve().parents[2]
+# Config fields a finished run may be extended in (the trainer's config decides when).
+GROWABLE = ("epochs", "max_steps")
 
 NEW, RESUME, FINISHED = "new", "resume", "finished"
-SAYS = {NEW: "would train from scratch", RESUME: "would resume the unfinished run",
+SAYS = {NEW: "would train from scratch", RESUME: "would resume the run",
         FINISHED: "holds this run, finished; kept (pass --restart to train it again)"}
 
 
@@ -48,7 +52,7 @@ def plan_run(trainer: str, config) -> RunPlan | None:
     weights = describe_preset(config.preset)
     state = run_dir_state(config.run_dir, trainer=trainer, config=config.to_dict(),
                           weights=weights, data_sha256=data.describe()["sha256"],
-                          restart=config.restart)
+                          restart=config.restart, extends=getattr(config, "extends", None))
     if report_state(trainer, config.run_dir, state, config.check):
         return None
     return RunPlan(data, weights, state)
@@ -79,18 +83,22 @@ def flatten(config: dict, prefix: str = "") -> dict:
     return flat
 
 
+def changed_fields(recorded: dict, requested: dict) -> list[str]:
+    """Dotted names of the result-relevant fields that differ."""
+    before, after = flatten(recorded), flatten(requested)
+    missing = object()
+    return [key for key in sorted(set(before) | set(after))
+            if key.rpartition(".")[2] not in RESULT_NEUTRAL
+            and before.get(key, missing) != after.get(key, missing)]
+
+
 def config_differences(recorded: dict, requested: dict) -> list[str]:
     """'field recorded -> requested' for every result-relevant field that differs."""
     before, after = flatten(recorded), flatten(requested)
-    missing = object()
     changed = []
-    for key in sorted(set(before) | set(after)):
-        if key.rpartition(".")[2] in RESULT_NEUTRAL:
-            continue
-        old, new = before.get(key, missing), after.get(key, missing)
-        if old != new:
-            shown = "(not recorded)" if old is missing else repr(old)
-            changed.append(f"{key} {shown} -> {'(none)' if new is missing else repr(new)}")
+    for key in changed_fields(recorded, requested):
+        shown = repr(before[key]) if key in before else "(not recorded)"
+        changed.append(f"{key} {shown} -> {repr(after[key]) if key in after else '(none)'}")
     return changed
 
 
@@ -118,11 +126,12 @@ def read_manifest(run_dir: Path) -> dict | None:
 
 
 def run_dir_state(run_dir: Path, *, trainer: str, config: dict, weights: dict,
-                  data_sha256: dict, restart: bool) -> str:
+                  data_sha256: dict, restart: bool, extends=None) -> str:
     """NEW, RESUME or FINISHED for this request, or RunStateError; writes nothing.
 
     With `restart`, any run directory of this trainer counts as NEW (clear_run_dir empties it
-    once every other check has passed)."""
+    once every other check has passed). `extends(recorded_config) -> bool` (the trainer
+    config's) lets a finished run that differs only in GROWABLE fields resume."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunStateError(f"--run-dir {run_dir}: is a file; pass a folder")
@@ -145,6 +154,11 @@ def run_dir_state(run_dir: Path, *, trainer: str, config: dict, weights: dict,
     changed = input_differences(manifest, config=config, weights=weights,
                                 data_sha256=data_sha256)
     finished = manifest.get("status") == "finished"
+    recorded = manifest.get("config") or {}
+    if (changed and finished and extends is not None and extends(recorded)
+            and set(changed_fields(recorded, config)) <= set(GROWABLE)
+            and len(changed) == len(changed_fields(recorded, config))):  # same weights and data
+        return RESUME  # extended: trains on from its last checkpoint
     if changed:
         what = "a finished run" if finished else "an unfinished run"
         raise RunStateError(f"--run-dir {run_dir}: holds {what} with other inputs "

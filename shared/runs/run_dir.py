@@ -5,6 +5,9 @@
                              how fast; `status` says whether it finished
       predictions.csv        validation split: id, language, label, pred, p_entailment, ...
       history.csv            per epoch: epoch, train_loss, train_accuracy, val_loss, val_accuracy
+      evals.csv              optional, runs with a dev part (data spec --dev-fraction): one row per
+                             dev evaluation: step, epoch, examples, train_loss, dev_loss,
+                             dev_accuracy, train_seconds (EVAL_COLUMNS)
       submission.csv         test.csv predictions: id, prediction (when test.csv exists)
       cls_embeddings.npy     optional: validation [CLS] vectors, rows in predictions.csv order
 
@@ -34,6 +37,7 @@ from shared.data.watson import LABEL_NAMES
 MANIFEST = "manifest.json"
 PREDICTIONS = "predictions.csv"
 HISTORY = "history.csv"
+EVALS = "evals.csv"
 SUBMISSION = "submission.csv"
 EMBEDDINGS = "cls_embeddings.npy"
 
@@ -41,6 +45,12 @@ PROB_COLUMNS = tuple(f"p_{name}" for name in LABEL_NAMES)
 PREDICTION_COLUMNS = ("id", "language", "label", "pred") + PROB_COLUMNS
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
 SUBMISSION_COLUMNS = ("id", "prediction")
+# One dev evaluation: after `step` optimizer steps (`epoch` = step / steps per epoch, fractional
+# mid-epoch; `examples` training rows seen), the mean training loss of the steps since the
+# previous evaluation, the dev part's loss and accuracy, and the training wall seconds so far
+# (compiling included, evaluations excluded).
+EVAL_COLUMNS = ("step", "epoch", "examples", "train_loss", "dev_loss", "dev_accuracy",
+                "train_seconds")
 # Keys every manifest holds; the evaluator refuses a run without them.
 MANIFEST_KEYS = ("trainer", "status", "config", "weights", "split", "data", "versions",
                  "devices", "params", "epochs", "peak_host_rss_mb",
@@ -165,6 +175,10 @@ class RunWriter:
         _require_columns(frame, HISTORY_COLUMNS, HISTORY)
         atomic_write_csv(self.run_dir / HISTORY, frame)
 
+    def write_evals(self, frame: pd.DataFrame) -> None:
+        _require_columns(frame, EVAL_COLUMNS, EVALS)
+        atomic_write_csv(self.run_dir / EVALS, frame[list(EVAL_COLUMNS)])
+
     def write_submission(self, frame: pd.DataFrame) -> None:
         _require_columns(frame, SUBMISSION_COLUMNS, SUBMISSION)
         atomic_write_csv(self.run_dir / SUBMISSION, frame[list(SUBMISSION_COLUMNS)])
@@ -197,6 +211,7 @@ class Run:
     predictions: pd.DataFrame
     history: pd.DataFrame | None
     embeddings: np.ndarray | None
+    evals: pd.DataFrame | None = None  # evals.csv, when the run had a dev part
 
     @property
     def name(self) -> str:
@@ -228,7 +243,8 @@ def read_run(run_dir: Path) -> Run:
     if embeddings is not None and len(embeddings) != len(predictions):
         raise RunDirError(f"{run_dir / EMBEDDINGS}: {len(embeddings)} rows but "
                           f"{len(predictions)} predictions")
-    return Run(run_dir, manifest, predictions, history, embeddings)
+    evals = _read_csv(run_dir / EVALS, EVAL_COLUMNS) if (run_dir / EVALS).exists() else None
+    return Run(run_dir, manifest, predictions, history, embeddings, evals)
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:

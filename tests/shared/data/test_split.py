@@ -102,3 +102,40 @@ def test_cli_prints_fingerprint():
     described = json.loads(result.stdout)
     frame = load_train(SAMPLE_DATA_DIR)
     assert described["fingerprint"] == make_split(frame, SplitSpec("grouped")).fingerprint
+
+
+def test_dev_part_is_carved_from_the_training_part_by_premise():
+    from shared.data.split import carve_dev
+    from shared.data.spec import DataSpec, load
+
+    plain = load(DataSpec(data_dir=SAMPLE_DATA_DIR))
+    data = load(DataSpec(data_dir=SAMPLE_DATA_DIR, dev_fraction=0.2, dev_seed=3))
+    # The validation part is the split's, untouched; dev and the rows left come from training.
+    pd.testing.assert_frame_equal(data.val, plain.val)
+    assert data.split.fingerprint == plain.split.fingerprint
+    assert set(data.dev["id"]) | set(data.train["id"]) == set(plain.train["id"])
+    assert not set(data.dev["id"]) & set(data.train["id"])
+    assert not set(data.dev["premise"]) & set(data.train["premise"])  # grouped by premise
+    assert 0.1 < len(data.dev) / len(plain.train) < 0.3
+    assert data.train["id"].tolist() == [i for i in plain.train["id"] if i in set(data.train["id"])]
+    recorded = data.describe()["dev"]
+    assert recorded["n_dev"] == len(data.dev) and recorded["n_train"] == len(data.train)
+    again = carve_dev(plain.train, 0.2, 3)
+    assert again.fingerprint == recorded["fingerprint"]
+    assert carve_dev(plain.train, 0.2, 4).fingerprint != recorded["fingerprint"]
+    subset = load(DataSpec(data_dir=SAMPLE_DATA_DIR, dev_fraction=0.2, dev_seed=3,
+                           train_subset=100))
+    assert len(subset.train) == 100 and set(subset.train["id"]) <= set(data.train["id"])
+    pd.testing.assert_frame_equal(subset.dev, data.dev)
+    assert "dev" not in plain.describe() and plain.dev is None
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"dev_fraction": 1.0}, "--dev-fraction 1.0: must lie in"),
+    ({"train_subset": 0}, "--train-subset 0: must be >= 1"),
+    ({"train_subset": 10_000}, "--train-subset 10000: only 653 training rows")])
+def test_bad_carves_name_the_flag(spec, message):
+    from shared.data.spec import DataSpec, load
+
+    with pytest.raises(ValueError, match=message):
+        load(DataSpec(data_dir=SAMPLE_DATA_DIR, **spec))

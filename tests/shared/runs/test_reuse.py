@@ -92,3 +92,19 @@ def test_code_version_is_this_checkout():
     version = code_version()
     assert version["commit"] == (head or None)
     assert version["dirty"] in (True, False) if head else version["dirty"] is None
+
+
+def test_a_finished_run_is_extended_only_in_growable_fields_when_the_config_says_so(tmp_path):
+    run_dir = write_run(tmp_path / "done", config={**CONFIG, "epochs": 2, "max_steps": 0})
+    longer = {**CONFIG, "epochs": 5, "max_steps": 0}
+    assert state(run_dir, config=longer, extends=lambda recorded: True) == RESUME
+    with pytest.raises(RunStateError, match="epochs 2 -> 5"):  # the trainer's config says no
+        state(run_dir, config=longer, extends=lambda recorded: False)
+    with pytest.raises(RunStateError, match="lr 1e-05 -> 0.001"):  # not only growable fields
+        state(run_dir, config={**longer, "lr": 1e-3}, extends=lambda recorded: True)
+    with pytest.raises(RunStateError, match="weights checksum"):  # same fields, other weights
+        state(run_dir, config=longer, weights={**WEIGHTS, "sha256": "x" * 64},
+              extends=lambda recorded: True)
+    unfinished = write_run(tmp_path / "killed", status="running", config=CONFIG)
+    with pytest.raises(RunStateError, match="an unfinished run"):
+        state(unfinished, config={**CONFIG, "epochs": 5}, extends=lambda recorded: True)
