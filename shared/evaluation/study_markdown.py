@@ -1,0 +1,215 @@
+"""report.md of a study (shared.evaluation.study_report): every number comes from the
+report.json dict it renders, formatted as the run comparison's report.md formats them."""
+
+from __future__ import annotations
+
+from shared.data.watson import LABEL_NAMES
+from shared.evaluation.report import _ci, _count, _num, _signed, _table
+from shared.evaluation.study_figures import FIGURE_TITLES
+
+
+def render(result: dict) -> str:
+    lines = ["# Study report", ""] + _header(result)
+    for section in (_methods, _pairs, _selection, _time_to_target, _per_language, _premise,
+                    _figures):
+        lines += section(result)
+    return "\n".join(lines)
+
+
+def _lr(value) -> str:
+    return "n/a" if value is None else f"{value:g}"
+
+
+def _header(result: dict) -> list[str]:
+    study, split = result["study"], result["split"]
+    settings, code = study["settings"], study["code"]
+    commit = code.get("commit")
+    commit = "not recorded" if commit is None else f"`{commit[:12]}`" + (
+        " (uncommitted changes)" if code.get("dirty") else "")
+    timed = {}
+    for method, timing in study["timing"].items():
+        if isinstance(timing, dict) and timing.get("machine"):
+            timed.setdefault(timing["machine"], []).append(method)
+    machines = "; ".join(f"{machine} ({', '.join(methods)})" for machine, methods in
+                         timed.items()) or "none recorded"
+    command = "not recorded" if study["command"] is None else f"`{study['command']}`"
+    lines = [f"- Command: {command}", f"- Code: commit {commit}",
+             f"- Preset: {settings.get('preset', 'n/a')}, sequence length "
+             f"{settings.get('sequence_length', 'n/a')}, seeds "
+             f"{', '.join(map(str, settings.get('seeds') or [])) or 'n/a'}",
+             f"- Step timings measured on: {machines}",
+             f"- Validation: {split['n_val']:,} rows, split fingerprint "
+             f"`{split['fingerprint'][:16]}…`, shared by every run"]
+    if not result["missing"]:
+        return lines + ["- Missing runs: none", ""]
+    lines.append(f"- Missing runs ({len(result['missing'])}, not counted anywhere below):")
+    lines += [f"  - {m['stage']} {m['method']} lr {_lr(m['lr'])} seed {m['seed']} "
+              f"(`{m['run_dir']}`): {m['status']}" + (f" ({m['error']})" if m["error"] else "")
+              for m in result["missing"]]
+    return lines + [""]
+
+
+def accuracy_cell(accuracy: dict) -> str:
+    if accuracy["n"] == 0:
+        return "no finished final run"
+    if accuracy["half_width"] is None:
+        return f"{_num(accuracy['mean'])} (1 seed, no interval)"
+    return f"{_num(accuracy['mean'])} ± {_num(accuracy['half_width'])} {_ci(accuracy['ci'])}"
+
+
+def _methods(result: dict) -> list[str]:
+    rows = []
+    for row in result["methods"]:
+        accuracy = row["accuracy"]
+        lr = (_lr(row["chosen_lr"]) if row["chosen_lr"] is not None
+              else "n/a" if row["recipe_lr"] is None
+              else f"{_lr(row['recipe_lr'])} (recipe, not selected)")
+        spread = ("" if accuracy["n"] == 0
+                  else f"{_num(accuracy['min'])}–{_num(accuracy['max'])}")
+        rows.append([row["method"], str(row["trainer"]), lr,
+                     ", ".join(map(str, row["seeds"])) or "none",
+                     _count(row["trainable_params"]), accuracy_cell(accuracy), spread,
+                     _num(row["macro_f1_mean"]), _num(row["best_step_mean"], 1),
+                     _num(row["best_dev_accuracy_mean"])])
+    baselines = result["baselines"]
+    majority = baselines["majority"]
+    rows += [["*majority class (baseline)*", f"always {LABEL_NAMES[majority['label']]}", "", "",
+              "", _num(majority["accuracy"]), "", "", "", ""],
+             ["*chance (baseline)*", "uniform guessing", "", "", "",
+              _num(baselines["chance"]["accuracy"]), "", "", "", ""]]
+    t_values = sorted({(row["accuracy"]["n"], row["accuracy"]["t"]) for row in result["methods"]
+                       if row["accuracy"]["t"] is not None})
+    stated = ("; ".join(f"with {n} seeds t = {t:.2f}" for n, t in t_values)
+              or "no method has 2 or more seeds")
+    return ["## Final runs per method", "",
+            "Validation accuracy over each method's final runs (one per seed): mean ± "
+            "half-width and the 95 % Student-t interval, half-width t·sd/√n with sd over the "
+            f"seeds ({stated}). It describes seed-to-seed variation only; the paired "
+            "comparisons below also account for the validation rows. Best step and best dev "
+            "accuracy are the trainer's (manifest `best`), means over seeds.", ""] + _table(
+        ["method", "trainer", "learning rate", "seeds", "trainable parameters",
+         "accuracy: mean ± half-width [95 % t-interval]", "min–max", "macro-F1 (mean)",
+         "best step (mean)", "best dev accuracy (mean)"], rows)
+
+
+def _pairs(result: dict) -> list[str]:
+    rows = []
+    for pair in result["pairs"]:
+        if not pair["seeds"]:
+            rows.append([f"{pair['b']} vs {pair['a']}", "no common seed", "", "", "", "", ""])
+            continue
+        test = pair["mcnemar"]
+        rows.append([f"{pair['b']} vs {pair['a']}", ", ".join(map(str, pair["seeds"])),
+                     _num(pair["accuracy_a"]), _num(pair["accuracy_b"]),
+                     f"{_signed(pair['accuracy_diff'])} {_ci(pair['accuracy_diff_ci'], True)}",
+                     f"{test['only_a']} / {test['only_b']}", f"{test['p_value']:.4g}"])
+    if not rows:
+        return ["## Paired comparisons (seeds pooled)", "", "Fewer than two methods have "
+                "finished final runs: nothing to compare.", ""]
+    options = result["options"]
+    return ["## Paired comparisons (seeds pooled)", "",
+            "“B vs A” is B − A, A the target method first. Seed s of A is paired with seed s "
+            "of B (only seeds both finished) and the validation rows of every pair are "
+            "pooled. The 95 % interval is a paired bootstrap "
+            f"({options['bootstrap_resamples']:,} resamples, seed {options['seed']}) that "
+            "resamples validation rows, each with all its seed pairs: rows, not row × seed "
+            "cells, are the independent unit. McNemar is the exact test on the pooled "
+            "discordant cells (A only / B only); pooling seeds counts each row several times, "
+            "so its p-value is optimistic. Read the bootstrap interval.", ""] + _table(
+        ["pair", "seeds paired", "accuracy A (pooled)", "accuracy B (pooled)",
+         "Δ accuracy [95 % CI]", "right: A only / B only", "McNemar p (optimistic)"], rows)
+
+
+def _selection(result: dict) -> list[str]:
+    lines = ["## Learning-rate selection", ""]
+    if not result["selection"]:
+        return lines + ["No selection trial finished.", ""]
+    rows = [[row["method"], _lr(row["lr"]), str(row["seed"]), _num(row["best_dev_accuracy"]),
+             _num(row["best_dev_loss"]), _count(row["best_step"]), _count(row["steps"]),
+             str(row["stopped"] or "n/a"), "**chosen**" if row["chosen"] else ""]
+            for row in result["selection"]]
+    return lines + [
+        "Each trial trains on the training rows minus the dev part and is judged on the dev "
+        "part only (never the validation rows): its best dev accuracy, the dev loss at that "
+        "step, and the steps it trained before stopping.", ""] + _table(
+        ["method", "learning rate", "seed", "best dev accuracy", "its dev loss", "best step",
+         "steps trained", "stopped by", "chosen"], rows)
+
+
+def _time_to_target(result: dict) -> list[str]:
+    target = result["time_to_target"]
+    lines = ["## Time to target", ""]
+    if target["target"] is None:
+        return lines + [f"Skipped: the target method {target['target_method']} has no finished "
+                        f"final run with a best dev accuracy (manifest `best`; a dev part).", ""]
+    rows = []
+    for row in target["methods"]:
+        if row["evaluated_to"] is None:
+            rows.append([row["method"], "no evals.csv", "", ""])
+        elif row["step"] is None:
+            rows.append([row["method"], f"not reached within {row['evaluated_to']:,} steps",
+                         "", ""])
+        else:
+            rows.append([row["method"], f"{row['step']:,}",
+                         "no step timing" if row["seconds"] is None else _num(row["seconds"], 1),
+                         row["machine"] or ""])
+    machines = {row["machine"] for row in target["methods"] if row["machine"]}
+    caution = (" **The step timings come from different machines: compare seconds only "
+               "within one machine.**" if len(machines) > 1 else "")
+    return lines + [
+        f"Target: {target['target_fraction']:g} × {target['target_method']}'s mean best dev "
+        f"accuracy {_num(target['target_best_dev_accuracy'])} = {_num(target['target'])}. "
+        "Each method's first evaluated step at which its mean dev accuracy over seeds reaches "
+        "it (a seed that stopped early keeps its last dev accuracy afterwards); seconds = "
+        f"step × the step time the study measured on the machine named.{caution}",
+        ""] + _table(["method", "step", "seconds", "timed on"], rows)
+
+
+def _per_language(result: dict) -> list[str]:
+    table = result["per_language"]
+    methods = list(table["all"]["accuracy"])
+    if not methods:
+        return ["## Per-language accuracy", "", "No finished final run.", ""]
+    rows = [[row["language"], str(row["n"]), _num(row["majority_accuracy"])] +
+            [_num(row["accuracy"][m]) for m in methods] for row in table["rows"]]
+    rows.append(["**all**", f"{table['all']['n']:,}", _num(table["all"]["majority_accuracy"])] +
+                [_num(table["all"]["accuracy"][m]) for m in methods])
+    return ["## Per-language accuracy", "",
+            "Mean validation accuracy over each method's seeds, per language, beside the "
+            "accuracy of always answering that language's most frequent label; chance is "
+            "0.3333 in every row.", ""] + _table(
+        ["language", "n", "majority class"] + methods, rows)
+
+
+def _premise(result: dict) -> list[str]:
+    premise = result["premise"]
+    lines = ["## Premise seen / unseen", ""]
+    if not premise["available"]:
+        return lines + [f"Skipped: {premise['note']}.", ""]
+    # The dev part's seed may differ between seeds, and with it which premises a run saw.
+    rows = [[row["method"], _span(row["n_seen"]),
+             _num(row["seen"]), _num(row["unseen"]), _signed(row["gap"]),
+             _num(row["majority_seen"]), _num(row["majority_unseen"])]
+            for row in premise["methods"]]
+    return lines + [
+        "Mean accuracy over seeds on the validation rows whose premise the run trained on "
+        "(seen) and on the rest (unseen), beside the majority-class accuracy of the same rows; "
+        f"chance is 0.3333. Seen is judged against the {premise['note']}. A large gap means "
+        "the model leans on premises it has memorised.", ""] + _table(
+        ["method", "rows seen", "accuracy seen", "accuracy unseen", "seen − unseen",
+         "majority class seen", "majority class unseen"], rows)
+
+
+def _span(counts: list[int]) -> str:
+    low, high = min(counts), max(counts)
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def _figures(result: dict) -> list[str]:
+    lines = ["## Figures", ""]
+    for name, title in FIGURE_TITLES.items():
+        figure = result["figures"][name]
+        lines += [f"### {title}", "",
+                  f"![{title}]({figure['file']})" if "file" in figure
+                  else f"Skipped: {figure['skipped']}.", ""]
+    return lines

@@ -1,0 +1,391 @@
+"""The report of a study (shared/jobs/study.py): each method's final runs over several seeds,
+its learning-rate selection, and how fast each method learns.
+
+    python -m shared.evaluation.study_report STUDY_DIR [--out DIR] [--bootstrap N] [--seed S] \
+        [--data-dir DIR]
+
+Reads STUDY_DIR/study.json (the orchestrator's record: settings, methods, step timings and every
+run with its stage, method, learning rate, seed, run_dir and status) and the run directories it
+names. Writes report.md, report.json (every number in report.md) and PNG figures into DIR
+[default: STUDY_DIR/report]. Only runs with status "finished" count; the others are listed as
+missing. Every finished run must share the split fingerprint and validation ids.
+Imports neither TensorFlow nor JAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import t as student_t
+
+from shared.cli import exit_on_bad_input
+from shared.evaluation import evaluate as ev
+from shared.evaluation import report, stats, study_curves, study_figures, study_markdown
+from shared.runs.run_dir import Run, atomic_write_bytes, atomic_write_text, read_run
+
+STUDY_JSON = "study.json"
+STAGES = ("select", "final", "timing")
+REPORTED = ("select", "final")  # timing runs only time steps (study.json "timing" has them)
+RUN_FIELDS = ("stage", "method", "lr", "seed", "run_dir", "status")
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """A finished run of the study, rows aligned with every other run's."""
+    stage: str
+    method: str
+    lr: float | None
+    seed: int
+    name: str          # run_dir, relative to the study folder
+    run: Run
+
+    def correct(self, labels: np.ndarray) -> np.ndarray:
+        return self.run.predictions["pred"].to_numpy() == labels
+
+
+def build_study_report(study_dir: Path, out_dir: Path | None = None, *,
+                       bootstrap: int = ev.DEFAULT_BOOTSTRAP, seed: int = 0,
+                       data_dir: Path | None = None) -> dict:
+    """Summarise the study, write out_dir [default: STUDY_DIR/report], return report.json's
+    content. Bad input raises a one-line ValueError / RunDirError before anything is written."""
+    study_dir = Path(study_dir)
+    out_dir = study_dir / "report" if out_dir is None else Path(out_dir)
+    if bootstrap < ev.MIN_BOOTSTRAP:
+        raise ValueError(f"--bootstrap {bootstrap}: use at least {ev.MIN_BOOTSTRAP} resamples")
+    report.check_out_dir(out_dir)
+    study = read_study(study_dir)
+    runs, missing = read_runs(study_dir, study)
+    result = summarize(study, runs, missing, bootstrap=bootstrap, seed=seed, data_dir=data_dir)
+    pngs = study_figures.draw(result)   # also records result["figures"]
+    markdown = study_markdown.render(result)
+    write_report(out_dir, result, markdown, pngs)
+    return result
+
+
+# ---- reading ----------------------------------------------------------------------------
+
+def read_study(study_dir: Path) -> dict:
+    path = study_dir / STUDY_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; point STUDY_DIR at the --out folder of "
+                                f"python -m shared.jobs.study")
+    try:
+        study = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(study, dict) or study.get("version") != 1:
+        raise ValueError(f"{path}: version is not 1; this report reads study.json version 1")
+    for key, kind in (("settings", dict), ("methods", dict), ("runs", list)):
+        if not isinstance(study.get(key), kind):
+            raise ValueError(f"{path}: field {key!r} is missing or not a {kind.__name__}; "
+                             f"rerun python -m shared.jobs.study")
+    settings, methods = study["settings"], study["methods"]
+    for name, method in methods.items():
+        if not isinstance(method, dict) or not _number_or_none(method.get("chosen_lr")):
+            raise ValueError(f"{path}: methods.{name} is not an object whose chosen_lr is a "
+                             f"number or null")
+    if settings.get("target_method") not in methods:
+        raise ValueError(f"{path}: settings.target_method {settings.get('target_method')!r} "
+                         f"is not one of the methods ({', '.join(methods)})")
+    if ev._number(settings.get("target_fraction")) is None or \
+            not 0 < settings["target_fraction"] <= 1:
+        raise ValueError(f"{path}: settings.target_fraction "
+                         f"{settings.get('target_fraction')!r} must be a number in (0, 1]")
+    for k, entry in enumerate(study["runs"]):
+        lacking = [f for f in RUN_FIELDS if f not in entry] if isinstance(entry, dict) else ["all"]
+        if lacking:
+            raise ValueError(f"{path}: runs[{k}] lacks field(s) {', '.join(lacking)}")
+        if entry["stage"] not in STAGES or entry["method"] not in methods:
+            raise ValueError(f"{path}: runs[{k}] has stage {entry['stage']!r} and method "
+                             f"{entry['method']!r}; stages are {', '.join(STAGES)}, methods "
+                             f"{', '.join(methods)}")
+        if not isinstance(entry["seed"], int) or not _number_or_none(entry["lr"]):
+            raise ValueError(f"{path}: runs[{k}] has seed {entry['seed']!r} and lr "
+                             f"{entry['lr']!r}; the seed must be an integer, lr a number or null")
+    return study
+
+
+def _number_or_none(value) -> bool:
+    return value is None or ev._number(value) is not None
+
+
+def read_runs(study_dir: Path, study: dict) -> tuple[list[StudyRun], list[dict]]:
+    """The finished runs, checked comparable and aligned by validation id; the others."""
+    reported = [e for e in study["runs"] if e["stage"] in REPORTED]
+    finished = [e for e in reported if e["status"] == "finished"]
+    missing = [{**{key: e[key] for key in RUN_FIELDS}, "error": e.get("error")}
+               for e in reported if e["status"] != "finished"]
+    if not finished:
+        raise ValueError(f"{study_dir / STUDY_JSON}: no run has status 'finished'; nothing to "
+                         f"report yet")
+    seen: dict[tuple, str] = {}
+    for entry in finished:
+        key = (entry["stage"], entry["method"], entry["lr"], entry["seed"])
+        if key in seen:
+            raise ValueError(f"{study_dir / STUDY_JSON}: runs {seen[key]} and "
+                             f"{entry['run_dir']} are the same {entry['stage']} trial of "
+                             f"{entry['method']} (lr {entry['lr']}, seed {entry['seed']})")
+        seen[key] = entry["run_dir"]
+    names = [e["run_dir"] for e in finished]
+    aligned = ev.align_runs([read_run(study_dir / name) for name in names], names)
+    return [StudyRun(e["stage"], e["method"], e["lr"], e["seed"], e["run_dir"], run)
+            for e, run in zip(finished, aligned)], missing
+
+
+def method_order(study: dict) -> list[str]:
+    """The target method first (every comparison is read against it), then the study's order."""
+    target = study["settings"]["target_method"]
+    return [target] + [m for m in study["methods"] if m != target]
+
+
+def manifest_numbers(manifest: dict) -> dict:
+    """What the trainer recorded about its dev evaluations; None where it recorded nothing (a
+    tf_baseline run has no dev part)."""
+    best = manifest.get("best") if isinstance(manifest.get("best"), dict) else {}
+    stopped = manifest.get("stopped") if isinstance(manifest.get("stopped"), dict) else {}
+    return {"best_step": ev._number(best.get("step")),
+            "best_dev_accuracy": ev._number(best.get("dev_accuracy")),
+            "best_dev_loss": ev._number(best.get("dev_loss")),
+            "steps": ev._number(manifest.get("steps")), "stopped": stopped.get("reason")}
+
+
+# ---- numbers ----------------------------------------------------------------------------
+
+def summarize(study: dict, runs: list[StudyRun], missing: list[dict], *, bootstrap: int,
+              seed: int, data_dir=None) -> dict:
+    """Every number of the report (JSON-ready)."""
+    frame = runs[0].run.predictions
+    labels, languages = frame["label"].to_numpy(), frame["language"].to_numpy()
+    order = method_order(study)
+    finals = [r for r in runs if r.stage == "final"]
+    correct = {m: {r.seed: r.correct(labels) for r in finals if r.method == m} for m in order}
+    correct = {m: by_seed for m, by_seed in correct.items() if by_seed}
+    methods = [method_row(study, m, [r for r in finals if r.method == m], labels)
+               for m in order]
+    curves = {m: study_curves.dev_curve({r.seed: r.run.evals for r in finals if r.method == m})
+              for m in order}
+    curves = {m: curve for m, curve in curves.items() if curve is not None}
+    return {
+        "study": {"command": study.get("command"), "code": study.get("code") or {},
+                  "settings": study["settings"], "timing": study.get("timing") or {}},
+        "split": {"fingerprint": runs[0].run.split_fingerprint, "n_val": int(len(labels))},
+        "options": {"bootstrap_resamples": bootstrap, "seed": seed,
+                    "confidence": stats.CONFIDENCE},
+        "baselines": ev.trivial_baselines(labels), "missing": missing,
+        "methods": methods,
+        "pairs": [pooled_pair(a, b, correct[a], correct[b], bootstrap, seed)
+                  for a, b in method_pairs([m for m in order if m in correct])],
+        "selection": selection_rows(study, [r for r in runs if r.stage == "select"], order),
+        "curves": {m: curve.to_dict("records") for m, curve in curves.items()},
+        "wall_clock": study_curves.wall_clock(study, list(curves)),
+        "time_to_target": study_curves.time_to_target(study, methods, curves),
+        "per_language": per_language(correct, labels, languages, methods),
+        "premise": premise_table(finals, correct, labels, data_dir)}
+
+
+def method_row(study: dict, method: str, finals: list[StudyRun], labels: np.ndarray) -> dict:
+    finals = sorted(finals, key=lambda r: r.seed)
+    per_seed = [{"seed": r.seed, "run_dir": r.name,
+                 "accuracy": stats.accuracy(labels, r.run.predictions["pred"]),
+                 "macro_f1": stats.macro_f1(labels, r.run.predictions["pred"]),
+                 **manifest_numbers(r.run.manifest)} for r in finals]
+    scores = pd.DataFrame(per_seed, columns=["accuracy", "macro_f1", "best_step",
+                                             "best_dev_accuracy"], dtype=float)
+    first = finals[0].run.manifest if finals else {}
+    return {"method": method, "trainer": study["methods"][method].get("trainer"),
+            "chosen_lr": study["methods"][method].get("chosen_lr"),
+            "recipe_lr": ev.recipe(first)["learning_rate"] if finals else None,
+            "seeds": [r.seed for r in finals],
+            "trainable_params": ev.resources(first)["trainable_params"],
+            "per_seed": per_seed, "accuracy": t_interval(scores["accuracy"]),
+            "macro_f1_mean": _mean(scores["macro_f1"]),
+            "best_step_mean": _mean(scores["best_step"]),
+            "best_dev_accuracy_mean": _mean(scores["best_dev_accuracy"])}
+
+
+def t_interval(values: pd.Series) -> dict:
+    """Mean over seeds with a Student-t interval, mean ± t·sd/√n: with a handful of seeds the
+    normal 1.96 would be far too narrow (t = 4.30 for 3 seeds). One seed: no interval."""
+    values = values.dropna()
+    n = len(values)
+    out = {"n": n, "mean": _mean(values), "min": None, "max": None, "sd": None, "t": None,
+           "half_width": None, "ci": None}
+    if n == 0:
+        return out
+    out.update(min=float(values.min()), max=float(values.max()))
+    if n >= 2:
+        sd = float(values.std(ddof=1))
+        t = float(student_t.ppf(0.5 + stats.CONFIDENCE / 2, n - 1))
+        half = t * sd / math.sqrt(n)
+        out.update(sd=sd, t=t, half_width=half, ci=[out["mean"] - half, out["mean"] + half])
+    return out
+
+
+def method_pairs(methods: list[str]) -> list[tuple[str, str]]:
+    """Every pair once, A listed before B: the target method (first) against each, then the
+    rest."""
+    return [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
+
+
+def pooled_pair(a: str, b: str, correct_a: dict, correct_b: dict, resamples: int,
+                seed: int) -> dict:
+    """B − A over the seeds both finished, seed s of A paired with seed s of B, the validation
+    rows of every pair pooled."""
+    seeds = sorted(set(correct_a) & set(correct_b))
+    if not seeds:
+        return {"a": a, "b": b, "seeds": [], "accuracy_a": None, "accuracy_b": None,
+                "accuracy_diff": None, "accuracy_diff_ci": None, "mcnemar": None}
+    right_a = np.stack([correct_a[s] for s in seeds])
+    right_b = np.stack([correct_b[s] for s in seeds])
+    samples = pooled_difference_samples(right_a, right_b, resamples, seed)
+    return {"a": a, "b": b, "seeds": seeds, "accuracy_a": float(right_a.mean()),
+            "accuracy_b": float(right_b.mean()),
+            "accuracy_diff": float(right_b.mean() - right_a.mean()),
+            "accuracy_diff_ci": stats.percentile_ci(samples),
+            "mcnemar": stats.mcnemar_exact(right_a.ravel(), right_b.ravel())}
+
+
+def pooled_difference_samples(right_a: np.ndarray, right_b: np.ndarray, resamples: int,
+                              seed: int) -> np.ndarray:
+    """Paired bootstrap of the pooled accuracy difference from [seeds, rows] correctness.
+
+    Validation rows are resampled, each with all its seed pairs: the seeds of one row share its
+    text and err together, so row × seed cells are not independent draws and resampling them
+    would narrow the interval by up to √seeds."""
+    per_row = (right_b.astype(float) - right_a).mean(axis=0)
+    rng = np.random.default_rng(seed)
+    chunks = []
+    for start in range(0, resamples, stats.BOOTSTRAP_CHUNK):
+        size = min(stats.BOOTSTRAP_CHUNK, resamples - start)
+        chunks.append(per_row[rng.integers(0, len(per_row), (size, len(per_row)))].mean(axis=1))
+    return np.concatenate(chunks)
+
+
+def selection_rows(study: dict, selects: list[StudyRun], order: list[str]) -> list[dict]:
+    rows = []
+    for r in sorted(selects, key=lambda r: (order.index(r.method), r.lr or 0.0, r.seed)):
+        chosen = study["methods"][r.method].get("chosen_lr")
+        rows.append({"method": r.method, "lr": r.lr, "seed": r.seed, "run_dir": r.name,
+                     **manifest_numbers(r.run.manifest),
+                     "chosen": None not in (chosen, r.lr) and math.isclose(r.lr, chosen)})
+    return rows
+
+
+def per_language(correct: dict, labels, languages, methods: list[dict]) -> dict:
+    """Mean accuracy over seeds per language (= accuracy of the rows' mean correctness, as
+    every seed scores the same rows), with the language's own majority-class accuracy."""
+    overall = {"n": int(len(labels)), "accuracy": {},
+               "majority_accuracy": ev.trivial_baselines(labels)["majority"]["accuracy"]}
+    if not correct:
+        return {"rows": [], "all": overall}
+    mean_right = pd.DataFrame({m: np.mean(list(by_seed.values()), axis=0)
+                               for m, by_seed in correct.items()})
+    grouped = mean_right.groupby(languages)
+    means, sizes = grouped.mean(), grouped.size()
+    majority = pd.Series(labels).groupby(languages).agg(
+        lambda part: ev.trivial_baselines(part.to_numpy())["majority"]["accuracy"])
+    rows = [{"language": language, "n": int(sizes[language]),
+             "majority_accuracy": float(majority[language]),
+             "accuracy": {m: float(v) for m, v in means.loc[language].items()}}
+            for language in means.index]
+    overall["accuracy"] = {row["method"]: row["accuracy"]["mean"] for row in methods
+                           if row["method"] in correct}
+    return {"rows": rows, "all": overall}
+
+
+def premise_table(finals: list[StudyRun], correct: dict, labels, data_dir) -> dict:
+    """Accuracy on validation rows whose premise the run trained on vs the rest, per method
+    (mean over seeds). Runs are grouped by their recorded data spec: the dev part's seed may
+    differ between seeds, and with it the rows each run trained on."""
+    if not finals:
+        return {"available": False, "note": "no final run finished", "methods": []}
+    groups: dict[str, list[StudyRun]] = {}
+    for r in finals:
+        spec = (r.run.manifest.get("data") or {}).get("spec")
+        groups.setdefault(json.dumps(spec, sort_keys=True, default=str), []).append(r)
+    masks, notes = {}, []
+    for members in groups.values():
+        seen, note = ev.premise_seen([r.run for r in members], data_dir)
+        if seen is None:
+            return {"available": False, "note": note, "methods": []}
+        masks.update({(r.method, r.seed): seen for r in members})
+        notes.append(note)
+    rows = []
+    for method, by_seed in correct.items():
+        parts = pd.DataFrame([_seen_scores(right, masks[method, s], labels)
+                              for s, right in by_seed.items()])
+        row = {part: _mean(parts[part]) for part in
+               ("seen", "unseen", "majority_seen", "majority_unseen")}
+        gap = None if None in (row["seen"], row["unseen"]) else row["seen"] - row["unseen"]
+        rows.append({"method": method, "n_seen": sorted({int(n) for n in parts["n_seen"]}),
+                     **row, "gap": gap})
+    return {"available": True, "note": "; ".join(sorted(set(notes))), "methods": rows}
+
+
+def _seen_scores(right: np.ndarray, seen: np.ndarray, labels: np.ndarray) -> dict:
+    scores = {"n_seen": int(seen.sum())}
+    for part, mask in (("seen", seen), ("unseen", ~seen)):
+        scores[part] = float(right[mask].mean()) if mask.any() else np.nan
+        scores[f"majority_{part}"] = (ev.trivial_baselines(labels[mask])["majority"]["accuracy"]
+                                      if mask.any() else np.nan)
+    return scores
+
+
+def _mean(values: pd.Series) -> float | None:
+    values = values.dropna()
+    return float(values.mean()) if len(values) else None
+
+
+# ---- writing ----------------------------------------------------------------------------
+
+def write_report(out_dir: Path, result: dict, markdown: str, pngs: dict[str, bytes]) -> None:
+    """Each file atomically; everything is rendered before the first write. report.json goes
+    first, so the folder is recognised as a report (check_out_dir) whatever happens next."""
+    atomic_write_text(out_dir / report.REPORT_JSON,
+                      json.dumps(result, indent=2, allow_nan=False) + "\n")
+    for name, figure in result["figures"].items():
+        if "file" in figure:
+            atomic_write_bytes(out_dir / figure["file"], pngs[name])
+        else:   # an older report's figure would contradict this one's "skipped"
+            (out_dir / f"{name}.png").unlink(missing_ok=True)
+    atomic_write_text(out_dir / report.REPORT_MD, markdown)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.evaluation.study_report",
+        description="Summarise a study folder (python -m shared.jobs.study): writes report.md "
+                    "(per-method table over seeds with Student-t intervals and baselines, "
+                    "pooled paired comparisons, learning-rate selection, time to target, "
+                    "per-language and premise seen/unseen accuracy), report.json (every "
+                    "number in report.md) and PNG figures (dev accuracy per step and per "
+                    "second, accuracy per trainable parameters).")
+    parser.add_argument("study_dir", type=Path, metavar="STUDY_DIR",
+                        help="folder holding study.json and the runs it names")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="report folder; created, or replaced if it holds an older report "
+                             "[default: STUDY_DIR/report]")
+    parser.add_argument("--bootstrap", type=int, default=ev.DEFAULT_BOOTSTRAP, metavar="N",
+                        help=f"paired bootstrap resamples of the validation rows, at least "
+                             f"{ev.MIN_BOOTSTRAP} [default: {ev.DEFAULT_BOOTSTRAP}]")
+    parser.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="bootstrap seed [default: 0]")
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                        help="folder with the runs' train.csv, for the premise seen/unseen "
+                             "section [default: the data_dir recorded in each manifest]")
+    args = parser.parse_args(argv)
+    out = args.study_dir / "report" if args.out is None else args.out
+    with exit_on_bad_input():
+        build_study_report(args.study_dir, out, bootstrap=args.bootstrap, seed=args.seed,
+                           data_dir=args.data_dir)
+    print(out / report.REPORT_MD)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""The study report end to end on a synthetic study: run directories written with RunWriter on
+the embedded sample's split, with predictions and dev curves whose numbers the tests know."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shared.data.spec import DataSpec, load
+from shared.data.watson import SAMPLE_DATA_DIR
+from shared.evaluation import study_report as sr
+from shared.runs.run_dir import EVAL_COLUMNS, RunDirError, RunWriter, predictions_frame
+
+AMD = "AMD EPYC 7B13 (2 cores)"
+T_3_SEEDS = 4.303   # t_{0.975, 2}, from a printed table
+BOOTSTRAP = 1000
+# Final runs: (method, seed) -> (validation rows right, dev accuracy per evaluated step).
+# lora seed 1 stops at step 20 (patience); lora seed 2 failed; tf_full has no dev part.
+FINALS = {("full", 0): (150, {10: 0.40, 20: 0.60, 30: 0.70, 40: 0.72}),
+          ("full", 1): (165, {10: 0.42, 20: 0.58, 30: 0.70, 40: 0.70}),
+          ("full", 2): (171, {10: 0.38, 20: 0.62, 30: 0.71, 40: 0.74}),
+          ("lora", 0): (180, {10: 0.50, 20: 0.66, 30: 0.70}),
+          ("lora", 1): (160, {10: 0.52, 20: 0.60}),
+          ("tf_full", 0): (140, None)}
+SELECTS = {("full", 1e-5): 0.55, ("full", 3e-5): 0.72, ("full", 1e-4): 0.60,
+           ("lora", 5e-4): 0.61, ("lora", 1e-3): 0.66}
+CHOSEN = {"full": 3e-5, "lora": 1e-3, "tf_full": None}
+TRAINABLE = {"full": 10_000, "lora": 100, "tf_full": 10_000}
+
+
+def sample_data(split_seed=0):
+    return load(DataSpec(data_dir=SAMPLE_DATA_DIR, split="stratified", train_fraction=0.7,
+                         split_seed=split_seed))
+
+
+def right_mask(n, k, seed):
+    """Exactly k of n rows right, which ones seeded."""
+    right = np.zeros(n, bool)
+    right[np.random.default_rng(seed).permutation(n)[:k]] = True
+    return right
+
+
+def write_run(run_dir, data, *, right, method, lr, curve=None):
+    labels = data.val["label"].to_numpy()
+    preds = np.where(right, labels, (labels + 1) % 3)
+    probs = np.full((len(labels), 3), 0.1)
+    probs[np.arange(len(labels)), preds] = 0.8
+    writer = RunWriter(run_dir)
+    writer.start(trainer="tf_baseline" if method == "tf_full" else "jax_lora",
+                 config={"lr": lr or 1e-4}, weights={}, split=data.split.describe(),
+                 data=data.describe(), versions={}, devices={},
+                 params={"total": 10_000, "trainable": TRAINABLE[method]})
+    writer.write_predictions(predictions_frame(data.val, probs))
+    extra = {}
+    if curve:
+        steps, accuracies = list(curve), list(curve.values())
+        writer.write_evals(pd.DataFrame({
+            "step": steps, "epoch": [s / 20 for s in steps], "examples": [16 * s for s in steps],
+            "train_loss": 1.0, "dev_loss": [1 - a for a in accuracies],
+            "dev_accuracy": accuracies, "train_seconds": [2.0 * s for s in steps]},
+            columns=EVAL_COLUMNS))
+        best = max(curve, key=curve.get)
+        extra = {"best": {"step": best, "dev_accuracy": curve[best], "dev_loss": 1 - curve[best]},
+                 "stopped": {"reason": "patience" if len(curve) < 4 else "max_steps",
+                             "step": steps[-1]}, "steps": steps[-1]}
+    writer.finish(**extra)
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    data = sample_data()
+    n = len(data.val)
+    runs = []
+    for k, ((method, lr), best) in enumerate(SELECTS.items()):
+        name = f"select/{method}/lr_{lr:.0e}"
+        write_run(root / name, data, right=right_mask(n, 150, 100 + k), method=method, lr=lr,
+                  curve={10: best - 0.1, 20: best, 30: best - 0.01})
+        runs.append({"stage": "select", "method": method, "lr": lr, "seed": 0,
+                     "run_dir": name, "status": "finished"})
+    for (method, seed), (k, curve) in FINALS.items():
+        name = f"final/{method}/seed_{seed}"
+        write_run(root / name, data, right=right_mask(n, k, 10 * len(runs) + seed),
+                  method=method, lr=CHOSEN[method], curve=curve)
+        runs.append({"stage": "final", "method": method, "lr": CHOSEN[method], "seed": seed,
+                     "run_dir": name, "status": "finished"})
+    runs.append({"stage": "final", "method": "lora", "lr": 1e-3, "seed": 2,
+                 "run_dir": "final/lora/seed_2", "status": "failed", "error": "exit code 1"})
+    study = {"version": 1, "command": "python -m shared.jobs.study --seeds 0,1,2",
+             "code": {"commit": "abcdef0123456789" * 2, "dirty": True},
+             "settings": {"preset": "minilm", "sequence_length": 128, "seeds": [0, 1, 2],
+                          "target_method": "full", "target_fraction": 0.95, "unknown": 1},
+             "methods": {m: {"trainer": "tf_baseline" if m == "tf_full" else "jax_lora",
+                             "args": [], "grid": [], "chosen_lr": CHOSEN[m]} for m in CHOSEN},
+             "timing": {"full": {"step_s": 2.0, "machine": AMD, "batch": 16},
+                        "lora": {"step_s": 0.5, "machine": AMD, "batch": 16}},
+             "runs": runs}
+    (root / "study.json").write_text(json.dumps(study))
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(study_dir):
+    return sr.build_study_report(study_dir, bootstrap=BOOTSTRAP), study_dir / "report"
+
+
+def right_of(study_dir, run_dir):
+    frame = pd.read_csv(study_dir / run_dir / "predictions.csv", dtype={"id": str})
+    return (frame["pred"] == frame["label"]).to_numpy()
+
+
+def md_line(markdown, start):
+    return next(line for line in markdown.splitlines() if line.startswith(start))
+
+
+def variant(study_dir, tmp_path, edit):
+    """A copy of the study with study.json changed by `edit`."""
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy, ignore=shutil.ignore_patterns("report"))
+    study = json.loads((copy / "study.json").read_text())
+    edit(study)
+    (copy / "study.json").write_text(json.dumps(study))
+    return copy
+
+
+def test_writes_report_files_that_agree(built):
+    result, out = built
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["report.md", "report.json"] + [f"{name}.png" for name in sr.study_figures.FIGURE_TITLES])
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "report.json").read_text()) == result
+    markdown = (out / "report.md").read_text()
+    assert "Skipped" not in markdown
+    assert "- Code: commit `abcdef012345` (uncommitted changes)" in markdown
+    assert f"- Step timings measured on: {AMD} (full, lora)" in markdown
+    assert "final lora lr 0.001 seed 2 (`final/lora/seed_2`): failed (exit code 1)" in markdown
+    assert result["missing"] == [{"stage": "final", "method": "lora", "lr": 1e-3, "seed": 2,
+                                  "run_dir": "final/lora/seed_2", "status": "failed",
+                                  "error": "exit code 1"}]
+
+
+def test_t_interval_is_the_hand_computation_and_one_seed_has_none(built):
+    result, _ = built
+    full, lora, tf_full = result["methods"]
+    accuracies = [FINALS["full", s][0] / 280 for s in (0, 1, 2)]
+    mean, sd = np.mean(accuracies), np.std(accuracies, ddof=1)
+    accuracy = full["accuracy"]
+    assert accuracy["mean"] == pytest.approx(mean)
+    assert accuracy["t"] == pytest.approx(T_3_SEEDS, abs=5e-4)
+    assert accuracy["half_width"] == pytest.approx(T_3_SEEDS * sd / math.sqrt(3), rel=2e-4)
+    assert accuracy["ci"] == pytest.approx([mean - accuracy["half_width"],
+                                            mean + accuracy["half_width"]])
+    assert (accuracy["min"], accuracy["max"]) == (150 / 280, 171 / 280)
+    assert full["best_dev_accuracy_mean"] == pytest.approx(0.72)
+    assert full["best_step_mean"] == pytest.approx(40 * 2 / 3 + 30 / 3)   # 40, 30, 40
+    assert lora["seeds"] == [0, 1] and lora["accuracy"]["t"] == pytest.approx(12.706, abs=1e-3)
+    assert tf_full["accuracy"]["n"] == 1 and tf_full["accuracy"]["ci"] is None
+    assert tf_full["accuracy"]["half_width"] is None and tf_full["best_dev_accuracy_mean"] is None
+    assert (full["trainable_params"], lora["trainable_params"]) == (10_000, 100)
+
+
+def test_markdown_method_rows_equal_the_json(built):
+    result, out = built
+    markdown = (out / "report.md").read_text()
+    assert "with 2 seeds t = 12.71; with 3 seeds t = 4.30" in markdown
+    for row in result["methods"]:
+        line = md_line(markdown, f"| {row['method']} |")
+        acc = row["accuracy"]
+        assert f"| {acc['min']:.4f}–{acc['max']:.4f} |" in line
+        assert f"| {row['macro_f1_mean']:.4f} |" in line
+        if acc["half_width"] is None:
+            assert f"| {acc['mean']:.4f} (1 seed, no interval) |" in line
+        else:
+            assert (f"| {acc['mean']:.4f} ± {acc['half_width']:.4f} "
+                    f"[{acc['ci'][0]:.4f}, {acc['ci'][1]:.4f}] |") in line
+            assert f"| {row['best_dev_accuracy_mean']:.4f} |" in line
+    assert "| full | jax_lora | 3e-05 | 0, 1, 2 | 10,000 |" in markdown
+    assert "| tf_full | tf_baseline | 0.0001 (recipe, not selected) | 0 |" in markdown
+
+
+def test_baselines_are_rows_of_the_accuracy_tables(built, study_dir):
+    result, out = built
+    markdown = (out / "report.md").read_text()
+    labels = sample_data().val["label"].to_numpy()
+    majority = np.bincount(labels).max() / len(labels)
+    assert result["baselines"]["majority"]["accuracy"] == pytest.approx(majority)
+    assert f"| {majority:.4f} |" in md_line(markdown, "| *majority class (baseline)* |")
+    assert "| 0.3333 |" in md_line(markdown, "| *chance (baseline)* |")
+    assert "| language | n | majority class | full | lora | tf_full |" in markdown
+    assert f"| **all** | 280 | {majority:.4f} |" in markdown
+    assert "majority class seen | majority class unseen |" in markdown
+
+
+def test_pooled_pair_pairs_seeds_by_value_and_resamples_rows(built, study_dir):
+    result, _ = built
+    assert [(p["a"], p["b"]) for p in result["pairs"]] == [
+        ("full", "lora"), ("full", "tf_full"), ("lora", "tf_full")]
+    pair = result["pairs"][0]
+    assert pair["seeds"] == [0, 1]   # lora's seed 2 failed
+    full = np.stack([right_of(study_dir, f"final/full/seed_{s}") for s in (0, 1)])
+    lora = np.stack([right_of(study_dir, f"final/lora/seed_{s}") for s in (0, 1)])
+    assert pair["accuracy_diff"] == pytest.approx((180 + 160 - 150 - 165) / 560)
+    low, high = pair["accuracy_diff_ci"]
+    assert low < pair["accuracy_diff"] < high
+    assert pair["mcnemar"]["only_a"] == int((full & ~lora).sum())
+    assert pair["mcnemar"]["only_b"] == int((~full & lora).sum())
+    # The bootstrap's point estimate is the pooled difference, and rows are the unit: a
+    # second seed identical to the first adds no information, so nothing changes.
+    samples = sr.pooled_difference_samples(full[:1], lora[:1], 4000, 0)
+    assert samples.mean() == pytest.approx((lora[0].mean() - full[0].mean()), abs=0.005)
+    twice = sr.pooled_difference_samples(full[[0, 0]], lora[[0, 0]], 4000, 0)
+    np.testing.assert_allclose(twice, samples)
+
+
+def test_selection_marks_the_chosen_rate(built):
+    result, out = built
+    chosen = [(row["method"], row["lr"]) for row in result["selection"] if row["chosen"]]
+    assert chosen == [("full", 3e-5), ("lora", 1e-3)]
+    full = [row for row in result["selection"] if row["method"] == "full"]
+    assert [row["lr"] for row in full] == [1e-5, 3e-5, 1e-4]
+    assert [(row["best_dev_accuracy"], row["best_step"], row["steps"]) for row in full] == [
+        (0.55, 20, 30), (0.72, 20, 30), (0.60, 20, 30)]
+    markdown = (out / "report.md").read_text()
+    assert "| full | 3e-05 | 0 | 0.7200 | 0.2800 | 20 | 30 | patience | **chosen** |" in markdown
+
+
+def test_time_to_target_picks_the_first_step_of_the_mean_curve(built):
+    result, out = built
+    target = result["time_to_target"]
+    assert target["target"] == pytest.approx(0.95 * 0.72)   # 0.684
+    rows = {row["method"]: row for row in target["methods"]}
+    # full's mean: 0.40, 0.60, 0.7033 (step 30), 0.72; at 2.0 s a step: 60 s.
+    assert (rows["full"]["step"], rows["full"]["seconds"]) == (30, 60.0)
+    # lora's seed 1 stopped at step 20 with 0.60 and keeps it: the mean at step 30 is 0.65,
+    # though seed 0 alone (0.70) would pass.
+    assert rows["lora"]["step"] is None and rows["lora"]["evaluated_to"] == 30
+    assert result["curves"]["lora"][-1]["mean"] == pytest.approx(0.65)
+    assert rows["tf_full"]["evaluated_to"] is None
+    markdown = (out / "report.md").read_text()
+    assert f"| full | 30 | 60.0 | {AMD} |" in markdown
+    assert "| lora | not reached within 30 steps |" in markdown
+    assert "| tf_full | no evals.csv |" in markdown
+
+
+def test_per_language_and_premise_seen_are_means_over_seeds(built, study_dir):
+    result, _ = built
+    data = sample_data()
+    full = np.stack([right_of(study_dir, f"final/full/seed_{s}") for s in (0, 1, 2)])
+    english = (data.val["language"] == "English").to_numpy()
+    row = next(r for r in result["per_language"]["rows"] if r["language"] == "English")
+    assert row["n"] == english.sum()
+    assert row["accuracy"]["full"] == pytest.approx(np.mean([f[english].mean() for f in full]))
+    seen = data.val["premise"].isin(set(data.train["premise"])).to_numpy()
+    assert seen.any()
+    premise = next(r for r in result["premise"]["methods"] if r["method"] == "full")
+    assert premise["seen"] == pytest.approx(np.mean([f[seen].mean() for f in full]))
+    assert premise["unseen"] == pytest.approx(np.mean([f[~seen].mean() for f in full]))
+    assert premise["n_seen"] == [int(seen.sum())]
+
+
+def test_wall_clock_figure_is_refused_across_machines(study_dir, tmp_path):
+    copy = variant(study_dir, tmp_path,
+                   lambda study: study["timing"]["lora"].update(machine="Intel Xeon (4 cores)"))
+    result = sr.build_study_report(copy, bootstrap=BOOTSTRAP)
+    skipped = result["figures"]["dev_accuracy_seconds"]["skipped"]
+    assert AMD in skipped and "Intel Xeon (4 cores)" in skipped
+    assert not (copy / "report" / "dev_accuracy_seconds.png").exists()
+    markdown = (copy / "report" / "report.md").read_text()
+    assert f"Skipped: {skipped}." in markdown
+    assert "compare seconds only within one machine" in markdown
+    assert (copy / "report" / "dev_accuracy_steps.png").exists()
+
+
+def test_different_split_fingerprints_are_refused(study_dir, tmp_path, capsys):
+    copy = variant(study_dir, tmp_path, lambda study: None)
+    shutil.rmtree(copy / "final/lora/seed_0")
+    other = sample_data(split_seed=1)
+    write_run(copy / "final/lora/seed_0", other, right=right_mask(len(other.val), 150, 0),
+              method="lora", lr=1e-3)
+    with pytest.raises(RunDirError, match="split fingerprints differ: select/full/lr_1e-05 .* "
+                                          "vs final/lora/seed_0 "):
+        sr.build_study_report(copy, bootstrap=BOOTSTRAP)
+    with pytest.raises(SystemExit) as exit_info:
+        sr.main([str(copy), "--bootstrap", str(BOOTSTRAP)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith("error: split fingerprints differ")
+    assert "\n" not in err and not (copy / "report").exists()
+
+
+def test_a_study_with_only_selection_trials_still_reports(study_dir, tmp_path):
+    def fail_finals(study):
+        for run in study["runs"]:
+            if run["stage"] == "final":
+                run["status"] = "failed"
+    copy = variant(study_dir, tmp_path, fail_finals)
+    result = sr.build_study_report(copy, bootstrap=BOOTSTRAP)
+    assert [row["accuracy"]["n"] for row in result["methods"]] == [0, 0, 0]
+    assert len(result["missing"]) == 7 and len(result["selection"]) == 5
+    markdown = (copy / "report" / "report.md").read_text()
+    assert "| full | jax_lora | 3e-05 | none | n/a | no finished final run |" in markdown
+    assert "Skipped: no final run wrote evals.csv." in markdown
+    assert "Skipped: the target method full has no finished final run" in markdown
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.update(version=2), "version is not 1"),
+    (lambda s: s["settings"].update(target_method="dora"), "settings.target_method 'dora'"),
+    (lambda s: s["runs"][0].pop("run_dir"), "runs[0] lacks field(s) run_dir"),
+    (lambda s: [r.update(status="failed") for r in s["runs"]], "no run has status 'finished'"),
+    (lambda s: s["runs"][2].update(seed="0"), "runs[2] has seed '0'"),
+])
+def test_cli_refuses_bad_study_json(study_dir, tmp_path, capsys, edit, message):
+    copy = variant(study_dir, tmp_path, edit)
+    with pytest.raises(SystemExit) as exit_info:
+        sr.main([str(copy)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and message in err and "\n" not in err
+    assert not (copy / "report").exists()
+
+
+def test_cli_help_says_what_it_writes(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sr.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0
+    assert "report.md" in help_text and "report.json" in help_text and "PNG" in help_text
