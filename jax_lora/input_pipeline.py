@@ -8,8 +8,9 @@ so a shorter pad changes no real token's value beyond float rounding.
 
 Training batches: a permutation per epoch seeded by (seed, epoch), remainder dropped (like the
 baseline), and addressable by step so a resumed run sees the same batches. With length grouping
-(Hugging Face Trainer's group_by_length) the kept rows are then sorted by length within chunks
-of GROUP_CHUNK_BATCHES batches and the batches shuffled: a batch holds rows of similar length,
+(after Hugging Face Trainer's group_by_length) the kept rows are then sorted by length within
+chunks of GROUP_CHUNK_BATCHES batches and the batches shuffled — Hugging Face's sampler leaves
+each chunk's batches sorted, longest first (benchmarks/torch_epoch.py --batch-order): a batch holds rows of similar length,
 so far fewer padding tokens, while which rows meet in a batch and when still changes every
 epoch. Evaluation batches cover every row: rows sorted by length (less padding), the last
 batch filled with repeats of its last row that carry weight 0.

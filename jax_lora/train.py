@@ -450,8 +450,16 @@ def run(setup: Setup) -> Path:
         writer.update(parent={**setup.parent, "inherited": inherited})
 
     # ------------------------------------------------------------ saving and dev evaluation
-    # Training seconds exclude the dev evaluations: `clock` adds the time since `mark`.
-    clock = {"train": progress["train_seconds"], "mark": time.perf_counter(), "evals": 0.0}
+    # Training seconds exclude dev evaluations and checkpoint saves: `clock` adds the time
+    # since `mark`, and sums what the current epoch spent on the other two (and on compiling
+    # the evaluation, which the epoch's compile clock hears too).
+    clock = {"train": progress["train_seconds"], "mark": time.perf_counter()}
+    aside = dict.fromkeys(("evals", "eval_compile", "checkpoints"), 0.0)
+
+    def set_aside(what: str, began: float) -> None:
+        now = time.perf_counter()
+        aside[what] += now - began
+        clock["mark"] = now
     window = {"sums": {k: jnp.float32(v) for k, v in progress["window"].items()}}
 
     def tick():
@@ -465,11 +473,14 @@ def run(setup: Setup) -> Path:
                         evals=tracker.evals, train_seconds=clock["train"])
         checkpoints.save(int(state.step), split_trainable(state.params, trainable)[0],
                          state.opt_state, progress)
+        set_aside("checkpoints", clock["mark"])
 
     def evaluate_dev(state, step: int) -> None:
         tick()
         sums = {k: float(v) for k, v in window["sums"].items()}
-        metrics = val_metrics(predict(state.params, dev)[0], dev.labels)
+        with compile_clock() as compiled:
+            metrics = val_metrics(predict(state.params, dev)[0], dev.labels)
+        aside["eval_compile"] += compiled["seconds"]
         row = {"step": step, "epoch": step / setup.steps_per_epoch,
                "examples": setup.examples_at(step),
                "train_loss": sums["loss_sum"] / sums["count"] if sums["count"] else None,
@@ -479,9 +490,7 @@ def run(setup: Setup) -> Path:
         if tracker.record(row):  # saved before the checkpoint that records the evaluation
             best.save(step, split_trainable(state.params, trainable)[0])
         writer.write_evals(pd.DataFrame(tracker.evals, columns=list(EVAL_COLUMNS)))
-        now = time.perf_counter()
-        clock["evals"] += now - clock["mark"]
-        clock["mark"] = now
+        set_aside("evals", clock["mark"])
 
     def after_step(state, totals, metrics, step: int, epoch_end: bool) -> bool:
         window["sums"] = {k: window["sums"][k] + metrics[k] for k in METRICS}
@@ -505,11 +514,12 @@ def run(setup: Setup) -> Path:
         if step >= total_steps or tracker.exhausted():
             break
         start = step - epoch * setup.steps_per_epoch
-        clock["mark"], clock["evals"] = time.perf_counter(), 0.0
+        clock["mark"] = time.perf_counter()
+        aside.update(dict.fromkeys(aside, 0.0))
         state, totals, train_seconds, compile_seconds, stopped = train_epoch(
             setup, train_step, state, epoch=epoch, start=start,
             totals=progress["epoch_totals"], after_step=after_step)
-        mid_epoch_evals = clock["evals"]  # the epoch-end evaluations are timed below
+        mid_epoch = dict(aside)  # the epoch-end evaluations are timed below
         tick()
         step = int(state.step)
         eval_began = time.perf_counter()
@@ -522,18 +532,22 @@ def run(setup: Setup) -> Path:
                   **val_metrics(last_val[0], setup.encoded["val"].labels)}
         progress["history"] = [r for r in progress["history"] if r["epoch"] <= epoch] + [record]
         writer.write_history(pd.DataFrame(progress["history"], columns=list(HISTORY_COLUMNS)))
-        # As tf_baseline's (a Keras epoch): `seconds` spans the whole epoch, compiling and
-        # evaluations included; `train_seconds` the training steps (compiling included).
+        # As tf_baseline's (a Keras epoch): `seconds` spans the whole epoch, compiling,
+        # evaluations and checkpoints included; `train_seconds` the training steps alone
+        # (compiling included), so that it divided by the steps is the step time.
         eval_seconds = time.perf_counter() - eval_began
         seconds = train_seconds + eval_seconds
         examples = setup.examples_at(step) - setup.examples_at(epoch * setup.steps_per_epoch
                                                                + start)
         writer.add_epoch(epoch + 1, seconds, examples,
-                         train_seconds=train_seconds - mid_epoch_evals,
-                         compile_seconds=compile_seconds,
-                         eval_seconds=eval_seconds + mid_epoch_evals,
+                         train_seconds=train_seconds - mid_epoch["evals"]
+                         - mid_epoch["checkpoints"],
+                         compile_seconds=compile_seconds - mid_epoch["eval_compile"],
+                         eval_seconds=eval_seconds + mid_epoch["evals"],
+                         checkpoint_seconds=mid_epoch["checkpoints"],
                          **({"resumed_from_step": epoch * setup.steps_per_epoch + start}
                             if start else {}))
+        clock["mark"] = time.perf_counter()  # the epoch's evaluations were not training
         if not stopped:  # a stop mid-epoch saved its checkpoint, with the epoch's sums
             save_checkpoint(state, dict.fromkeys(METRICS, 0.0))
         print(f"epoch {epoch + 1}/{config.epochs}: "
