@@ -1,0 +1,404 @@
+"""A fair comparison of fine-tuning methods: each at its own learning rate, chosen on a dev part
+(never the validation rows), over several seeds, trained until the dev curve stops improving.
+
+    python -m shared.jobs.study --out runs/study                    # every method, MiniLM, 3 seeds
+    python -m shared.jobs.study --out runs/study --dry-run          # the plan and its minutes
+    python -m shared.jobs.study --out runs/s --methods lora,probe --seeds 2 --grid lora=1e-4,1e-3
+
+Stages, each run a trainer process (METHODS in shared/jobs/study_plan.py says which flags make a
+method, and its learning-rate grid):
+  1. select  per method and grid rate: seed 0, --select-rows rows of the training part minus
+             dev, --select-steps steps, the dev part evaluated; the best dev accuracy wins.
+  2. timing  per method: a few timed steps at the chosen rate (seconds per step, this machine).
+  3. final   per seed and method: the training part minus dev at the chosen rate, up to
+             --max-epochs, stopped after --patience dev evaluations without a better one; its
+             validation predictions come from its best dev step. tf_full: the starter's recipe.
+  4. report  STUDY_DIR/report (shared/evaluation/study_report.py).
+STUDY_DIR/study.json (rewritten after each run) records the settings, each method's grid and
+chosen rate, its step timing (with its timing run) and every select and final run with its
+status; each run's output goes to STUDY_DIR/logs/<run dir>.log. Rerunning the
+same command keeps finished runs (without starting their trainer when study.json shows the same
+flags and the weights and data are unchanged) and resumes unfinished ones; a run the trainer
+refuses (made with other inputs) fails with the trainer's one-line error. A failing run does not
+stop the others; the command then exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from shared.cli import EXIT_BAD_INPUT, check_fields, exit_on_bad_input
+from shared.data.spec import DataSpec, file_checksums, load
+from shared.jobs import study_plan as plan
+from shared.jobs.compare import REPO, _error_line
+from shared.jobs.study_plan import FAILED, FINISHED, PENDING, Run, Study
+from shared.runs.presets import describe_preset, minilm_dir, preset_kind
+from shared.runs.reuse import RunStateError, code_version, input_differences, read_manifest
+from shared.runs.run_dir import atomic_write_text
+from shared.runs.tokenization import MIN_SEQUENCE_LENGTH
+
+LOGS = "logs"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags end in one `error:` line and exit code 2, as bad input does everywhere."""
+
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def parse_args(argv) -> argparse.Namespace:
+    parser = OneLineParser(prog="python -m shared.jobs.study",
+                           description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--out", type=Path, required=True, metavar="DIR", help="the study folder (STUDY_DIR)")
+    add("--preset", metavar="PRESET",
+        help="pretrained BERT for every run [default: the offline all-MiniLM-L6-v2]")
+    add("--data-dir", type=Path, metavar="DIR",
+        help="Watson CSV folder [default: the Kaggle folder if present, else data/sample]")
+    add("--methods", metavar="A,B", default=",".join(plan.METHODS),
+        help=f"methods to compare, from {', '.join(plan.METHODS)} [default: all]")
+    add("--seeds", type=int, metavar="N", default=3,
+        help="final runs per method, seeds 0.. [default: 3]")
+    add("--grid", action="append", default=[], metavar="METHOD=LR,LR",
+        help="learning rates the select stage tries for METHOD [default: METHODS' three]")
+    add("--method-args", action="append", default=[], metavar='METHOD="FLAGS"',
+        help="extra trainer flags for METHOD's runs (not those the study sets: --lr, --seed, "
+             "--epochs, data flags, ...)")
+    add("--select-rows", type=int, metavar="N", default=2000,
+        help="training rows of a selection trial [default: 2000, or all when fewer]")
+    add("--select-steps", type=int, metavar="N", default=300,
+        help="optimizer steps of a selection trial [default: 300, 2.4 passes over 2,000 rows "
+             "at batch 16]")
+    add("--dev-fraction", type=float, metavar="X", default=0.15,
+        help="share of the training part's premises held out as the dev part [default: 0.15]")
+    add("--dev-seed", type=int, metavar="N", default=0,
+        help="seed of the dev part and the subsets [default: 0]")
+    add("--eval-every", type=int, metavar="N",
+        help="optimizer steps between dev evaluations [default: --select-steps / 4]")
+    add("--patience", type=int, metavar="N", default=4,
+        help="a final run stops after this many dev evaluations without a better one "
+             "[default: 4]")
+    add("--max-epochs", type=int, metavar="N", default=10,
+        help="a final run's epochs at most [default: 10]")
+    add("--sequence-length", type=int, metavar="N", default=128,
+        help="tokens per pair, every run [default: 128, 99 %% of the sample's pairs fit]")
+    add("--batch-per-device", type=int, metavar="N", default=16,
+        help="rows per device per step [default: 16]")
+    add("--dry-run", action="store_true",
+        help="print every run and the minutes each stage should take; train nothing")
+    add("--quiet", action="store_true", help="no progress bars in the runs' logs")
+    return parser.parse_args(argv)
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    checks = [("seeds", args.seeds >= 1, "must be >= 1"),
+              ("select-rows", args.select_rows >= 1, "must be >= 1"),
+              ("select-steps", args.select_steps >= 1, "must be >= 1"),
+              ("dev-fraction", 0 < args.dev_fraction < 1,
+               "must lie in (0, 1): learning rates and best steps are chosen on the dev part"),
+              ("eval-every", args.eval_every is None or args.eval_every >= 1, "must be >= 1"),
+              ("patience", args.patience >= 0, "must be >= 0 (0 = never stop early)"),
+              ("max-epochs", args.max_epochs >= 1, "must be >= 1"),
+              ("sequence-length", args.sequence_length >= MIN_SEQUENCE_LENGTH,
+               f"must be >= {MIN_SEQUENCE_LENGTH}"),
+              ("batch-per-device", args.batch_per_device >= 1, "must be >= 1")]
+    check_fields(args, checks)
+
+
+def build_study(args: argparse.Namespace, argv: list[str]) -> Study:
+    """Every flag, the data and the preset checked; ValueError/DataError on bad input."""
+    check_numbers(args)
+    names = plan.parse_methods(args.methods)
+    grids = plan.parse_assignments("--grid", args.grid, names)
+    extras = plan.parse_assignments("--method-args", args.method_args, names)
+    methods = {name: plan.MethodPlan(
+        name, plan.METHODS[name],
+        plan.parse_grid(name, grids[name]) if name in grids else plan.METHODS[name].grid,
+        plan.parse_method_args(name, extras[name]) if name in extras else ())
+        for name in names}
+    check_out(args.out)
+    data = load(DataSpec(data_dir=args.data_dir, dev_fraction=args.dev_fraction,
+                         dev_seed=args.dev_seed))
+    preset = args.preset if args.preset is not None else str(minilm_dir())
+    preset_kind(preset)
+    settings = plan.Settings(
+        preset=preset, data_dir=str(data.data_dir), sequence_length=args.sequence_length,
+        seeds=tuple(range(args.seeds)), select_rows=args.select_rows,
+        select_steps=args.select_steps, dev_fraction=args.dev_fraction, dev_seed=args.dev_seed,
+        eval_every=args.eval_every or max(1, args.select_steps // 4), patience=args.patience,
+        max_epochs=args.max_epochs, batch_per_device=args.batch_per_device,
+        target_method=plan.TARGET_METHOD if plan.TARGET_METHOD in names else names[0])
+    study = Study(args.out.resolve(), settings, methods, min(args.select_rows, len(data.train)),
+                  len(data.train), "python -m shared.jobs.study " + shlex.join(argv), args.quiet)
+    study.runs = plan.plan_runs(study)
+    return study
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file; pass a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / plan.STUDY_JSON).is_file():
+        raise ValueError(f"--out {out}: folder holds files but no {plan.STUDY_JSON}; pass a new "
+                         f"or empty folder, or a study's")
+
+
+def previous_study(out: Path) -> dict:
+    """The study.json an earlier invocation wrote, or {}."""
+    path = out / plan.STUDY_JSON
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); move it away to start the study "
+                         f"afresh") from None
+
+
+# ---------------------------------------------------------------- one run
+
+class Runner:
+    """Runs trainers (or keeps their finished runs) under one folder and records the outcome."""
+
+    def __init__(self, study: Study, base: Path, previous: dict[str, dict], save):
+        self.study, self.base, self.previous, self.save = study, base, previous, save
+        # What a kept run must still match: reuse.py's rule, weights and data files alike.
+        self.inputs = {"weights": describe_preset(study.settings.preset),
+                       "data_sha256": file_checksums(Path(study.settings.data_dir))}
+
+    def execute(self, run: Run) -> None:
+        """Train `run` (resume it, or keep it finished); update it and study.json."""
+        args = plan.trainer_args(self.study, run, self.base)
+        run_dir = self.base / run.run_dir
+        before, earlier = manifest_of(run_dir), self.previous.get(run.run_dir, {})
+        if self.is_kept(before, earlier, args):
+            self.finish(run, before, earlier.get("minutes"), args, "kept")
+            return
+        script = REPO / self.study.methods[run.method].method.trainer / "train.py"
+        log = self.base / LOGS / f"{run.run_dir}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        began = time.perf_counter()
+        with open(log, "w") as handle:
+            handle.write(f"$ {shlex.join([sys.executable, str(script), *args])}\n")
+            handle.flush()
+            code = subprocess.run([sys.executable, str(script), *args], cwd=REPO,
+                                  stdout=handle, stderr=subprocess.STDOUT).returncode
+        minutes = (time.perf_counter() - began) / 60
+        after = manifest_of(run_dir)
+        if code == 0 and after is not None and after.get("status") == FINISHED:
+            # The trainer keeps a finished run it was asked for again (other result-neutral
+            # flags, e.g. --quiet): then the minutes are the earlier training's.
+            trained = before is None or before.get("finished_at") != after.get("finished_at")
+            self.finish(run, after, minutes if trained else earlier.get("minutes"), args,
+                        f"finished in {minutes:.1f} min" if trained else "kept")
+        else:
+            run.status, run.minutes, run.args = FAILED, minutes, args
+            kept_log = f"; log {log}" if self.base == self.study.out else ""  # not --dry-run's
+            run.error = f"{_error_line(log.read_text())} (exit code {code}{kept_log})"
+            self.save()
+            progress(run, f"FAILED after {minutes:.1f} min: {run.error}")
+
+    def is_kept(self, manifest: dict | None, earlier: dict, args: list[str]) -> bool:
+        """Finished with these very flags, weights and data: the trainer would keep it."""
+        return (manifest is not None and manifest.get("status") == FINISHED
+                and earlier.get("args") == args
+                and not input_differences(manifest, config=manifest.get("config") or {},
+                                          **self.inputs))
+
+    def finish(self, run: Run, manifest: dict, minutes, args: list[str], outcome: str) -> None:
+        best = manifest.get("best") or {}
+        run.status, run.minutes, run.args, run.error = FINISHED, minutes, args, None
+        run.dev_accuracy, run.dev_loss = best.get("dev_accuracy"), best.get("dev_loss")
+        self.save()
+        progress(run, outcome + ("" if run.dev_accuracy is None
+                                 else f", dev accuracy {run.dev_accuracy:.4f}"))
+
+
+def manifest_of(run_dir: Path) -> dict | None:
+    """The run's manifest; None when there is none or it is damaged (the trainer decides)."""
+    try:
+        return read_manifest(run_dir)
+    except RunStateError:
+        return None
+
+
+def progress(run: Run, outcome: str) -> None:
+    """The run's one line: stage, method, learning rate, seed, what happened."""
+    lr = plan.lr_text(run.lr) if run.lr is not None else (
+        "default" if plan.METHODS[run.method].grid else "recipe")
+    stream = sys.stderr if run.status == FAILED else sys.stdout
+    print(f"[study] {run.stage} {run.method} lr {lr} seed {run.seed}: {outcome}", file=stream,
+          flush=True)
+
+
+def skip(run: Run, reason: str, save) -> None:
+    run.status, run.error = PENDING, f"not run: {reason}"
+    save()
+    progress(run, run.error)
+
+
+def machine(manifest: dict) -> str:
+    """CPU model and cores, and the accelerators the run used, if any."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+               platform.processor() or "unknown CPU")
+    accelerators = [str(d) for d in (manifest.get("devices") or {}).get("devices", [])
+                    if "cpu" not in str(d).lower()]
+    return f"{cpu}, {os.cpu_count()} cores" + (
+        f"; {len(accelerators)} x {accelerators[0]}" if accelerators else "")
+
+
+# ---------------------------------------------------------------- stages
+
+def select_stage(study: Study, runner: Runner) -> None:
+    for name, method in study.methods.items():
+        trials = [r for r in study.runs if r.stage == "select" and r.method == name]
+        parent = method.method.parent
+        for trial in trials:
+            if parent is not None and study.methods[parent].chosen_lr is None:
+                skip(trial, f"{parent}'s selection has no finished trial", runner.save)
+            else:
+                runner.execute(trial)
+        method.chosen_lr = plan.choose_lr(trials)
+        for run in study.runs:
+            if run.stage == "final" and run.method == name:
+                run.lr = method.chosen_lr
+        runner.save()
+
+
+def time_method(study: Study, runner: Runner, name: str) -> dict:
+    """One timed run at the method's chosen rate (or its trainer's default before a choice);
+    its study.json "timing" entry (step_s, machine, ... once it finished)."""
+    method = study.methods[name]
+    run = plan.timing_run(name, method.chosen_lr)
+    runner.execute(run)
+    entry = {"run": run.record()}
+    if run.status == FINISHED:
+        manifest = read_manifest(runner.base / run.run_dir)
+        entry.update(plan.timing_record(manifest, method.method.trainer, machine(manifest)))
+    return entry
+
+
+def final_stage(study: Study, runner: Runner) -> None:
+    finished = set()  # (method, seed) of the final runs that finished
+    for run in (r for r in study.runs if r.stage == "final"):
+        method = study.methods[run.method]
+        parent = method.method.parent
+        if method.grid and method.chosen_lr is None:
+            skip(run, "no selection trial finished", runner.save)
+        elif parent is not None and (parent, run.seed) not in finished:
+            skip(run, f"{parent}'s final run of seed {run.seed} did not finish", runner.save)
+        else:
+            runner.execute(run)
+            if run.status == FINISHED:
+                finished.add((run.method, run.seed))
+
+
+def write_report(out: Path) -> bool:
+    """STUDY_DIR/report, when the report module is there; False when it refused."""
+    try:
+        from shared.evaluation.study_report import build_study_report
+    except ImportError:
+        print("[study] report: shared/evaluation/study_report.py is not available; skipped")
+        return True
+    try:
+        build_study_report(out)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"[study] report: not written: {err}", file=sys.stderr)
+        return False
+    print(f"[study] report: {out / 'report' / 'report.md'}")
+    return True
+
+
+def run_study(study: Study, previous: dict) -> int:
+    out = study.out
+    code = code_version()
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        atomic_write_text(out / plan.STUDY_JSON,
+                          json.dumps(study.record(code), indent=2, allow_nan=False) + "\n")
+
+    runner = Runner(study, out, plan.previous_runs(previous), save)
+    save()
+    select_stage(study, runner)
+    for name, method in study.methods.items():
+        if not method.grid or method.chosen_lr is not None:
+            study.timing[name] = time_method(study, runner, name)
+            save()
+    final_stage(study, runner)
+    runs = study.runs + [Run(**entry["run"]) for entry in study.timing.values()]
+    unfinished = [r for r in runs if r.status != FINISHED]
+    reported = write_report(out)
+    if unfinished:
+        print(f"[study] {len(unfinished)} run(s) did not finish (their lines above say why): "
+              + ", ".join(r.run_dir for r in unfinished), file=sys.stderr)
+    return 0 if reported and not unfinished else 1
+
+
+# ---------------------------------------------------------------- --dry-run
+
+def dry_run(study: Study, previous: dict) -> int:
+    """Print every run and each stage's minutes from step timings: study.json's, or measured
+    now in a temporary folder (TIMING_STEPS steps per method). Writes nothing under --out."""
+    for name, record in (previous.get("methods") or {}).items():
+        if name in study.methods and record.get("chosen_lr") in study.methods[name].grid:
+            study.methods[name].chosen_lr = record["chosen_lr"]
+    timings = {name: entry for name, entry in (previous.get("timing") or {}).items()
+               if name in study.methods and "step_s" in entry}
+    measured = [name for name in study.methods if name not in timings]
+    if measured:
+        with tempfile.TemporaryDirectory(prefix="study-timing-") as folder:
+            runner = Runner(study, Path(folder), {}, save=lambda: None)
+            for name in measured:
+                entry = time_method(study, runner, name)
+                if "step_s" in entry:
+                    timings[name] = entry
+    source = ", ".join(f"{name} {'timed now' if name in measured else 'study.json'}"
+                       for name in study.methods)
+    runs = ([r for r in study.runs if r.stage == "select"]
+            + [plan.timing_run(name, study.methods[name].chosen_lr) for name in study.methods]
+            + [r for r in study.runs if r.stage == "final"])
+    minutes: dict[str, list] = {}
+    for run in runs:
+        method = study.methods[run.method]
+        lr = run.lr if run.stage == "select" else method.chosen_lr
+        steps = plan.max_steps(study, run, timings.get(run.method))
+        shown = ("recipe" if not method.grid else "chosen after select" if lr is None
+                 else plan.lr_text(lr))
+        print(f"[study] plan: {run.stage} {run.method} lr {shown} seed {run.seed}: "
+              f"{'?' if steps is None else steps} steps at most -> {run.run_dir}")
+        step_s = (timings.get(run.method) or {}).get("step_s")
+        minutes.setdefault(run.stage, []).append(
+            None if steps is None or step_s is None else steps * step_s / 60)
+    for stage, values in minutes.items():
+        total = ("unknown (a method has no step timing)" if None in values
+                 else f"{sum(values):.1f} min of training steps at most")
+        print(f"[study] estimate: {stage} {total}")
+    print(f"[study] step timings: {source} ({plan.TIMING_STEPS} steps per method); compiling, "
+          f"evaluations and start-up are not counted, and final runs may stop earlier")
+    return 0 if len(timings) == len(study.methods) else 1
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with exit_on_bad_input():
+        args = parse_args(argv)
+        study = build_study(args, argv)
+        previous = previous_study(study.out)
+    return (dry_run if args.dry_run else run_study)(study, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""What a study (shared/jobs/study.py) runs: the method table, each run's trainer flags, the
+learning-rate choice and the study.json record. Pure: no process started, no file written.
+
+Run directories, relative to the study folder:
+    select/<method>/lr_<lr>/   a selection trial (seed 0, a training subset, a fixed step budget)
+    timing/<method>/           a few timed steps at the chosen learning rate, no dev part
+    final/<method>/seed_<s>/   a final run (the whole training part minus dev, early stopping)
+<lr> is written with the fewest digits that give it back (5e-04, 2.5e-04).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+STUDY_JSON = "study.json"
+VERSION = 1
+FINISHED, FAILED, PENDING = "finished", "failed", "pending"
+# The report measures each method's speed as steps (and seconds) until its dev accuracy
+# reaches this share of the target method's best: full fine-tuning when the study has it.
+TARGET_METHOD, TARGET_FRACTION = "full", 0.95
+# A timing run's optimizer steps (tf_baseline: steps per epoch, over its recipe's epochs):
+# enough past the compiling steps for a steady step time, few enough to cost a minute.
+TIMING_STEPS = 12
+# Flags the study sets for every run; --method-args may not override them.
+STUDY_FLAGS = ("--lr", "--seed", "--run-dir", "--epochs", "--max-steps", "--eval-every",
+               "--patience", "--init-from", "--preset", "--data-dir", "--sequence-length",
+               "--dev-fraction", "--dev-seed", "--train-subset", "--batch-per-device",
+               "--batch-per-replica", "--lr-per-replica", "--restart", "--check")
+
+
+@dataclass(frozen=True)
+class Method:
+    trainer: str                  # the trainer's folder: jax_lora or tf_baseline
+    args: tuple[str, ...]         # the trainer flags that make the method
+    grid: tuple[float, ...] = ()  # rates the select stage tries; () = the trainer's recipe
+    parent: str | None = None     # method whose run (same stage, same seed) it starts from
+
+
+# Three rates per grid, a factor of 3-5 apart, around each method's usual value: full around
+# BERT's fine-tuning rates (the Kaggle recipe's 1e-5 to 1e-4), the adapters around PEFT's 2e-4
+# and the demo's 1e-3 (shared/jobs/compare.py), the probe around jax_lora's 1e-2.
+ADAPTER_GRID = (1e-4, 5e-4, 2e-3)
+METHODS = {
+    "full": Method("jax_lora", ("--method", "full"), (1e-5, 3e-5, 1e-4)),
+    "lora": Method("jax_lora", ("--method", "lora"), ADAPTER_GRID),
+    "dora": Method("jax_lora", ("--method", "dora"), ADAPTER_GRID),
+    # Mean pooling: the probe reads the frozen encoder, and MiniLM was trained to be read so.
+    "probe": Method("jax_lora", ("--method", "probe", "--pooling", "mean"), (1e-3, 1e-2, 3e-2)),
+    # LP->LoRA: LoRA from the probe's head; --init-from needs the parent's pooling.
+    "lp_lora": Method("jax_lora", ("--method", "lora", "--pooling", "mean"), ADAPTER_GRID,
+                      parent="probe"),
+    "qlora_nf4": Method("jax_lora", ("--method", "lora", "--base-dtype", "nf4"), ADAPTER_GRID),
+    # The Kaggle starter's recipe as it is (its learning rate and epochs), on the study's rows.
+    "tf_full": Method("tf_baseline", ()),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every run of the study shares (study.json "settings")."""
+    preset: str
+    data_dir: str
+    sequence_length: int
+    seeds: tuple[int, ...]
+    select_rows: int
+    select_steps: int
+    dev_fraction: float
+    dev_seed: int
+    eval_every: int
+    patience: int
+    max_epochs: int
+    batch_per_device: int
+    target_method: str
+    target_fraction: float = TARGET_FRACTION
+
+    def record(self) -> dict:
+        return {**asdict(self), "seeds": list(self.seeds)}
+
+
+@dataclass
+class MethodPlan:
+    name: str
+    method: Method
+    grid: tuple[float, ...]                        # the table's, or --grid's
+    extra: tuple[str, ...] = ()                    # --method-args
+    chosen_lr: float | None = None                 # the best selection trial's, once known
+
+    @property
+    def args(self) -> list[str]:
+        return [*self.method.args, *self.extra]
+
+    def record(self) -> dict:
+        return {"trainer": self.method.trainer, "args": self.args, "grid": list(self.grid),
+                "parent": self.method.parent, "chosen_lr": self.chosen_lr}
+
+
+@dataclass
+class Run:
+    stage: str                        # select, timing or final
+    method: str
+    seed: int
+    run_dir: str                      # relative to the study folder
+    lr: float | None = None           # None: not chosen yet, or tf_full's recipe
+    status: str = PENDING             # finished, failed, or pending (`error`: why not run)
+    dev_accuracy: float | None = None  # the manifest's best dev step
+    dev_loss: float | None = None
+    minutes: float | None = None      # wall time of the trainer process that finished or failed it
+    error: str | None = None
+    args: list[str] | None = None     # the trainer flags it ran with: a kept run is known by them
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Study:
+    out: Path
+    settings: Settings
+    methods: dict[str, MethodPlan]    # in run order: a parent before its children
+    select_subset: int                # select_rows, or every training row when fewer are left
+    n_train: int                      # training rows left after the dev part
+    command: str
+    quiet: bool = False
+    runs: list[Run] = field(default_factory=list)     # select and final, in run order
+    timing: dict[str, dict] = field(default_factory=dict)  # method -> step timing and its run
+
+    def record(self, code: dict) -> dict:
+        """study.json (the report module, shared/evaluation/study_report.py, reads it)."""
+        return {"version": VERSION, "command": self.command, "code": code,
+                "settings": self.settings.record(),
+                "methods": {name: method.record() for name, method in self.methods.items()},
+                "timing": self.timing, "runs": [run.record() for run in self.runs]}
+
+
+# ---------------------------------------------------------------- flags
+
+def parse_methods(text: str) -> list[str]:
+    """--methods: known names, each once, a child after its parent (its runs need the parent's)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if not names or unknown:
+        raise ValueError(f"--methods {text}: choose from {', '.join(METHODS)}")
+    if len(set(names)) < len(names):
+        raise ValueError(f"--methods {text}: names a method twice")
+    for name in names:
+        parent = METHODS[name].parent
+        if parent is not None and parent not in names:
+            raise ValueError(f"--methods {text}: {name} starts from {parent}'s runs; add "
+                             f"{parent}")
+    return sorted(names, key=lambda name: METHODS[name].parent is not None)
+
+
+def parse_assignments(flag: str, values: list[str], methods: list[str]) -> dict[str, str]:
+    """METHOD=TEXT flags (--grid, --method-args) by method; each method once, one of --methods."""
+    parsed = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep or name not in methods:
+            raise ValueError(f"{flag} {value}: expected METHOD=..., METHOD one of --methods "
+                             f"({', '.join(methods)})")
+        if name in parsed:
+            raise ValueError(f"{flag} {value}: {name} is given twice; give it once")
+        parsed[name] = text
+    return parsed
+
+
+def parse_grid(name: str, text: str) -> tuple[float, ...]:
+    """--grid METHOD=LR,LR,...: distinct positive learning rates, in the order given."""
+    flag = f"--grid {name}={text}"
+    if not METHODS[name].grid:
+        raise ValueError(f"{flag}: {name} trains with its trainer's recipe; drop its --grid")
+    try:
+        grid = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated learning rates, e.g. "
+                         f"{name}=1e-4,5e-4") from None
+    if not all(math.isfinite(lr) and lr > 0 for lr in grid):
+        raise ValueError(f"{flag}: learning rates must be positive numbers")
+    if len(set(grid)) < len(grid):
+        raise ValueError(f"{flag}: names a learning rate twice")
+    return grid
+
+
+def parse_method_args(name: str, text: str) -> tuple[str, ...]:
+    """--method-args METHOD="flags": extra trainer flags, none of those the study sets."""
+    try:
+        args = tuple(shlex.split(text))
+    except ValueError as err:
+        raise ValueError(f"--method-args {name}={text}: {err}") from None
+    taken = [arg for arg in args if arg.split("=")[0] in STUDY_FLAGS]
+    if taken:
+        raise ValueError(f"--method-args {name}={text}: {taken[0].split('=')[0]} is set by the "
+                         f"study (see --help); drop it")
+    return args
+
+
+# ---------------------------------------------------------------- runs and their flags
+
+def lr_text(lr: float) -> str:
+    """The fewest digits that give `lr` back: 5e-04, 2.5e-04 (run directory names)."""
+    return next(text for digits in range(17) if float(text := f"{lr:.{digits}e}") == lr)
+
+
+def select_dir(method: str, lr: float) -> str:
+    return f"select/{method}/lr_{lr_text(lr)}"
+
+
+def final_dir(method: str, seed: int) -> str:
+    return f"final/{method}/seed_{seed}"
+
+
+def plan_runs(study: Study) -> list[Run]:
+    """Every selection trial (method by method), then every final run (seed by seed, so each
+    seed's comparison is complete before the next begins; a parent before its children)."""
+    runs = [Run("select", name, 0, select_dir(name, lr), lr)
+            for name, plan in study.methods.items() for lr in plan.grid]
+    runs += [Run("final", name, seed, final_dir(name, seed))
+             for seed in study.settings.seeds for name in study.methods]
+    return runs
+
+
+def timing_run(name: str, lr: float | None) -> Run:
+    return Run("timing", name, 0, f"timing/{name}", lr)
+
+
+def trainer_args(study: Study, run: Run, out: Path) -> list[str]:
+    """The trainer's flags for `run`, its run directory under `out`. Later flags win: the
+    study's shared flags, the method's, then the stage's (which --method-args cannot touch)."""
+    s, plan = study.settings, study.methods[run.method]
+    jax = plan.method.trainer == "jax_lora"
+    # A timing run holds no dev part, so that its clock holds nothing but training steps.
+    dev = [] if run.stage == "timing" else ["--dev-fraction", str(s.dev_fraction),
+                                            "--dev-seed", str(s.dev_seed)]
+    args = ["--preset", s.preset, "--data-dir", s.data_dir,
+            "--sequence-length", str(s.sequence_length),
+            "--batch-per-device" if jax else "--batch-per-replica", str(s.batch_per_device),
+            *dev, "--seed", str(run.seed), *(["--quiet"] if study.quiet else []), *plan.args]
+    args += [] if run.lr is None else ["--lr", str(run.lr)]
+    args += stage_args(study, run.stage, jax)
+    parent = plan.method.parent
+    if parent is not None and run.stage != "timing":  # a step costs the same from any start
+        source = (select_dir(parent, study.methods[parent].chosen_lr) if run.stage == "select"
+                  else final_dir(parent, run.seed))
+        args += ["--init-from", str(out / source)]
+    return args + ["--run-dir", str(out / run.run_dir)]
+
+
+def stage_args(study: Study, stage: str, jax: bool) -> list[str]:
+    s = study.settings
+    if stage == "select":
+        # --epochs at least --max-steps: enough epochs for the step budget on any device count.
+        return ["--train-subset", str(study.select_subset), "--max-steps", str(s.select_steps),
+                "--epochs", str(s.select_steps), "--eval-every", str(s.eval_every)]
+    if stage == "timing" and jax:
+        return ["--max-steps", str(TIMING_STEPS), "--epochs", str(TIMING_STEPS)]
+    if stage == "timing":  # tf_baseline has no step cap: TIMING_STEPS batches per epoch
+        return ["--train-subset", str(min(TIMING_STEPS * s.batch_per_device, study.n_train))]
+    if not jax:
+        return []  # the recipe's epochs, no dev evaluation
+    return ["--epochs", str(s.max_epochs), "--eval-every", str(s.eval_every),
+            "--patience", str(s.patience)]
+
+
+# ---------------------------------------------------------------- outcomes
+
+def previous_runs(previous: dict) -> dict[str, dict]:
+    """run_dir -> the run's record in an earlier study.json (timing runs included)."""
+    timing = [entry["run"] for entry in (previous.get("timing") or {}).values()]
+    return {record["run_dir"]: record for record in previous.get("runs", []) + timing}
+
+
+def choose_lr(trials: list[Run]) -> float | None:
+    """The finished trial with the best dev accuracy; ties: the lower dev loss, then the
+    smaller learning rate. None when no trial finished."""
+    scored = [t for t in trials if t.status == FINISHED and t.dev_accuracy is not None]
+    if not scored:
+        return None
+    best = min(scored, key=lambda t: (-t.dev_accuracy, t.dev_loss, t.lr))
+    return best.lr
+
+
+def timing_record(manifest: dict, trainer: str, machine: str) -> dict:
+    """study.json "timing" of a method from its timing run's manifest: seconds per optimizer
+    step, compiling excluded."""
+    epochs = manifest["epochs"]
+    if trainer == "jax_lora":
+        seconds = sum(e["train_seconds"] - e["compile_seconds"] for e in epochs)
+        steps, batch = manifest["steps"], manifest["global_batch"]
+        extra = {}
+    else:  # Keras compiles inside the first epoch and times no compiling: the last is warm
+        training = manifest["training"]
+        seconds, steps = epochs[-1]["train_seconds"], training["steps_per_epoch"]
+        batch = training["global_batch"]
+        extra = {"epochs": manifest["config"]["epochs"]}  # the recipe's, for estimates
+    return {"step_s": seconds / steps, "machine": machine, "batch": batch,
+            "sequence_length": manifest["config"]["sequence_length"], **extra}
+
+
+def max_steps(study: Study, run: Run, timing: dict | None) -> int | None:
+    """A run's optimizer steps at most (a final run may stop earlier); None when it depends on
+    a timing not measured (tf_full's recipe epochs)."""
+    s = study.settings
+    if run.stage == "select":
+        return s.select_steps
+    if run.stage == "timing":  # tf_baseline's: TIMING_STEPS in each of its recipe's epochs
+        return TIMING_STEPS * (timing or {}).get("epochs", 1)
+    batch = timing["batch"] if timing else s.batch_per_device
+    epochs = s.max_epochs if study.methods[run.method].method.trainer == "jax_lora" else (
+        timing or {}).get("epochs")
+    return None if epochs is None else epochs * (study.n_train // batch)

@@ -1,0 +1,326 @@
+"""The study job: its plan and flags in process, its orchestration with a fake trainer (failures,
+skips, reruns), then a tiny real study end to end on the sample and the tiny random BERT."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from shared.data.spec import DataSpec, file_checksums, load
+from shared.data.watson import SAMPLE_DATA_DIR
+from shared.jobs import study as job
+from shared.jobs import study_plan as plan
+from shared.jobs.study_plan import FAILED, FINISHED, PENDING, Run
+from shared.runs.presets import describe_preset
+from shared.runs.run_dir import MANIFEST, read_run
+
+REPO = Path(__file__).resolve().parents[3]
+STUDY_KEYS = {"version", "command", "code", "settings", "methods", "timing", "runs"}
+SETTINGS_KEYS = {"preset", "data_dir", "sequence_length", "seeds", "select_rows", "select_steps",
+                 "dev_fraction", "dev_seed", "eval_every", "patience", "max_epochs",
+                 "batch_per_device", "target_method", "target_fraction"}
+RUN_KEYS = {"stage", "method", "lr", "seed", "run_dir", "status", "dev_accuracy", "minutes"}
+
+
+def make_study(preset, out, *flags):
+    argv = ["--out", str(out), "--preset", str(preset), *flags]
+    return job.build_study(job.parse_args(argv), argv)
+
+
+# ---------------------------------------------------------------- plan and flags, in process
+
+def test_method_table_runs_as_the_trainers_require():
+    for name, method in plan.METHODS.items():
+        assert (REPO / method.trainer / "train.py").is_file(), name
+        assert len(method.grid) in (0, 3), name  # three rates per grid, or the recipe
+        if method.parent is not None:
+            parent = plan.METHODS[method.parent]
+            # --init-from refuses a parent whose head reads another pooling.
+            pooling = [m.args[m.args.index("--pooling") + 1] if "--pooling" in m.args else "cls"
+                       for m in (method, parent)]
+            assert pooling[0] == pooling[1] and parent.grid, name
+    assert plan.METHODS["tf_full"].grid == () and plan.METHODS["tf_full"].trainer == "tf_baseline"
+
+
+def test_flag_parsers_and_run_dir_names():
+    assert plan.parse_methods("lp_lora,lora,probe") == ["lora", "probe", "lp_lora"]
+    assert plan.parse_grid("lora", "1e-4,5e-4") == (1e-4, 5e-4)
+    assert plan.parse_method_args("lora", "--rank 4 --targets query") == (
+        "--rank", "4", "--targets", "query")
+    assert [plan.lr_text(lr) for lr in (5e-4, 2.5e-4, 1e-5, 0.1)] == [
+        "5e-04", "2.5e-04", "1e-05", "1e-01"]
+    assert plan.select_dir("lora", 3e-5) == "select/lora/lr_3e-05"
+    bad = [(plan.parse_methods, ("lora,bogus",), "choose from"),
+           (plan.parse_methods, ("lp_lora",), "add probe"),
+           (plan.parse_methods, ("lora,lora",), "twice"),
+           (plan.parse_grid, ("lora", "1e-4,fast"), "comma-separated"),
+           (plan.parse_grid, ("lora", "1e-4,-1"), "positive"),
+           (plan.parse_grid, ("lora", "1e-4,0.0001"), "twice"),
+           (plan.parse_grid, ("tf_full", "1e-5"), "recipe"),
+           (plan.parse_method_args, ("lora", "--rank 4 --lr=1"), "--lr is set by the study"),
+           (plan.parse_method_args, ("lora", "--targets 'query"), "quotation"),
+           (plan.parse_assignments, ("--grid", ["lora"], ["lora"]), "METHOD=..."),
+           (plan.parse_assignments, ("--grid", ["dora=1"], ["lora"]), "one of --methods"),
+           (plan.parse_assignments, ("--grid", ["lora=1", "lora=2"], ["lora"]), "twice")]
+    for parse, args, problem in bad:
+        with pytest.raises(ValueError, match=problem):
+            parse(*args)
+
+
+def test_choose_lr_takes_the_best_dev_accuracy_then_lower_loss_then_smaller_lr():
+    def trial(lr, accuracy, loss, status=FINISHED):
+        return Run("select", "lora", 0, plan.select_dir("lora", lr), lr, status, accuracy, loss)
+
+    assert plan.choose_lr([trial(1e-4, 0.50, 0.9), trial(5e-4, 0.60, 1.2),
+                           trial(2e-3, 0.70, 0.5, FAILED)]) == 5e-4
+    assert plan.choose_lr([trial(1e-4, 0.60, 0.9), trial(5e-4, 0.60, 0.8)]) == 5e-4
+    assert plan.choose_lr([trial(2e-3, 0.60, 0.8), trial(5e-4, 0.60, 0.8)]) == 5e-4
+    assert plan.choose_lr([trial(1e-4, None, None, FAILED),
+                           trial(5e-4, None, None, PENDING)]) is None
+
+
+def test_trainer_flags_per_stage(tiny_hf_preset, tmp_path):
+    out = tmp_path / "study"
+    study = make_study(tiny_hf_preset, out, "--methods", "lp_lora,probe,tf_full", "--seeds", "2",
+                       "--select-rows", "100000", "--select-steps", "40",
+                       "--method-args", "lp_lora=--rank 4", "--dev-fraction", "0.2")
+    assert list(study.methods) == ["probe", "tf_full", "lp_lora"]  # the parent first
+    assert study.settings.eval_every == 10 and study.settings.target_method == "probe"
+    assert study.select_subset == study.n_train == len(load(DataSpec(dev_fraction=0.2)).train)
+    assert [(r.stage, r.method, r.seed) for r in study.runs if r.stage == "final"] == [
+        ("final", m, s) for s in (0, 1) for m in ("probe", "tf_full", "lp_lora")]
+    study.methods["probe"].chosen_lr = 1e-2
+    by_dir = {r.run_dir: r for r in study.runs}
+
+    def flags(run, flag):
+        args = plan.trainer_args(study, run, out)
+        return args[args.index(flag) + 1] if flag in args else None
+
+    select = by_dir["select/lp_lora/lr_5e-04"]
+    args = plan.trainer_args(study, select, out)
+    assert args.index("--rank") < args.index("--lr")  # the stage's flags come last
+    assert flags(select, "--init-from") == str(out / "select/probe/lr_1e-02")
+    assert flags(select, "--train-subset") == str(study.n_train)
+    assert flags(select, "--max-steps") == "40" and flags(select, "--eval-every") == "10"
+    final = by_dir["final/lp_lora/seed_1"]
+    final.lr = 5e-4
+    assert flags(final, "--init-from") == str(out / "final/probe/seed_1")
+    assert flags(final, "--seed") == "1" and flags(final, "--patience") == "4"
+    assert flags(final, "--dev-fraction") == "0.2" and flags(final, "--lr") == "0.0005"
+    timing = plan.timing_run("lp_lora", 5e-4)
+    assert flags(timing, "--init-from") is None and flags(timing, "--dev-fraction") is None
+    assert flags(timing, "--max-steps") == str(plan.TIMING_STEPS)
+    tf_final, tf_timing = by_dir["final/tf_full/seed_0"], plan.timing_run("tf_full", None)
+    assert flags(tf_final, "--batch-per-replica") == "16" and flags(tf_final, "--lr") is None
+    assert flags(tf_final, "--epochs") is None and flags(tf_final, "--dev-seed") == "0"
+    assert flags(tf_timing, "--train-subset") == str(plan.TIMING_STEPS * 16)
+    assert flags(tf_final, "--run-dir") == str(out / "final/tf_full/seed_0")
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["--methods", "lora,bogus"], "--methods lora,bogus: choose from"),
+    (["--methods", "lora", "--grid", "lora=1e-4;5e-4"], "--grid lora=1e-4;5e-4: expected"),
+    (["--methods", "lora", "--grid", "lora"], "--grid lora: expected METHOD="),
+    (["--methods", "lora", "--method-args", "lora=--seed 3"], "--seed is set by the study"),
+    (["--dev-fraction", "0"], "--dev-fraction 0.0: must lie in (0, 1)"),
+    (["--seeds", "x"], "argument --seeds: invalid int value"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_flags_exit_2_with_one_line_and_write_nothing(tiny_hf_preset, tmp_path, capsys,
+                                                          flags, problem):
+    with pytest.raises(SystemExit) as exit_info:
+        job.main(["--out", str(tmp_path / "study"), "--preset", str(tiny_hf_preset), *flags])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(error) == 1 and error[0].startswith("error: ")
+    assert problem in error[0]
+    assert not (tmp_path / "study").exists()
+
+
+def test_out_must_be_a_study_or_new(tiny_hf_preset, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        job.main(["--out", str(tmp_path), "--preset", str(tiny_hf_preset)])
+    assert exit_info.value.code == 2
+    assert "holds files but no study.json" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+# ---------------------------------------------------------------- orchestration, fake trainer
+
+# Stands in for jax_lora/train.py, in milliseconds: writes a finished manifest (dev accuracy
+# peaks at lr 1e-3, checksums from the environment) or fails as a trainer does; appends its
+# --run-dir to calls.txt.
+FAKE_TRAINER = textwrap.dedent('''
+    import argparse, json, math, os, sys
+    from pathlib import Path
+    parser = argparse.ArgumentParser()
+    for flag in ("--run-dir", "--method", "--lr", "--seed", "--preset", "--data-dir",
+                 "--sequence-length", "--patience", "--init-from"):
+        parser.add_argument(flag)
+    args, _ = parser.parse_known_args()
+    with open(Path(__file__).parent / "calls.txt", "a") as calls:
+        calls.write(args.run_dir + "\\n")
+    if args.method == "dora" or (args.method == "probe" and args.seed == "1" and args.patience):
+        print("error: --method " + args.method + ": fake failure", file=sys.stderr)
+        sys.exit(2)
+    lr = float(args.lr) if args.lr else 1e-3
+    manifest = {"status": "finished", "trainer": "jax_lora", "argv": sys.argv[1:],
+                "config": {"lr": lr, "sequence_length": int(args.sequence_length)},
+                "weights": {"sha256": os.environ["FAKE_WEIGHTS_SHA256"]},
+                "data": {"sha256": json.loads(os.environ["FAKE_DATA_SHA256"])},
+                "best": {"step": 4, "dev_accuracy": 0.5 - abs(math.log10(lr) + 3) / 10,
+                         "dev_loss": 1.0},
+                "epochs": [{"epoch": 1, "train_seconds": 3.0, "compile_seconds": 1.0}],
+                "steps": 8, "global_batch": 16, "devices": {"devices": ["TFRT_CPU_0"]}}
+    Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.run_dir) / "manifest.json").write_text(json.dumps(manifest))
+''')
+
+
+@pytest.fixture
+def fake_repo(tmp_path, monkeypatch, tiny_hf_preset):
+    repo = tmp_path / "repo"
+    (repo / "jax_lora").mkdir(parents=True)
+    (repo / "jax_lora" / "train.py").write_text(FAKE_TRAINER)
+    monkeypatch.setattr(job, "REPO", repo)
+    monkeypatch.setenv("FAKE_WEIGHTS_SHA256", describe_preset(str(tiny_hf_preset))["sha256"])
+    monkeypatch.setenv("FAKE_DATA_SHA256", json.dumps(file_checksums(SAMPLE_DATA_DIR)))
+    monkeypatch.setattr(job, "write_report", lambda out: True)  # its own tests cover it
+    return repo
+
+
+def test_failures_are_recorded_and_skip_only_what_depends_on_them(fake_repo, tiny_hf_preset,
+                                                                  tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = ["--out", str(out), "--preset", str(tiny_hf_preset), "--methods",
+            "lora,dora,probe,lp_lora", "--seeds", "2", "--grid", "lora=1e-4,1e-3,1e-2",
+            "--grid", "probe=1e-3,1e-2", "--grid", "lp_lora=1e-4,1e-3"]
+    assert job.main(argv) == 1
+    captured = capsys.readouterr()
+    study = json.loads((out / "study.json").read_text())
+    runs = {r["run_dir"]: r for r in study["runs"]}
+    assert set(study) == STUDY_KEYS and all(set(r) >= RUN_KEYS for r in study["runs"])
+    assert {m: study["methods"][m]["chosen_lr"] for m in study["methods"]} == {
+        "lora": 1e-3, "dora": None, "probe": 1e-3, "lp_lora": 1e-3}
+    dora = runs["select/dora/lr_5e-04"]
+    assert dora["status"] == FAILED and dora["error"].startswith("--method dora: fake failure")
+    assert "select dora lr 5e-04 seed 0: FAILED" in captured.err
+    assert runs["final/dora/seed_0"]["status"] == PENDING
+    assert runs["final/dora/seed_0"]["error"] == "not run: no selection trial finished"
+    assert runs["final/probe/seed_1"]["status"] == FAILED
+    assert runs["final/lp_lora/seed_1"]["error"] == (
+        "not run: probe's final run of seed 1 did not finish")
+    assert runs["final/lp_lora/seed_0"]["status"] == runs["final/lora/seed_1"]["status"] == FINISHED
+    argv_of = json.loads((out / "final/lp_lora/seed_0" / MANIFEST).read_text())["argv"]
+    assert argv_of[argv_of.index("--init-from") + 1] == str(out / "final/probe/seed_0")
+    argv_of = json.loads((out / "select/lp_lora/lr_1e-03" / MANIFEST).read_text())["argv"]
+    assert argv_of[argv_of.index("--init-from") + 1] == str(out / "select/probe/lr_1e-03")
+    assert set(study["timing"]) == {"lora", "probe", "lp_lora"}  # dora has no chosen rate
+    assert study["timing"]["lora"]["step_s"] == pytest.approx((3.0 - 1.0) / 8)
+    assert study["timing"]["lora"]["batch"] == 16 and "cores" in study["timing"]["lora"]["machine"]
+
+    # Rerun: only the runs that did not finish start a trainer again.
+    calls = fake_repo / "jax_lora" / "calls.txt"
+    calls.write_text("")
+    assert job.main(argv) == 1
+    again = sorted(Path(line).relative_to(out).as_posix() for line in calls.read_text().split())
+    assert again == ["final/probe/seed_1"] + [f"select/dora/lr_{lr}"
+                                              for lr in ("1e-04", "2e-03", "5e-04")]
+
+
+# ---------------------------------------------------------------- a real study, end to end
+
+TINY_RUNS = ["--select-rows", "64", "--select-steps", "6", "--eval-every", "3", "--patience", "2",
+             "--max-epochs", "1", "--dev-fraction", "0.2", "--sequence-length", "32",
+             "--batch-per-device", "8", "--quiet"]
+TINY_STUDY = ["--methods", "lora,probe", "--seeds", "2", "--grid", "lora=1e-3,1e-2",
+              "--grid", "probe=1e-2,1e-1", *TINY_RUNS]
+
+
+@pytest.fixture(scope="module")
+def study_env(tmp_path_factory) -> dict:
+    """Trainer subprocesses compile with LLVM optimisations off (several times faster on CPU)
+    and share a compilation cache."""
+    return {**os.environ, "PYTHONPATH": str(REPO),
+            "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
+                          + " --xla_backend_optimization_level=0").strip(),
+            "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def run_study(env, *flags):
+    return subprocess.run([sys.executable, "-m", "shared.jobs.study", *flags], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_tiny_study_selects_on_dev_only_and_reruns_nothing(tiny_hf_preset, tmp_path, study_env):
+    out = tmp_path / "study"
+    flags = ["--out", str(out), "--preset", str(tiny_hf_preset), *TINY_STUDY]
+    done = run_study(study_env, *flags)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    study = json.loads((out / "study.json").read_text())
+    assert set(study) == STUDY_KEYS and set(study["settings"]) == SETTINGS_KEYS
+    assert study["settings"]["seeds"] == [0, 1] and study["settings"]["eval_every"] == 3
+    assert all(set(r) >= RUN_KEYS and r["status"] == FINISHED for r in study["runs"])
+    assert len(done.stdout.strip().splitlines()) == len(study["runs"]) + 2 + 1  # + timing, report
+
+    for method, grid in (("lora", [1e-3, 1e-2]), ("probe", [1e-2, 1e-1])):
+        trials = [r for r in study["runs"] if r["stage"] == "select" and r["method"] == method]
+        assert sorted(r["lr"] for r in trials) == grid and study["methods"][method]["grid"] == grid
+        best = max(trials, key=lambda r: (r["dev_accuracy"], -r["dev_loss"], -r["lr"]))
+        assert study["methods"][method]["chosen_lr"] == best["lr"]
+        finals = [r for r in study["runs"] if r["stage"] == "final" and r["method"] == method]
+        assert [(r["seed"], r["lr"]) for r in finals] == [(0, best["lr"]), (1, best["lr"])]
+        timing = study["timing"][method]
+        assert timing["step_s"] > 0 and timing["batch"] == 8 and timing["sequence_length"] == 32
+
+    # The scores are the dev part's, which never holds a validation row.
+    for record in study["runs"]:
+        run = read_run(out / record["run_dir"])
+        evals = pd.read_csv(out / record["run_dir"] / "evals.csv")
+        assert record["dev_accuracy"] == run.manifest["best"]["dev_accuracy"]
+        assert record["dev_accuracy"] == pytest.approx(evals["dev_accuracy"].max())
+        spec = run.manifest["data"]["spec"]
+        assert spec["dev_fraction"] == 0.2
+        assert spec["train_subset"] == (64 if record["stage"] == "select" else None)
+        data = load(DataSpec.from_dict(spec))
+        dev_ids, val_ids = set(data.dev["id"]), set(run.predictions["id"])
+        assert val_ids == set(data.val["id"])
+        assert len(dev_ids) == run.manifest["data"]["dev"]["n_dev"]
+        assert dev_ids and not dev_ids & val_ids and not dev_ids & set(data.train["id"])
+    if (REPO / "shared/evaluation/study_report.py").is_file():
+        assert (out / "report" / "report.json").is_file()
+
+    # The same command again: every run kept, no trainer started.
+    files = {p: p.stat().st_mtime_ns for p in (out / "select").rglob("*")}
+    files |= {p: p.stat().st_mtime_ns for p in (out / "final").rglob("*")}
+    began = time.perf_counter()
+    again = run_study(study_env, *flags)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert time.perf_counter() - began < 30
+    assert again.stdout.count(": kept") == len(study["runs"]) + 2
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+
+    # --dry-run on the study: its own timings, nothing written.
+    everything = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    plan_only = run_study(study_env, *flags, "--dry-run")
+    assert plan_only.returncode == 0, plan_only.stderr[-2000:]
+    assert "lora study.json, probe study.json" in plan_only.stdout
+    assert plan_only.stdout.count("[study] plan: ") == len(study["runs"]) + 2
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == everything
+
+
+def test_dry_run_times_steps_elsewhere_and_writes_no_run(tiny_hf_preset, tmp_path, study_env):
+    out = tmp_path / "study"
+    done = run_study(study_env, "--out", str(out), "--preset", str(tiny_hf_preset),
+                     "--methods", "probe", *TINY_RUNS, "--dry-run")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "probe timed now" in done.stdout and "[study] estimate: final " in done.stdout
+    assert "chosen after select" in done.stdout
+    assert not out.exists()
