@@ -13,6 +13,13 @@ clock: the Trainer's sampler, DataCollatorWithPadding, forward, backward and opt
 Writes one JSON result (--out, atomically) and prints a one-paragraph summary, then the JSON as
 the last stdout line. Needs benchmarks/requirements.txt (bash benchmarks/setup_peer.sh).
 Smoke run: add `--limit 256 --max-steps 3 --sequence-length 64`.
+
+Batch order: the stock LengthGroupedSampler shuffles rows, sorts each megabatch of 50 batches
+by length and then plays that megabatch's batches longest first, so every 50 steps the lengths
+sweep from long to short. jax_lora sorts chunks of 50 batches the same way but then shuffles the
+batches. `--batch-order shuffled` does that here (the same batches, in a seeded random order);
+the default stays the stock Trainer's. The result records the loss of every step and the
+validation predictions per class, so a run that ends predicting one class shows it.
 """
 
 from __future__ import annotations
@@ -55,6 +62,9 @@ LORA_DROPOUT = 0.0
 # jax_lora clips nothing; the Trainer clips to 1.0 unless told otherwise (0 switches it off).
 MAX_GRAD_NORM = 0.0
 EVAL_BATCH = 64  # prediction only: no gradients, so a larger batch than training's
+# trainer: the stock LengthGroupedSampler's order; shuffled: its batches in a seeded random
+# order, as jax_lora.input_pipeline.epoch_batches plays its length-sorted batches.
+BATCH_ORDERS = ("trainer", "shuffled")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,6 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after N steps (smoke runs) [default: the whole epoch(s)]")
     parser.add_argument("--seed", type=int, default=SEED, help=f"[default: {SEED}]")
+    parser.add_argument("--batch-order", choices=BATCH_ORDERS, default="trainer",
+                        help="trainer: the stock LengthGroupedSampler's (each megabatch of 50 "
+                             "batches longest first); shuffled: the same batches in a seeded "
+                             "random order, as jax_lora [default: trainer]")
     parser.add_argument("--progress", action="store_true", help="show the Trainer's progress bar")
     parser.add_argument("--out", type=Path, default=None, help="JSON result file [default: none]")
     args = parser.parse_args(argv)
@@ -125,15 +139,43 @@ def build_model(preset: Path, seed: int):
         preset, num_labels=NUM_CLASSES), lora)
 
 
+class ShuffledBatchSampler(torch.utils.data.Sampler):
+    """Another sampler's indices cut into batches of `batch` rows, the full batches played in a
+    random order (seeded by `seed` and the pass); an incomplete last batch stays last, so
+    dataloader_drop_last still drops the same rows. Rows meet in the same batches as with the
+    wrapped sampler, only the order of the steps changes."""
+
+    def __init__(self, inner: torch.utils.data.Sampler, batch: int, seed: int):
+        self.inner, self.batch, self.seed, self.passes = inner, batch, seed, 0
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __iter__(self):
+        indices = list(iter(self.inner))
+        full = len(indices) // self.batch * self.batch
+        batches = [indices[i:i + self.batch] for i in range(0, full, self.batch)]
+        order = np.random.default_rng([self.seed, self.passes]).permutation(len(batches))
+        self.passes += 1
+        return iter([i for b in order for i in batches[b]] + indices[full:])
+
+
 class RecordingTrainer(transformers.Trainer):
     """The stock Trainer, noting each training batch's padded length and real row lengths.
 
     Recorded at the step, not in the collator: accelerate's dataloader collates one batch ahead,
     so a collator would also see a batch that never trains."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, batch_order: str = "trainer", **kwargs):
         super().__init__(*args, **kwargs)
+        self.batch_order = batch_order
         self.batch_shapes: list[tuple[int, list[int]]] = []  # (padded length, real lengths)
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if self.batch_order == "trainer" or sampler is None:
+            return sampler
+        return ShuffledBatchSampler(sampler, self.args.train_batch_size, self.args.seed)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.batch_shapes.append((int(inputs["input_ids"].shape[1]),
@@ -160,6 +202,8 @@ def training_arguments(args: argparse.Namespace, output_dir: str):
         seed=args.seed,
         use_cpu=True,
         eval_strategy="no",
+        logging_strategy="steps",  # every step's loss, into trainer.state.log_history
+        logging_steps=1,
         save_strategy="no",
         report_to=[],
         disable_tqdm=not args.progress,
@@ -205,7 +249,7 @@ def run(args: argparse.Namespace) -> dict:
         trainer = RecordingTrainer(
             model=model, args=training_arguments(args, output_dir), train_dataset=train,
             data_collator=transformers.DataCollatorWithPadding(tokenizer),
-            processing_class=tokenizer)
+            processing_class=tokenizer, batch_order=args.batch_order)
         if not args.progress:  # stdout holds the summary and the JSON, not the Trainer's logs
             trainer.remove_callback(transformers.PrinterCallback)
 
@@ -228,6 +272,8 @@ def run(args: argparse.Namespace) -> dict:
     optimizer = getattr(trainer.args.optim, "value", str(trainer.args.optim))  # an enum
     split = data.split.describe()
     predicted = prediction.predictions.argmax(axis=-1)
+    step_losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    labels = np.asarray(prediction.label_ids)
     return {
         "schema": SCHEMA, "status": "ok",
         "recipe": {"preset": str(preset), "method": "peft LoRA (SEQ_CLS: head via modules_to_save)",
@@ -240,6 +286,7 @@ def run(args: argparse.Namespace) -> dict:
                    "sequence_length": args.sequence_length, "epochs": args.epochs,
                    "max_steps": args.max_steps, "seed": args.seed, "drop_last": True,
                    "sampler": "group_by_length (LengthGroupedSampler)",
+                   "batch_order": args.batch_order,
                    "padding": "DataCollatorWithPadding: each batch to its longest row"},
         "data": {"data_dir": str(data.data_dir), "limit": args.limit,
                  "train_rows": len(train), "val_rows": len(val),
@@ -250,10 +297,17 @@ def run(args: argparse.Namespace) -> dict:
                   "steps_per_epoch": len(train) // args.batch,
                   "examples_per_s": examples / train_s, "steps_per_s": steps / train_s,
                   "train_loss": train_output.metrics.get("train_loss"),
+                  "step_losses": step_losses,
+                  "last_50_steps_loss": float(np.mean(step_losses[-50:])) if step_losses else None,
                   "trainer_metrics": train_output.metrics},
         "padding": padding_summary(trainer.batch_shapes),
         "validation": {"rows": len(predicted), "seconds": val_s,
-                       "accuracy": float((predicted == prediction.label_ids).mean()),
+                       "accuracy": float((predicted == labels).mean()),
+                       "majority_baseline": float(np.bincount(labels, minlength=NUM_CLASSES).max()
+                                                  / len(labels)),
+                       "predicted_per_class": np.bincount(predicted,
+                                                          minlength=NUM_CLASSES).tolist(),
+                       "labels_per_class": np.bincount(labels, minlength=NUM_CLASSES).tolist(),
                        "loss": prediction.metrics.get("test_loss")},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "intra_op_threads": torch.get_num_threads(),
@@ -275,7 +329,9 @@ def summary(result: dict) -> str:
             f"{padding['mean_padded_length']:.1f} tokens on average "
             f"({100 * padding['padding_fraction']:.1f} % of {padding['padded_tokens']} padded "
             f"tokens are padding). Validation: {val['rows']} rows in {val['seconds']:.1f} s, "
-            f"accuracy {val['accuracy']:.4f}. Peak RSS {result['peak_rss_mb']:.0f} MB; "
+            f"accuracy {val['accuracy']:.4f} (majority class {val['majority_baseline']:.4f}; "
+            f"predicted per class {val['predicted_per_class']}). "
+            f"Peak RSS {result['peak_rss_mb']:.0f} MB; "
             f"{result['params']['trainable']} of {result['params']['total']} parameters train.")
 
 

@@ -47,6 +47,11 @@ def test_trains_the_asked_steps_on_the_shared_split(result):
     # dataloader_drop_last: the 3 leftover rows of 179 never make a step.
     assert result["train"]["steps_per_epoch"] == 179 // batch
     assert 0 < result["train"]["train_loss"] < 5
+    # every step's loss is recorded: a flat curve at ln 3 (nothing learnt) shows in the result
+    losses = result["train"]["step_losses"]
+    assert len(losses) == STEPS and all(0 < loss < 5 for loss in losses)
+    assert result["train"]["train_loss"] == pytest.approx(sum(losses) / STEPS, rel=1e-4)
+    assert result["recipe"]["batch_order"] == "trainer"  # the stock sampler by default
     # LoRA A and B on query and value of 6 layers, plus the head (dense 384x3 + bias).
     hidden, layers = 384, 6
     assert result["params"]["trainable"] == (layers * 2 * 2 * torch_epoch.LORA_RANK * hidden
@@ -77,6 +82,27 @@ def test_predicts_every_validation_row(result):
     assert validation["rows"] == result["data"]["val_rows"]  # no drop_last at prediction
     assert 0.0 <= validation["accuracy"] <= 1.0
     assert validation["seconds"] > 0
+    # the predicted classes are recorded beside the labels: "predicts one class" is visible
+    assert sum(validation["predicted_per_class"]) == validation["rows"]
+    assert sum(validation["labels_per_class"]) == validation["rows"]
+    assert len(validation["predicted_per_class"]) == torch_epoch.NUM_CLASSES
+    assert validation["majority_baseline"] == pytest.approx(
+        max(validation["labels_per_class"]) / validation["rows"])
+
+
+def test_shuffled_batch_order_keeps_the_batches_and_the_dropped_rows():
+    batch, rows = 4, 23  # 5 full batches, 3 rows left over
+    inner = list(range(100, 100 + rows))
+    sampler = torch_epoch.ShuffledBatchSampler(inner, batch, seed=0)
+    first, second = list(iter(sampler)), list(iter(sampler))
+    assert len(sampler) == rows and sorted(first) == inner
+    cut = rows // batch * batch
+    assert first[cut:] == inner[cut:]  # the incomplete batch stays last, for drop_last
+    batches = {tuple(inner[i:i + batch]) for i in range(0, cut, batch)}
+    assert {tuple(first[i:i + batch]) for i in range(0, cut, batch)} == batches
+    assert first[:cut] != inner[:cut]  # shuffled ...
+    assert first != second  # ... afresh on each pass
+    assert list(iter(torch_epoch.ShuffledBatchSampler(inner, batch, seed=0))) == first  # seeded
 
 
 def test_missing_data_folder_exits_with_one_line(tmp_path):
