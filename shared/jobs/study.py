@@ -70,6 +70,8 @@ def parse_args(argv) -> argparse.Namespace:
         help=f"methods to compare, from {', '.join(plan.METHODS)} [default: all]")
     add("--seeds", type=int, metavar="N", default=3,
         help="final runs per method, seeds 0.. [default: 3]")
+    add("--method-seeds", action="append", default=[], metavar="METHOD=N",
+        help="final runs of METHOD, when fewer than --seeds (seeds 0..N-1) [default: --seeds]")
     add("--grid", action="append", default=[], metavar="METHOD=LR,LR",
         help="learning rates the select stage tries for METHOD [default: METHODS' three]")
     add("--method-args", action="append", default=[], metavar='METHOD="FLAGS"',
@@ -122,11 +124,19 @@ def build_study(args: argparse.Namespace, argv: list[str]) -> Study:
     names = plan.parse_methods(args.methods)
     grids = plan.parse_assignments("--grid", args.grid, names)
     extras = plan.parse_assignments("--method-args", args.method_args, names)
+    counts = plan.parse_assignments("--method-seeds", args.method_seeds, names)
     methods = {name: plan.MethodPlan(
         name, plan.METHODS[name],
         plan.parse_grid(name, grids[name]) if name in grids else plan.METHODS[name].grid,
         plan.parse_method_args(name, extras[name]) if name in extras else ())
         for name in names}
+    for name in names:  # parents first: METHODS lists them before their children
+        parent = methods[name].method.parent
+        parent_seeds = None if parent not in methods else (methods[parent].seeds or args.seeds)
+        if name in counts:
+            methods[name].seeds = plan.parse_seeds(name, counts[name], args.seeds, parent_seeds)
+        elif parent_seeds is not None and parent_seeds < args.seeds:
+            methods[name].seeds = parent_seeds
     check_out(args.out)
     data = load(DataSpec(data_dir=args.data_dir, dev_fraction=args.dev_fraction,
                          dev_seed=args.dev_seed))

@@ -87,6 +87,7 @@ class MethodPlan:
     grid: tuple[float, ...]                        # the table's, or --grid's
     extra: tuple[str, ...] = ()                    # --method-args
     chosen_lr: float | None = None                 # the best selection trial's, once known
+    seeds: int | None = None                       # --method-seeds: final runs (seeds 0..)
 
     @property
     def args(self) -> list[str]:
@@ -94,7 +95,8 @@ class MethodPlan:
 
     def record(self) -> dict:
         return {"trainer": self.method.trainer, "args": self.args, "grid": list(self.grid),
-                "parent": self.method.parent, "chosen_lr": self.chosen_lr}
+                "parent": self.method.parent, "chosen_lr": self.chosen_lr,
+                "seeds": self.seeds}
 
 
 @dataclass
@@ -218,8 +220,21 @@ def plan_runs(study: Study) -> list[Run]:
     runs = [Run("select", name, 0, select_dir(name, lr), lr)
             for name, plan in study.methods.items() for lr in plan.grid]
     runs += [Run("final", name, seed, final_dir(name, seed))
-             for seed in study.settings.seeds for name in study.methods]
+             for seed in study.settings.seeds for name, plan in study.methods.items()
+             if plan.seeds is None or seed < plan.seeds]
     return runs
+
+
+def parse_seeds(name: str, text: str, seeds: int, parent_seeds: int | None) -> int:
+    """--method-seeds METHOD=N: fewer final runs for METHOD than --seeds (where the budget
+    forces it); a method started from a parent's runs cannot have more seeds than it."""
+    flag = f"--method-seeds {name}={text}"
+    if not text.isdigit() or not 1 <= int(text) <= seeds:
+        raise ValueError(f"{flag}: expected a whole number from 1 to --seeds ({seeds})")
+    if parent_seeds is not None and int(text) > parent_seeds:
+        raise ValueError(f"{flag}: {name} starts from {METHODS[name].parent}'s final runs, "
+                         f"which has {parent_seeds} seed(s)")
+    return int(text)
 
 
 def timing_run(name: str, lr: float | None) -> Run:

@@ -73,6 +73,21 @@ def test_flag_parsers_and_run_dir_names():
             parse(*args)
 
 
+def test_method_seeds_trim_final_runs_and_follow_the_parent(tiny_hf_preset, tmp_path):
+    study = make_study(tiny_hf_preset, tmp_path / "study", "--methods", "lora,probe,lp_lora",
+                       "--seeds", "3", "--method-seeds", "probe=1")
+    finals = [(r.method, r.seed) for r in study.runs if r.stage == "final"]
+    # lp_lora starts from the probe's final runs, so it has the probe's one seed too.
+    assert finals == [("lora", 0), ("probe", 0), ("lp_lora", 0), ("lora", 1), ("lora", 2)]
+    assert study.methods["probe"].record()["seeds"] == 1
+    for text, problem in (("4", "from 1 to --seeds"), ("0", "from 1 to --seeds"),
+                          ("x", "whole number")):
+        with pytest.raises(ValueError, match=problem):
+            plan.parse_seeds("lora", text, 3, None)
+    with pytest.raises(ValueError, match="probe's final runs, which has 1 seed"):
+        plan.parse_seeds("lp_lora", "2", 3, 1)
+
+
 def test_choose_lr_takes_the_best_dev_accuracy_then_lower_loss_then_smaller_lr():
     def trial(lr, accuracy, loss, status=FINISHED):
         return Run("select", "lora", 0, plan.select_dir("lora", lr), lr, status, accuracy, loss)
