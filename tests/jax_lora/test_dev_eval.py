@@ -3,8 +3,6 @@ the curve, the best step the outputs come from, early stopping, and extending a 
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,20 +15,15 @@ from jax_lora.dev_eval import BEST, DevTracker
 from shared.data.spec import DataSpec, load
 from shared.data.watson import SAMPLE_DATA_DIR
 from shared.runs.run_dir import EVALS, MANIFEST, read_run
+from tests.jax_lora.trainer_process import run_trainer
 
-REPO = Path(__file__).resolve().parents[2]
 FLAGS = ["--data-dir", str(SAMPLE_DATA_DIR), "--limit", "100", "--batch-per-device", "4",
          "--sequence-length", "32", "--lr", "3e-3", "--quiet"]
 DEV = ["--dev-fraction", "0.3", "--eval-every", "3"]
 
 
 def train(preset, run_dir, *flags, env, check=True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, str(REPO / "jax_lora" / "train.py"), "--preset",
-                           str(preset), "--run-dir", str(run_dir), *FLAGS, *flags],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    if check:
-        assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return run_trainer(preset, run_dir, *FLAGS, *flags, env=env, check=check)
 
 
 def row(step, accuracy):

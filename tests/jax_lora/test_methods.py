@@ -30,6 +30,7 @@ from shared.data.watson import SAMPLE_DATA_DIR
 from shared.evaluation.evaluate import trivial_baselines
 from shared.runs.presets import PresetError, minilm_dir
 from shared.runs.run_dir import MANIFEST, read_run
+from tests.jax_lora.trainer_process import run_trainer
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_TARGETS = LoraConfig(rank=4, alpha=8.0, targets=LORA_TARGETS)
@@ -249,12 +250,7 @@ STEPS_PER_EPOCH = 42 // 4
 
 
 def train(preset, run_dir, *flags, env, check=True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, str(REPO / "jax_lora" / "train.py"), "--preset",
-                           str(preset), "--run-dir", str(run_dir), *RUN_FLAGS, *flags],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    if check:
-        assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return run_trainer(preset, run_dir, *RUN_FLAGS, *flags, env=env, check=check)
 
 
 
