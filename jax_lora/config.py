@@ -70,6 +70,7 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (a fixed budget); 0 = run every epoch
     checkpoint_every: int = 200  # steps between checkpoints, besides each epoch end; 0 = epoch ends
     keep_checkpoints: int = 3  # newest checkpoints kept in run_dir/checkpoints
+    predict_test: bool = True  # write submission.csv from test.csv when it exists (--no-predict-test: skip it, e.g. for learning-rate trials)
     quiet: bool = False  # no progress bar (CI logs)
     restart: bool = False  # discard what --run-dir holds (checkpoints, outputs) and train from scratch
     check: bool = False  # check flags, data, preset and --run-dir, print what a run would do, write nothing

@@ -368,7 +368,8 @@ def prepare(config: TrainConfig) -> Setup | None:
     if config.sequence_length > pretrained.config.max_sequence_length:
         raise ValueError(f"--sequence-length {config.sequence_length}: {config.preset} has "
                          f"{pretrained.config.max_sequence_length} positions")
-    frames = {"train": data.train, "dev": data.dev, "val": data.val, "test": data.test}
+    frames = {"train": data.train, "dev": data.dev, "val": data.val,
+              "test": data.test if config.predict_test else None}
     encoded = {name: encode(pretrained.tokenizer, frame, config.sequence_length)
                for name, frame in frames.items() if frame is not None}
     return Setup(config, data, state, pretrained, encoded, mesh, micro_batches, parent)
@@ -525,11 +526,15 @@ def run(setup: Setup) -> Path:
         eval_began = time.perf_counter()
         if dev is not None and not stopped:
             evaluate_dev(state, step)
-        last_val = predict(state.params, setup.encoded["val"])
+        # With a dev part the validation rows are evaluated once, from the best step (below):
+        # the dev curve is evals.csv, and history.csv's validation columns stay empty.
+        if dev is None:
+            last_val = predict(state.params, setup.encoded["val"])
         record = {"epoch": epoch + 1,
                   "train_loss": float(totals["loss_sum"] / totals["count"]),
                   "train_accuracy": float(totals["correct"] / totals["count"]),
-                  **val_metrics(last_val[0], setup.encoded["val"].labels)}
+                  **(val_metrics(last_val[0], setup.encoded["val"].labels) if dev is None
+                     else {"val_loss": None, "val_accuracy": None})}
         progress["history"] = [r for r in progress["history"] if r["epoch"] <= epoch] + [record]
         writer.write_history(pd.DataFrame(progress["history"], columns=list(HISTORY_COLUMNS)))
         # As tf_baseline's (a Keras epoch): `seconds` spans the whole epoch, compiling,
@@ -551,7 +556,8 @@ def run(setup: Setup) -> Path:
         if not stopped:  # a stop mid-epoch saved its checkpoint, with the epoch's sums
             save_checkpoint(state, dict.fromkeys(METRICS, 0.0))
         print(f"epoch {epoch + 1}/{config.epochs}: "
-              + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
+              + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                          if k != "epoch" and v is not None)
               + f", {examples / seconds:.1f} examples/s (evaluations included)", flush=True)
     checkpoints.close()
     ended = {"step": step, "reason": "patience" if tracker.exhausted() else
@@ -565,8 +571,6 @@ def run(setup: Setup) -> Path:
         trainable_now, frozen = split_trainable(state.params, trainable)
         params = nnx.merge_state(best.restore(trainable_now), frozen)
         best.close()
-        if tracker.best["step"] != step:
-            last_val = None
         print(f"{TRAINER}: best dev accuracy {tracker.best['dev_accuracy']:.4f} at step "
               f"{tracker.best['step']}; stopped at step {step} ({ended['reason']})", flush=True)
     val_logits, val_cls = last_val or predict(params, setup.encoded["val"])

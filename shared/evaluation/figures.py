@@ -13,6 +13,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.decomposition import PCA
@@ -98,8 +99,11 @@ def training_curves(names: list[str], histories: list, path: Path) -> str | None
             color = RUN_COLORS[k % 10]
             ax.plot(history["epoch"], history[f"train_{metric}"], "--o", color=color,
                     label=f"{name} train")
-            ax.plot(history["epoch"], history[f"val_{metric}"], "-o", color=color,
-                    label=f"{name} validation")
+            # Empty where the run evaluated a dev part instead (jax_lora --dev-fraction).
+            validation = pd.to_numeric(history[f"val_{metric}"], errors="coerce")
+            if validation.notna().any():
+                ax.plot(history["epoch"], validation, "-o", color=color,
+                        label=f"{name} validation")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)

@@ -267,10 +267,13 @@ def stage_args(study: Study, stage: str, jax: bool) -> list[str]:
     s = study.settings
     if stage == "select":
         # --epochs at least --max-steps: enough epochs for the step budget on any device count.
+        # No submission: a trial is judged on the dev part, its test predictions unused.
         return ["--train-subset", str(study.select_subset), "--max-steps", str(s.select_steps),
-                "--epochs", str(s.select_steps), "--eval-every", str(s.eval_every)]
+                "--epochs", str(s.select_steps), "--eval-every", str(s.eval_every),
+                "--no-predict-test"]
     if stage == "timing" and jax:
-        return ["--max-steps", str(TIMING_STEPS), "--epochs", str(TIMING_STEPS)]
+        return ["--max-steps", str(TIMING_STEPS), "--epochs", str(TIMING_STEPS),
+                "--no-predict-test"]
     if stage == "timing":  # tf_baseline has no step cap: TIMING_STEPS batches per epoch
         return ["--train-subset", str(min(TIMING_STEPS * s.batch_per_device, study.n_train))]
     if not jax:

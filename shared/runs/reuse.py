@@ -27,7 +27,7 @@ from shared.runs.run_dir import MANIFEST
 # Config fields that change how a run is watched, stored or scheduled, never what it computes
 # (each trainer has some of them): runs may differ in these and still be the same run.
 RESULT_NEUTRAL = ("run_dir", "quiet", "restart", "check", "checkpoint_every",
-                  "keep_checkpoints", "remat")
+                  "keep_checkpoints", "remat", "predict_test")
 REPO = Path(__file__).resolve().parents[2]
 # Config fields a finished run may be extended in (the trainer's config decides when).
 GROWABLE = ("epochs", "max_steps")

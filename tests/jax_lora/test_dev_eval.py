@@ -14,6 +14,7 @@ from jax_lora.config import parse_config
 from jax_lora.dev_eval import BEST, DevTracker
 from shared.data.spec import DataSpec, load
 from shared.data.watson import SAMPLE_DATA_DIR
+from shared.evaluation.evaluate import evaluate
 from shared.runs.run_dir import EVALS, MANIFEST, read_run
 from tests.jax_lora.trainer_process import run_trainer
 
@@ -79,6 +80,13 @@ def test_outputs_come_from_the_best_dev_step_and_patience_stops(tiny_hf_preset, 
           env=run_env)
     assert json.loads((short / MANIFEST).read_text())["best"]["step"] == int(best["step"])
     pd.testing.assert_frame_equal(read_run(short).predictions, run.predictions)
+    # The validation rows were evaluated once, from the best step: history.csv's validation
+    # columns are empty, and the evaluator's report copes.
+    history = pd.read_csv(run_dir / "history.csv")
+    assert history["val_accuracy"].isna().all() and history["train_loss"].notna().all()
+    result = evaluate([run_dir, short], tmp_path / "report", bootstrap=1000)
+    assert result["runs"][0]["metrics"]["accuracy"] == result["runs"][1]["metrics"]["accuracy"]
+    assert (tmp_path / "report" / "report.md").is_file()
 
 
 def test_a_finished_run_at_a_constant_rate_extends_to_what_a_longer_run_gives(
@@ -109,3 +117,12 @@ def test_a_finished_run_at_a_constant_rate_extends_to_what_a_longer_run_gives(
                  env=run_env, check=False)
     assert done.returncode == 2 and "max_steps 4 -> 8" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_no_predict_test_writes_no_submission_and_keeps_the_run(tiny_hf_preset, tmp_path,
+                                                                run_env):
+    run_dir = tmp_path / "trial"
+    train(tiny_hf_preset, run_dir, "--max-steps", "2", "--no-predict-test", env=run_env)
+    assert (run_dir / "predictions.csv").is_file() and not (run_dir / "submission.csv").exists()
+    again = train(tiny_hf_preset, run_dir, "--max-steps", "2", env=run_env)
+    assert "holds this run, finished; kept" in again.stdout  # result-neutral
