@@ -131,7 +131,7 @@ def build_study(args: argparse.Namespace, argv: list[str]) -> Study:
         plan.parse_method_args(name, extras[name]) if name in extras else ())
         for name in names}
     for name in names:  # parents first: METHODS lists them before their children
-        parent = methods[name].method.parent
+        parent = methods[name].method.needs
         parent_seeds = None if parent not in methods else (methods[parent].seeds or args.seeds)
         if name in counts:
             methods[name].seeds = plan.parse_seeds(name, counts[name], args.seeds, parent_seeds)
@@ -280,7 +280,9 @@ def select_stage(study: Study, runner: Runner) -> None:
                 skip(trial, f"{parent}'s selection has no finished trial", runner.save)
             else:
                 runner.execute(trial)
-        method.chosen_lr = plan.choose_lr(trials)
+        source = method.method.recipe_from
+        method.chosen_lr = (plan.choose_lr(trials) if source is None
+                            else study.methods[source].chosen_lr)
         for run in study.runs:
             if run.stage == "final" and run.method == name:
                 run.lr = method.chosen_lr
@@ -304,9 +306,11 @@ def final_stage(study: Study, runner: Runner) -> None:
     finished = set()  # (method, seed) of the final runs that finished
     for run in (r for r in study.runs if r.stage == "final"):
         method = study.methods[run.method]
-        parent = method.method.parent
+        parent = method.method.needs
         if method.grid and method.chosen_lr is None:
             skip(run, "no selection trial finished", runner.save)
+        elif method.method.recipe_from and method.chosen_lr is None:
+            skip(run, f"{parent}'s selection has no finished trial", runner.save)
         elif parent is not None and (parent, run.seed) not in finished:
             skip(run, f"{parent}'s final run of seed {run.seed} did not finish", runner.save)
         else:

@@ -10,6 +10,7 @@ Run directories, relative to the study folder:
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,14 @@ class Method:
     args: tuple[str, ...]         # the trainer flags that make the method
     grid: tuple[float, ...] = ()  # rates the select stage tries; () = the trainer's recipe
     parent: str | None = None     # method whose run (same stage, same seed) it starts from
+    # tf_baseline at another method's recipe: that method's chosen rate, for the epochs its
+    # final run of the same seed needed to reach its best dev step.
+    recipe_from: str | None = None
+
+    @property
+    def needs(self) -> str | None:
+        """The method whose runs this one's depend on."""
+        return self.parent or self.recipe_from
 
 
 # Three rates per grid, a factor of 3-5 apart, around each method's usual value: full around
@@ -55,6 +64,9 @@ METHODS = {
     "qlora_nf4": Method("jax_lora", ("--method", "lora", "--base-dtype", "nf4"), ADAPTER_GRID),
     # The Kaggle starter's recipe as it is (its learning rate and epochs), on the study's rows.
     "tf_full": Method("tf_baseline", ()),
+    # The replica at JAX full fine-tuning's chosen recipe: the cross-framework check at
+    # training level (it should land within full's seed-to-seed spread).
+    "tf_full_tuned": Method("tf_baseline", (), recipe_from="full"),
 }
 
 
@@ -95,7 +107,8 @@ class MethodPlan:
 
     def record(self) -> dict:
         return {"trainer": self.method.trainer, "args": self.args, "grid": list(self.grid),
-                "parent": self.method.parent, "chosen_lr": self.chosen_lr,
+                "parent": self.method.parent, "recipe_from": self.method.recipe_from,
+                "chosen_lr": self.chosen_lr,
                 "seeds": self.seeds}
 
 
@@ -148,11 +161,11 @@ def parse_methods(text: str) -> list[str]:
     if len(set(names)) < len(names):
         raise ValueError(f"--methods {text}: names a method twice")
     for name in names:
-        parent = METHODS[name].parent
-        if parent is not None and parent not in names:
-            raise ValueError(f"--methods {text}: {name} starts from {parent}'s runs; add "
-                             f"{parent}")
-    return sorted(names, key=lambda name: METHODS[name].parent is not None)
+        needed = METHODS[name].needs
+        if needed is not None and needed not in names:
+            raise ValueError(f"--methods {text}: {name} starts from {needed}'s runs; add "
+                             f"{needed}")
+    return sorted(names, key=lambda name: METHODS[name].needs is not None)
 
 
 def parse_assignments(flag: str, values: list[str], methods: list[str]) -> dict[str, str]:
@@ -232,7 +245,7 @@ def parse_seeds(name: str, text: str, seeds: int, parent_seeds: int | None) -> i
     if not text.isdigit() or not 1 <= int(text) <= seeds:
         raise ValueError(f"{flag}: expected a whole number from 1 to --seeds ({seeds})")
     if parent_seeds is not None and int(text) > parent_seeds:
-        raise ValueError(f"{flag}: {name} starts from {METHODS[name].parent}'s final runs, "
+        raise ValueError(f"{flag}: {name} starts from {METHODS[name].needs}'s final runs, "
                          f"which has {parent_seeds} seed(s)")
     return int(text)
 
@@ -253,14 +266,29 @@ def trainer_args(study: Study, run: Run, out: Path) -> list[str]:
             "--sequence-length", str(s.sequence_length),
             "--batch-per-device" if jax else "--batch-per-replica", str(s.batch_per_device),
             *dev, "--seed", str(run.seed), *(["--quiet"] if study.quiet else []), *plan.args]
-    args += [] if run.lr is None else ["--lr", str(run.lr)]
+    args += [] if run.lr is None else ["--lr" if jax else "--lr-per-replica", str(run.lr)]
     args += stage_args(study, run.stage, jax)
+    if plan.method.recipe_from is not None and run.stage == "final":
+        args += ["--epochs", str(recipe_epochs(study, plan.method.recipe_from, run.seed, out))]
     parent = plan.method.parent
     if parent is not None and run.stage != "timing":  # a step costs the same from any start
         source = (select_dir(parent, study.methods[parent].chosen_lr) if run.stage == "select"
                   else final_dir(parent, run.seed))
         args += ["--init-from", str(out / source)]
     return args + ["--run-dir", str(out / run.run_dir)]
+
+
+def recipe_epochs(study: Study, source: str, seed: int, out: Path) -> int:
+    """Whole epochs (tf_baseline has no step cap) that `source`'s final run of `seed` trained
+    to reach its best dev step, from its manifest."""
+    path = out / final_dir(source, seed) / "manifest.json"
+    try:
+        best_step = json.loads(path.read_text())["best"]["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{path}: no finished run with a best dev step to take the recipe "
+                         f"from; run {source}'s final runs first") from None
+    steps_per_epoch = study.n_train // study.settings.batch_per_device
+    return max(1, math.ceil(best_step / steps_per_epoch))
 
 
 def stage_args(study: Study, stage: str, jax: bool) -> list[str]:
@@ -325,6 +353,8 @@ def max_steps(study: Study, run: Run, timing: dict | None) -> int | None:
         return s.select_steps
     if run.stage == "timing":  # tf_baseline's: TIMING_STEPS in each of its recipe's epochs
         return TIMING_STEPS * (timing or {}).get("epochs", 1)
+    if study.methods[run.method].method.recipe_from is not None:
+        return None  # its epochs come from another method's final run
     batch = timing["batch"] if timing else s.batch_per_device
     epochs = s.max_epochs if study.methods[run.method].method.trainer == "jax_lora" else (
         timing or {}).get("epochs")

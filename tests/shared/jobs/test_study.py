@@ -88,6 +88,26 @@ def test_method_seeds_trim_final_runs_and_follow_the_parent(tiny_hf_preset, tmp_
         plan.parse_seeds("lp_lora", "2", 3, 1)
 
 
+def test_tf_full_tuned_takes_full_fine_tunings_rate_and_epochs(tiny_hf_preset, tmp_path):
+    out = tmp_path / "study"
+    study = make_study(tiny_hf_preset, out, "--methods", "tf_full_tuned,full", "--seeds", "1")
+    assert list(study.methods) == ["full", "tf_full_tuned"]
+    with pytest.raises(ValueError, match="add full"):
+        plan.parse_methods("tf_full_tuned")
+    run = next(r for r in study.runs if r.method == "tf_full_tuned" and r.stage == "final")
+    run.lr = 3e-5
+    with pytest.raises(ValueError, match="run full's final runs first"):
+        plan.trainer_args(study, run, out)
+    steps_per_epoch = study.n_train // 16
+    (out / "final/full/seed_0").mkdir(parents=True)
+    (out / "final/full/seed_0/manifest.json").write_text(
+        json.dumps({"best": {"step": steps_per_epoch + 1}}))
+    args = plan.trainer_args(study, run, out)
+    assert args[args.index("--lr-per-replica") + 1] == "3e-05" and "--lr" not in args
+    assert args[args.index("--epochs") + 1] == "2"  # one step into the second epoch
+    assert plan.max_steps(study, run, None) is None  # unknown until full's finals
+
+
 def test_choose_lr_takes_the_best_dev_accuracy_then_lower_loss_then_smaller_lr():
     def trial(lr, accuracy, loss, status=FINISHED):
         return Run("select", "lora", 0, plan.select_dir("lora", lr), lr, status, accuracy, loss)
