@@ -36,6 +36,7 @@ from benchmarks import epoch, random_preset, report  # noqa: E402
 from benchmarks.spec import CONFIG_BY_NAME, DEFAULT_CONFIGS, Config, get_shape  # noqa: E402
 from benchmarks.worker import Job  # noqa: E402
 from shared.cli import exit_on_bad_input  # noqa: E402
+from shared.evaluation.quotes import replace_block  # noqa: E402
 from shared.runs.presets import minilm_dir  # noqa: E402
 
 
@@ -194,14 +195,10 @@ def quote_in_doc(name: str, markdown: str) -> None:
     """Replace the block between BENCHMARKS.md's markers for results/<name>.md with the new
     results (headings one level down), so the document always quotes the committed results
     file; a name without markers in the document is left alone."""
-    begin, end = f"<!-- begin results/{name}.md -->", f"<!-- end results/{name}.md -->"
     text = DOC.read_text()
-    if begin not in text or end not in text:
-        return
-    quoted = "\n".join("#" + line if line.startswith("#") else line
-                       for line in markdown.splitlines())
-    head, rest = text.split(begin, 1)
-    DOC.write_text(f"{head}{begin}\n{quoted}\n{end}{rest.split(end, 1)[1]}")
+    updated = replace_block(text, f"results/{name}.md", markdown)
+    if updated != text:
+        DOC.write_text(updated)
 
 
 def machine() -> dict:
