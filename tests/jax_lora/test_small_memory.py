@@ -279,3 +279,19 @@ def test_qlora_run_records_its_levers_and_its_adapter_reloads_on_nf4(tiny_hf_pre
         name: getattr(encoded, name) for name in ("token_ids", "segment_ids", "padding_mask")}))
     recorded = read_run(run_dir).predictions[list(PROB_COLUMNS)].to_numpy()
     np.testing.assert_allclose(ours, recorded, atol=2e-3)  # bfloat16: other batch shapes
+
+
+@pytest.mark.parametrize("child", ["lora", "dora"])
+def test_probe_then_adapters_on_an_nf4_base(child, tiny_hf_preset, tmp_path, run_env):
+    """Every method with a frozen base runs on a stored base: a probe, then LP->LoRA/DoRA from
+    it (the child's frozen base is the same NF4 base; the probe's head is inherited)."""
+    probe = tmp_path / "probe"
+    train(tiny_hf_preset, probe, "--method", "probe", "--base-dtype", "nf4", "--epochs", "1",
+          env=run_env)
+    run_dir = tmp_path / child
+    train(tiny_hf_preset, run_dir, "--method", child, "--base-dtype", "nf4", "--epochs", "1",
+          "--init-from", str(probe), env=run_env)
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    assert manifest["model"]["base_dtype"] == "nf4" and manifest["parent"]["method"] == "probe"
+    assert sorted(manifest["parent"]["inherited"]) == ["head.bias", "head.kernel"]
+    assert manifest["params"]["trainable"] < manifest["params"]["total"] / 10
