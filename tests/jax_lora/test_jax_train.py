@@ -226,7 +226,9 @@ def test_run_directory_holds_the_contract(finished_run):
     assert [e["epoch"] for e in manifest["epochs"]] == [1, 2]
     assert all(e["examples_per_s"] > 0 and e["compile_seconds"] >= 0 for e in manifest["epochs"])
     for e in manifest["epochs"]:   # the same meaning as tf_baseline's: the whole epoch
-        assert e["seconds"] == pytest.approx(e["train_seconds"] + e["eval_seconds"])
+        assert e["seconds"] == pytest.approx(e["train_seconds"] + e["eval_seconds"]
+                                             + e["checkpoint_seconds"])
+        assert e["checkpoint_seconds"] > 0  # --checkpoint-every saves inside the epoch
         assert e["train_seconds"] >= e["compile_seconds"]
     assert manifest["epochs"][1]["examples_per_s"] == pytest.approx(
         STEPS_PER_EPOCH * 4 / manifest["epochs"][1]["seconds"])
