@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import shlex
 import subprocess
 import sys
@@ -35,7 +34,7 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repo impor
 from benchmarks import epoch, random_preset, report  # noqa: E402
 from benchmarks.spec import CONFIG_BY_NAME, DEFAULT_CONFIGS, Config, get_shape  # noqa: E402
 from benchmarks.worker import Job  # noqa: E402
-from shared.cli import exit_on_bad_input  # noqa: E402
+from shared.cli import error_line, exit_on_bad_input  # noqa: E402
 from shared.evaluation.quotes import replace_block  # noqa: E402
 from shared.runs.presets import minilm_dir  # noqa: E402
 
@@ -126,14 +125,6 @@ def resolve(args: argparse.Namespace) -> tuple[Suite, list[Config], list[str]]:
 def missing_modules(config: Config) -> list[str]:
     return [name for name in REQUIRED_MODULES[config.framework]
             if importlib.util.find_spec(name) is None]
-
-
-def error_line(stderr: str) -> str:
-    """The line of a traceback that names the exception (JAX ends its tracebacks with a note
-    about filtered frames, which names nothing), else the last line."""
-    lines = stderr.strip().splitlines() or ["(no stderr)"]
-    named = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line)]
-    return (named or lines)[-1]
 
 
 def run_module(module: str, args: list[str], env: dict | None = None) -> dict:

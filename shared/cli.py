@@ -136,3 +136,13 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def error_line(stderr: str) -> str:
+    """The line that says why a child process failed: its last one-line `error:` (without the
+    prefix), else the last traceback line naming an exception (JAX ends tracebacks with a note
+    about filtered frames, which names nothing), else its last line."""
+    lines = stderr.strip().splitlines() or ["no message"]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    named = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line)]
+    return (errors or named or lines)[-1]

@@ -257,8 +257,8 @@ def recipe(manifest: dict) -> dict:
     epochs = manifest.get("epochs") or []
     return {"method": method, "epochs": config.get("epochs"),
             "epochs_run": len(epochs),
-            "learning_rate": _number(training.get("learning_rate", config.get("lr"))),
-            "global_batch": _number(training.get("global_batch", manifest.get("global_batch"))),
+            "learning_rate": number(training.get("learning_rate", config.get("lr"))),
+            "global_batch": number(training.get("global_batch", manifest.get("global_batch"))),
             "sequence_length": config.get("sequence_length")}
 
 
@@ -283,27 +283,27 @@ def _jax_method(config: dict, lora: dict, parent: dict | None) -> str:
 def resources(manifest: dict) -> dict:
     """Cost numbers from a manifest; anything missing or non-numeric becomes None."""
     params = manifest.get("params") or {}
-    total, trainable = _number(params.get("total")), _number(params.get("trainable"))
-    pct = _number(params.get("trainable_pct"))
+    total, trainable = number(params.get("total")), number(params.get("trainable"))
+    pct = number(params.get("trainable_pct"))
     if pct is None and total and trainable is not None:
         pct = 100.0 * trainable / total
     epochs = [e for e in (manifest.get("epochs") or []) if isinstance(e, dict)]
-    seconds = [s for s in (_number(e.get("seconds")) for e in epochs) if s is not None]
+    seconds = [s for s in (number(e.get("seconds")) for e in epochs) if s is not None]
     # The first epoch also compiles (XLA, tf.function tracing). With 3 or more epochs the
     # medians cover those after the first; with 1 or 2 they cover all (with 2: the mean of
     # both, the first epoch's compilation included). `timed_epochs` says which.
     timed = epochs[1:] if len(epochs) >= 3 else epochs
-    timed_seconds = [s for s in (_number(e.get("seconds")) for e in timed) if s is not None]
-    speeds = [s for s in (_number(e.get("examples_per_s")) for e in timed) if s is not None]
+    timed_seconds = [s for s in (number(e.get("seconds")) for e in timed) if s is not None]
+    speeds = [s for s in (number(e.get("examples_per_s")) for e in timed) if s is not None]
     devices = manifest.get("devices") or {}
     return {"total_params": total, "trainable_params": trainable, "trainable_pct": pct,
             "epochs": len(epochs), "epoch_seconds": seconds,
-            "timed_epochs": [_number(e.get("epoch")) for e in timed],
+            "timed_epochs": [number(e.get("epoch")) for e in timed],
             "epoch_seconds_median": float(np.median(timed_seconds)) if timed_seconds else None,
             "examples_per_s_median": float(np.median(speeds)) if speeds else None,
-            "peak_host_rss_mb": _number(manifest.get("peak_host_rss_mb")),
-            "peak_accelerator_mem_mb": _number(manifest.get("peak_accelerator_mem_mb")),
-            "replicas": _number(devices.get("replicas")) if isinstance(devices, dict) else None}
+            "peak_host_rss_mb": number(manifest.get("peak_host_rss_mb")),
+            "peak_accelerator_mem_mb": number(manifest.get("peak_accelerator_mem_mb")),
+            "replicas": number(devices.get("replicas")) if isinstance(devices, dict) else None}
 
 
 def resource_ratios(a: dict, b: dict) -> dict:
@@ -316,7 +316,8 @@ def resource_ratios(a: dict, b: dict) -> dict:
                                            a["peak_accelerator_mem_mb"])}
 
 
-def _number(value) -> int | float | None:
+def number(value) -> int | float | None:
+    """A finite JSON number as it is; None for anything else (missing, text, bool, NaN)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return value

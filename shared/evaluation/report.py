@@ -74,28 +74,28 @@ def draw_figures(folder: Path, result: dict, runs: list[Run]) -> dict:
 
 # ---- formatting -----------------------------------------------------------------------
 
-def _num(value, digits: int = 4) -> str:
+def fmt_num(value, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _signed(value, digits: int = 4) -> str:
+def fmt_signed(value, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:+.{digits}f}"
 
 
-def _pct(value) -> str:
+def fmt_pct(value) -> str:
     return "n/a" if value is None else f"{value:.2f} %"
 
 
-def _count(value) -> str:
+def fmt_count(value) -> str:
     return "n/a" if value is None else f"{int(value):,}"
 
 
-def _ci(ci, signed: bool = False) -> str:
-    fmt = _signed if signed else _num
+def fmt_ci(ci, signed: bool = False) -> str:
+    fmt = fmt_signed if signed else fmt_num
     return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
 
@@ -125,8 +125,8 @@ def _verdicts(result: dict) -> list[str]:
     baselines = result["baselines"]
     chance, majority = baselines["chance"]["accuracy"], baselines["majority"]
     lines = [f"Baselines on these {result['n_val']:,} rows: chance (uniform guessing) "
-             f"{_num(chance)}; majority class (always “{LABEL_NAMES[majority['label']]}”) "
-             f"{_num(majority['accuracy'])}. A run beats a baseline when its whole accuracy "
+             f"{fmt_num(chance)}; majority class (always “{LABEL_NAMES[majority['label']]}”) "
+             f"{fmt_num(majority['accuracy'])}. A run beats a baseline when its whole accuracy "
              f"interval lies above it.", ""]
     for run in result["runs"]:
         m, v = run["metrics"], run["verdict"]
@@ -138,8 +138,8 @@ def _verdicts(result: dict) -> list[str]:
         else:
             said = (f"does NOT beat chance: {VERDICT_WORDS[v['chance']]} chance and "
                     f"{VERDICT_WORDS[v['majority']]} the majority-class baseline")
-        lines.append(f"- **{run['name']}**: accuracy {_num(m['accuracy'])} "
-                     f"{_ci(m['accuracy_ci'])}: {said}.")
+        lines.append(f"- **{run['name']}**: accuracy {fmt_num(m['accuracy'])} "
+                     f"{fmt_ci(m['accuracy_ci'])}: {said}.")
     return lines + [""]
 
 
@@ -159,17 +159,17 @@ def _summary(result: dict, level: str) -> list[str]:
     for run in result["runs"]:
         m, r = run["metrics"], run["resources"]
         rows.append([run["name"], str(run["trainer"]),
-                     f"{_num(m['accuracy'])} {_ci(m['accuracy_ci'])}",
-                     f"{_num(m['macro_f1'])} {_ci(m['macro_f1_ci'])}",
-                     _pct(r["trainable_pct"]), _num(r["epoch_seconds_median"], 1),
-                     _num(r["examples_per_s_median"], 1), _num(r["peak_host_rss_mb"], 0)])
+                     f"{fmt_num(m['accuracy'])} {fmt_ci(m['accuracy_ci'])}",
+                     f"{fmt_num(m['macro_f1'])} {fmt_ci(m['macro_f1_ci'])}",
+                     fmt_pct(r["trainable_pct"]), fmt_num(r["epoch_seconds_median"], 1),
+                     fmt_num(r["examples_per_s_median"], 1), fmt_num(r["peak_host_rss_mb"], 0)])
     baselines = result["baselines"]
     majority = baselines["majority"]
     rows += [["*majority class (baseline)*", f"always {LABEL_NAMES[majority['label']]}",
-              _num(majority["accuracy"]), "", "", "", "", ""],
-             ["*chance (baseline)*", "uniform guessing", _num(baselines["chance"]["accuracy"]),
+              fmt_num(majority["accuracy"]), "", "", "", "", ""],
+             ["*chance (baseline)*", "uniform guessing", fmt_num(baselines["chance"]["accuracy"]),
               "", "", "", "", ""]]
-    return ["## Summary", ""] + _table(
+    return ["## Summary", ""] + md_table(
         ["run", "trainer", f"accuracy [{level} CI]", f"macro-F1 [{level} CI]", "trainable",
          "epoch s (median)", "examples/s", "peak RSS MB"], rows)
 
@@ -178,9 +178,9 @@ def _recipes(result: dict, level: str) -> list[str]:
     rows = [[run["name"], run["recipe"]["method"], str(run["recipe"]["epochs"]),
              "n/a" if run["recipe"]["learning_rate"] is None
              else f"{run['recipe']['learning_rate']:g}",
-             _count(run["recipe"]["global_batch"]), str(run["recipe"]["sequence_length"])]
+             fmt_count(run["recipe"]["global_batch"]), str(run["recipe"]["sequence_length"])]
             for run in result["runs"]]
-    return ["## What each run trained", ""] + _table(
+    return ["## What each run trained", ""] + md_table(
         ["run", "method", "epochs", "learning rate", "global batch", "sequence length"], rows)
 
 
@@ -191,12 +191,12 @@ def _pairwise(result: dict, level: str) -> list[str]:
     for pair in result["pairs"]:
         test = pair["mcnemar"]
         rows.append([f"{pair['b']} vs {pair['a']}",
-                     f"{_signed(pair['accuracy_diff'])} {_ci(pair['accuracy_diff_ci'], True)}",
-                     f"{_signed(pair['macro_f1_diff'])} {_ci(pair['macro_f1_diff_ci'], True)}",
+                     f"{fmt_signed(pair['accuracy_diff'])} {fmt_ci(pair['accuracy_diff_ci'], True)}",
+                     f"{fmt_signed(pair['macro_f1_diff'])} {fmt_ci(pair['macro_f1_diff_ci'], True)}",
                      f"{test['only_a']} / {test['only_b']}", f"{test['p_value']:.4g}"])
     return ["## Pairwise comparisons", "",
             "“B vs A” is B − A. McNemar: exact two-sided binomial test on the rows exactly "
-            "one of the two runs gets right (A only / B only).", ""] + _table(
+            "one of the two runs gets right (A only / B only).", ""] + md_table(
         ["pair", f"Δ accuracy [{level} CI]", f"Δ macro-F1 [{level} CI]",
          "right: A only / B only", "McNemar p"], rows)
 
@@ -206,22 +206,22 @@ def _per_language(result: dict, level: str) -> list[str]:
     header = ["language", "n"] + [f"{kind} {run['name']}" for run in runs
                                   for kind in ("accuracy", "macro-F1")]
     rows = [[row["language"], str(row["n"])] +
-            [_num(run["per_language"][k][key]) for run in runs for key in ("accuracy", "macro_f1")]
+            [fmt_num(run["per_language"][k][key]) for run in runs for key in ("accuracy", "macro_f1")]
             for k, row in enumerate(runs[0]["per_language"])]
     rows.append(["**all**", f"{result['n_val']:,}"] +
-                [_num(run["metrics"][key]) for run in runs for key in ("accuracy", "macro_f1")])
+                [fmt_num(run["metrics"][key]) for run in runs for key in ("accuracy", "macro_f1")])
     lines = ["## Per-language results", "",
              "Macro-F1 per language averages the classes that occur among that language's "
-             "labels or predictions.", ""] + _table(header, rows)
+             "labels or predictions.", ""] + md_table(header, rows)
     by_name = {run["name"]: run["metrics"] for run in runs}
     for pair in result["pairs"]:
         a, b = pair["a"], pair["b"]
-        lines += [f"### {b} vs {a}: accuracy per language", ""] + _table(
+        lines += [f"### {b} vs {a}: accuracy per language", ""] + md_table(
             ["language", "n", f"acc {a}", f"acc {b}", "Δ"],
-            [[row["language"], str(row["n"]), _num(row["accuracy_a"]), _num(row["accuracy_b"]),
-              _signed(row["delta"])] for row in pair["per_language"]] +
-            [["**all**", f"{result['n_val']:,}", _num(by_name[a]["accuracy"]),
-              _num(by_name[b]["accuracy"]), _signed(pair["accuracy_diff"])]])
+            [[row["language"], str(row["n"]), fmt_num(row["accuracy_a"]), fmt_num(row["accuracy_b"]),
+              fmt_signed(row["delta"])] for row in pair["per_language"]] +
+            [["**all**", f"{result['n_val']:,}", fmt_num(by_name[a]["accuracy"]),
+              fmt_num(by_name[b]["accuracy"]), fmt_signed(pair["accuracy_diff"])]])
     return lines
 
 
@@ -230,11 +230,11 @@ def _per_class(result: dict, level: str) -> list[str]:
     for run in result["runs"]:
         per_class = run["metrics"]["per_class"]
         matrix = run["metrics"]["confusion_matrix"]
-        lines += [f"### {run['name']}", ""] + _table(
+        lines += [f"### {run['name']}", ""] + md_table(
             ["class", "precision", "recall", "F1", "support"],
-            [[name, _num(c["precision"]), _num(c["recall"]), _num(c["f1"]), str(c["support"])]
+            [[name, fmt_num(c["precision"]), fmt_num(c["recall"]), fmt_num(c["f1"]), str(c["support"])]
              for name, c in per_class.items()])
-        lines += _table(["true \\ predicted"] + list(LABEL_NAMES),
+        lines += md_table(["true \\ predicted"] + list(LABEL_NAMES),
                         [[name] + [str(v) for v in row] for name, row in zip(LABEL_NAMES, matrix)])
     return lines
 
@@ -247,10 +247,10 @@ def _memorisation(result: dict, level: str) -> list[str]:
     lines += [f"Validation rows whose premise also occurs in the training part (seen) vs rows "
               f"whose premise does not (unseen); {info['note']}. A large gap means the model "
               f"leans on premises it has memorised.", ""]
-    rows = [[run["name"], _num(run["memorisation"]["seen"]["accuracy"]),
-             _num(run["memorisation"]["unseen"]["accuracy"]),
-             _signed(run["memorisation"]["gap"])] for run in result["runs"]]
-    return lines + _table(["run", f"accuracy seen (n = {info['n_seen']:,})",
+    rows = [[run["name"], fmt_num(run["memorisation"]["seen"]["accuracy"]),
+             fmt_num(run["memorisation"]["unseen"]["accuracy"]),
+             fmt_signed(run["memorisation"]["gap"])] for run in result["runs"]]
+    return lines + md_table(["run", f"accuracy seen (n = {info['n_seen']:,})",
                            f"accuracy unseen (n = {info['n_unseen']:,})", "seen − unseen"], rows)
 
 
@@ -258,17 +258,17 @@ def _resources(result: dict, level: str) -> list[str]:
     rows = []
     for run in result["runs"]:
         r = run["resources"]
-        rows.append([run["name"], _count(r["total_params"]), _count(r["trainable_params"]),
-                     _pct(r["trainable_pct"]), _epochs_cell(r),
-                     _num(r["epoch_seconds_median"], 1), _num(r["examples_per_s_median"], 1),
-                     _num(r["peak_host_rss_mb"], 0), _num(r["peak_accelerator_mem_mb"], 0),
-                     _count(r["replicas"])])
+        rows.append([run["name"], fmt_count(r["total_params"]), fmt_count(r["trainable_params"]),
+                     fmt_pct(r["trainable_pct"]), _epochs_cell(r),
+                     fmt_num(r["epoch_seconds_median"], 1), fmt_num(r["examples_per_s_median"], 1),
+                     fmt_num(r["peak_host_rss_mb"], 0), fmt_num(r["peak_accelerator_mem_mb"], 0),
+                     fmt_count(r["replicas"])])
     lines = ["## Resources", "",
              "From the manifests. An epoch's time covers its training steps and validation; "
              "the first epoch's also covers compilation. Epoch time and examples/s are medians "
              "over the epochs after the first when a run has 3 or more (the timed epochs are "
              "shown in brackets), else over all of them (with 2: their mean, compilation "
-             "included).", ""] + _table(
+             "included).", ""] + md_table(
         ["run", "parameters", "trainable", "trainable %", "epochs", "epoch s", "examples/s",
          "peak RSS MB", "peak accel. MB", "replicas"], rows)
     by_name = {run["name"]: run["resources"] for run in result["runs"]}
@@ -289,8 +289,8 @@ def _ratio_sentence(pair: dict, by_name: dict) -> str:
     a, b, ratios = pair["a"], pair["b"], pair["resource_ratios"]
     parts, missing = [], []
     if by_name[b]["trainable_pct"] is not None:
-        parts.append(f"trains {_pct(by_name[b]['trainable_pct'])} of its parameters "
-                     f"({a}: {_pct(by_name[a]['trainable_pct'])})")
+        parts.append(f"trains {fmt_pct(by_name[b]['trainable_pct'])} of its parameters "
+                     f"({a}: {fmt_pct(by_name[a]['trainable_pct'])})")
     if ratios["trainable_params"] is not None:
         parts.append(f"{ratios['trainable_params']:.3g}× {a}'s trainable parameter count")
     speedup = ratios["speedup_per_epoch"]

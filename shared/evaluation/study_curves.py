@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from shared.evaluation.evaluate import _number
+from shared.evaluation.evaluate import number
 
 
 def step_timing(study: dict, method: str) -> dict | None:
@@ -13,7 +13,7 @@ def step_timing(study: dict, method: str) -> dict | None:
     timing = (study.get("timing") or {}).get(method)
     if not isinstance(timing, dict) or not isinstance(timing.get("machine"), str):
         return None
-    step_s = _number(timing.get("step_s"))
+    step_s = number(timing.get("step_s"))
     return timing if step_s is not None and step_s > 0 else None
 
 

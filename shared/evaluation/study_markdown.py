@@ -4,7 +4,7 @@ report.json dict it renders, formatted as the run comparison's report.md formats
 from __future__ import annotations
 
 from shared.data.watson import LABEL_NAMES
-from shared.evaluation.report import _ci, _count, _num, _signed, _table
+from shared.evaluation.report import fmt_ci, fmt_count, fmt_num, fmt_signed, md_table
 from shared.evaluation.study_figures import FIGURE_TITLES
 
 
@@ -53,8 +53,8 @@ def accuracy_cell(accuracy: dict) -> str:
     if accuracy["n"] == 0:
         return "no finished final run"
     if accuracy["half_width"] is None:
-        return f"{_num(accuracy['mean'])} (1 seed, no interval)"
-    return f"{_num(accuracy['mean'])} ± {_num(accuracy['half_width'])} {_ci(accuracy['ci'])}"
+        return f"{fmt_num(accuracy['mean'])} (1 seed, no interval)"
+    return f"{fmt_num(accuracy['mean'])} ± {fmt_num(accuracy['half_width'])} {fmt_ci(accuracy['ci'])}"
 
 
 def _methods(result: dict) -> list[str]:
@@ -65,18 +65,18 @@ def _methods(result: dict) -> list[str]:
               else "n/a" if row["recipe_lr"] is None
               else f"{_lr(row['recipe_lr'])} (recipe, not selected)")
         spread = ("" if accuracy["n"] == 0
-                  else f"{_num(accuracy['min'])}–{_num(accuracy['max'])}")
+                  else f"{fmt_num(accuracy['min'])}–{fmt_num(accuracy['max'])}")
         rows.append([row["method"], str(row["trainer"]), lr,
                      ", ".join(map(str, row["seeds"])) or "none",
-                     _count(row["trainable_params"]), accuracy_cell(accuracy), spread,
-                     _num(row["macro_f1_mean"]), _num(row["best_step_mean"], 1),
-                     _num(row["best_dev_accuracy_mean"])])
+                     fmt_count(row["trainable_params"]), accuracy_cell(accuracy), spread,
+                     fmt_num(row["macro_f1_mean"]), fmt_num(row["best_step_mean"], 1),
+                     fmt_num(row["best_dev_accuracy_mean"])])
     baselines = result["baselines"]
     majority = baselines["majority"]
     rows += [["*majority class (baseline)*", f"always {LABEL_NAMES[majority['label']]}", "", "",
-              "", _num(majority["accuracy"]), "", "", "", ""],
+              "", fmt_num(majority["accuracy"]), "", "", "", ""],
              ["*chance (baseline)*", "uniform guessing", "", "", "",
-              _num(baselines["chance"]["accuracy"]), "", "", "", ""]]
+              fmt_num(baselines["chance"]["accuracy"]), "", "", "", ""]]
     t_values = sorted({(row["accuracy"]["n"], row["accuracy"]["t"]) for row in result["methods"]
                        if row["accuracy"]["t"] is not None})
     stated = ("; ".join(f"with {n} seeds t = {t:.2f}" for n, t in t_values)
@@ -86,7 +86,7 @@ def _methods(result: dict) -> list[str]:
             "half-width and the 95 % Student-t interval, half-width t·sd/√n with sd over the "
             f"seeds ({stated}). It describes seed-to-seed variation only; the paired "
             "comparisons below also account for the validation rows. Best step and best dev "
-            "accuracy are the trainer's (manifest `best`), means over seeds.", ""] + _table(
+            "accuracy are the trainer's (manifest `best`), means over seeds.", ""] + md_table(
         ["method", "trainer", "learning rate", "seeds", "trainable parameters",
          "accuracy: mean ± half-width [95 % t-interval]", "min–max", "macro-F1 (mean)",
          "best step (mean)", "best dev accuracy (mean)"], rows)
@@ -100,8 +100,8 @@ def _pairs(result: dict) -> list[str]:
             continue
         test = pair["mcnemar"]
         rows.append([f"{pair['b']} vs {pair['a']}", ", ".join(map(str, pair["seeds"])),
-                     _num(pair["accuracy_a"]), _num(pair["accuracy_b"]),
-                     f"{_signed(pair['accuracy_diff'])} {_ci(pair['accuracy_diff_ci'], True)}",
+                     fmt_num(pair["accuracy_a"]), fmt_num(pair["accuracy_b"]),
+                     f"{fmt_signed(pair['accuracy_diff'])} {fmt_ci(pair['accuracy_diff_ci'], True)}",
                      f"{test['only_a']} / {test['only_b']}", f"{test['p_value']:.4g}"])
     if not rows:
         return ["## Paired comparisons (seeds pooled)", "", "Fewer than two methods have "
@@ -115,7 +115,7 @@ def _pairs(result: dict) -> list[str]:
             "resamples validation rows, each with all its seed pairs: rows, not row × seed "
             "cells, are the independent unit. McNemar is the exact test on the pooled "
             "discordant cells (A only / B only); pooling seeds counts each row several times, "
-            "so its p-value is optimistic. Read the bootstrap interval.", ""] + _table(
+            "so its p-value is optimistic. Read the bootstrap interval.", ""] + md_table(
         ["pair", "seeds paired", "accuracy A (pooled)", "accuracy B (pooled)",
          "Δ accuracy [95 % CI]", "right: A only / B only", "McNemar p (optimistic)"], rows)
 
@@ -124,14 +124,14 @@ def _selection(result: dict) -> list[str]:
     lines = ["## Learning-rate selection", ""]
     if not result["selection"]:
         return lines + ["No selection trial finished.", ""]
-    rows = [[row["method"], _lr(row["lr"]), str(row["seed"]), _num(row["best_dev_accuracy"]),
-             _num(row["best_dev_loss"]), _count(row["best_step"]), _count(row["steps"]),
+    rows = [[row["method"], _lr(row["lr"]), str(row["seed"]), fmt_num(row["best_dev_accuracy"]),
+             fmt_num(row["best_dev_loss"]), fmt_count(row["best_step"]), fmt_count(row["steps"]),
              str(row["stopped"] or "n/a"), "**chosen**" if row["chosen"] else ""]
             for row in result["selection"]]
     return lines + [
         "Each trial trains on the training rows minus the dev part and is judged on the dev "
         "part only (never the validation rows): its best dev accuracy, the dev loss at that "
-        "step, and the steps it trained before stopping.", ""] + _table(
+        "step, and the steps it trained before stopping.", ""] + md_table(
         ["method", "learning rate", "seed", "best dev accuracy", "its dev loss", "best step",
          "steps trained", "stopped by", "chosen"], rows)
 
@@ -151,18 +151,18 @@ def _time_to_target(result: dict) -> list[str]:
                          "", ""])
         else:
             rows.append([row["method"], f"{row['step']:,}",
-                         "no step timing" if row["seconds"] is None else _num(row["seconds"], 1),
+                         "no step timing" if row["seconds"] is None else fmt_num(row["seconds"], 1),
                          row["machine"] or ""])
     machines = {row["machine"] for row in target["methods"] if row["machine"]}
     caution = (" **The step timings come from different machines: compare seconds only "
                "within one machine.**" if len(machines) > 1 else "")
     return lines + [
         f"Target: {target['target_fraction']:g} × {target['target_method']}'s mean best dev "
-        f"accuracy {_num(target['target_best_dev_accuracy'])} = {_num(target['target'])}. "
+        f"accuracy {fmt_num(target['target_best_dev_accuracy'])} = {fmt_num(target['target'])}. "
         "Each method's first evaluated step at which its mean dev accuracy over seeds reaches "
         "it (a seed that stopped early keeps its last dev accuracy afterwards); seconds = "
         f"step × the step time the study measured on the machine named.{caution}",
-        ""] + _table(["method", "step", "seconds", "timed on"], rows)
+        ""] + md_table(["method", "step", "seconds", "timed on"], rows)
 
 
 def _per_language(result: dict) -> list[str]:
@@ -170,14 +170,14 @@ def _per_language(result: dict) -> list[str]:
     methods = list(table["all"]["accuracy"])
     if not methods:
         return ["## Per-language accuracy", "", "No finished final run.", ""]
-    rows = [[row["language"], str(row["n"]), _num(row["majority_accuracy"])] +
-            [_num(row["accuracy"][m]) for m in methods] for row in table["rows"]]
-    rows.append(["**all**", f"{table['all']['n']:,}", _num(table["all"]["majority_accuracy"])] +
-                [_num(table["all"]["accuracy"][m]) for m in methods])
+    rows = [[row["language"], str(row["n"]), fmt_num(row["majority_accuracy"])] +
+            [fmt_num(row["accuracy"][m]) for m in methods] for row in table["rows"]]
+    rows.append(["**all**", f"{table['all']['n']:,}", fmt_num(table["all"]["majority_accuracy"])] +
+                [fmt_num(table["all"]["accuracy"][m]) for m in methods])
     return ["## Per-language accuracy", "",
             "Mean validation accuracy over each method's seeds, per language, beside the "
             "accuracy of always answering that language's most frequent label; chance is "
-            "0.3333 in every row.", ""] + _table(
+            "0.3333 in every row.", ""] + md_table(
         ["language", "n", "majority class"] + methods, rows)
 
 
@@ -188,14 +188,14 @@ def _premise(result: dict) -> list[str]:
         return lines + [f"Skipped: {premise['note']}.", ""]
     # The dev part's seed may differ between seeds, and with it which premises a run saw.
     rows = [[row["method"], _span(row["n_seen"]),
-             _num(row["seen"]), _num(row["unseen"]), _signed(row["gap"]),
-             _num(row["majority_seen"]), _num(row["majority_unseen"])]
+             fmt_num(row["seen"]), fmt_num(row["unseen"]), fmt_signed(row["gap"]),
+             fmt_num(row["majority_seen"]), fmt_num(row["majority_unseen"])]
             for row in premise["methods"]]
     return lines + [
         "Mean accuracy over seeds on the validation rows whose premise the run trained on "
         "(seen) and on the rest (unseen), beside the majority-class accuracy of the same rows; "
         f"chance is 0.3333. Seen is judged against the {premise['note']}. A large gap means "
-        "the model leans on premises it has memorised.", ""] + _table(
+        "the model leans on premises it has memorised.", ""] + md_table(
         ["method", "rows seen", "accuracy seen", "accuracy unseen", "seen − unseen",
          "majority class seen", "majority class unseen"], rows)
 

@@ -93,7 +93,7 @@ def read_study(study_dir: Path) -> dict:
     if settings.get("target_method") not in methods:
         raise ValueError(f"{path}: settings.target_method {settings.get('target_method')!r} "
                          f"is not one of the methods ({', '.join(methods)})")
-    if ev._number(settings.get("target_fraction")) is None or \
+    if ev.number(settings.get("target_fraction")) is None or \
             not 0 < settings["target_fraction"] <= 1:
         raise ValueError(f"{path}: settings.target_fraction "
                          f"{settings.get('target_fraction')!r} must be a number in (0, 1]")
@@ -112,7 +112,7 @@ def read_study(study_dir: Path) -> dict:
 
 
 def _number_or_none(value) -> bool:
-    return value is None or ev._number(value) is not None
+    return value is None or ev.number(value) is not None
 
 
 def read_runs(study_dir: Path, study: dict) -> tuple[list[StudyRun], list[dict]]:
@@ -149,10 +149,10 @@ def manifest_numbers(manifest: dict) -> dict:
     tf_baseline run has no dev part)."""
     best = manifest.get("best") if isinstance(manifest.get("best"), dict) else {}
     stopped = manifest.get("stopped") if isinstance(manifest.get("stopped"), dict) else {}
-    return {"best_step": ev._number(best.get("step")),
-            "best_dev_accuracy": ev._number(best.get("dev_accuracy")),
-            "best_dev_loss": ev._number(best.get("dev_loss")),
-            "steps": ev._number(manifest.get("steps")), "stopped": stopped.get("reason")}
+    return {"best_step": ev.number(best.get("step")),
+            "best_dev_accuracy": ev.number(best.get("dev_accuracy")),
+            "best_dev_loss": ev.number(best.get("dev_loss")),
+            "steps": ev.number(manifest.get("steps")), "stopped": stopped.get("reason")}
 
 
 # ---- numbers ----------------------------------------------------------------------------

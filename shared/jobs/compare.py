@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.cli import add_config_flags, config_from_flags, exit_on_bad_input
+from shared.cli import add_config_flags, config_from_flags, error_line, exit_on_bad_input
 from shared.data.spec import DataSpec, load
 from shared.data.watson import KAGGLE_DATA_DIR
 from shared.runs.presets import KAGGLE_PRESET, minilm_dir, preset_kind
@@ -129,26 +129,20 @@ def check_runs(commands: dict[str, list[str]], out: Path, rerun: bool) -> dict[s
         check = subprocess.run(command + ["--check"], cwd=REPO, capture_output=True, text=True)
         if check.returncode == 0:
             continue
-        error = _error_line(check.stderr)
+        error = error_line(check.stderr)
         if not rerun:
             refused.append(f"{name}: {error}")
             continue
         retry = subprocess.run(command + ["--check", "--restart"], cwd=REPO, capture_output=True,
                                text=True)
         if retry.returncode != 0:
-            raise ValueError(f"{name}: {_error_line(retry.stderr)}")
+            raise ValueError(f"{name}: {error_line(retry.stderr)}")
         print(f"[compare] {name}: {error}; --rerun: it trains again from scratch")
         planned[name] = command + ["--restart"]
     if refused:
         raise ValueError("runs under " + str(out) + " were made with other inputs (pass --rerun "
                          "to retrain them, or another --out): " + " | ".join(refused))
     return planned
-
-
-def _error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    return lines[-1].removeprefix("error: ") if lines else (stderr.strip().splitlines() or
-                                                             ["no message"])[-1]
 
 
 def run_trainers(commands: dict[str, list[str]], out: Path) -> dict[str, str]:

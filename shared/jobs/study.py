@@ -36,10 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.cli import EXIT_BAD_INPUT, check_fields, exit_on_bad_input
+from shared.cli import EXIT_BAD_INPUT, check_fields, error_line, exit_on_bad_input
 from shared.data.spec import DataSpec, file_checksums, load
 from shared.jobs import study_plan as plan
-from shared.jobs.compare import REPO, _error_line
+from shared.jobs.compare import REPO
 from shared.jobs.study_plan import FAILED, FINISHED, PENDING, Run, Study
 from shared.runs.presets import describe_preset, minilm_dir, preset_kind
 from shared.runs.reuse import RunStateError, code_version, input_differences, read_manifest
@@ -214,7 +214,7 @@ class Runner:
         else:
             run.status, run.minutes, run.args = FAILED, minutes, args
             kept_log = f"; log {log}" if self.base == self.study.out else ""  # not --dry-run's
-            run.error = f"{_error_line(log.read_text())} (exit code {code}{kept_log})"
+            run.error = f"{error_line(log.read_text())} (exit code {code}{kept_log})"
             self.save()
             progress(run, f"FAILED after {minutes:.1f} min: {run.error}")
 
