@@ -93,15 +93,20 @@ def einsum(spec: str, x, y, compute_dtype: str = "float32"):
                       preferred_element_type=jnp.float32)
 
 
-def attend(query, key, value, padding_mask, rate: float, dropout_key,
-           compute_dtype: str = "float32"):
-    """Masked softmax attention on [B, T, heads, head_dim] projections (query already scaled;
-    it may have fewer rows than key/value), dropout on the probabilities; returns the context
-    [B, T_query, heads, head_dim]. The two products follow `compute_dtype`; the softmax is
-    float32."""
+def attention_probs(query, key, padding_mask, compute_dtype: str = "float32"):
+    """Masked softmax over the keys of [B, T, heads, head_dim] projections (query already
+    scaled; it may have fewer rows than key): float32 [B, heads, T_query, T], exactly 0 in
+    padded key columns (exp(-1e9) underflows)."""
     logits = einsum("btnd,bsnd->bnts", query, key, compute_dtype)
     logits = jnp.where(padding_mask[:, None, None, :], logits, MASKED_LOGIT)
-    probs = dropout(jax.nn.softmax(logits, axis=-1), rate, dropout_key)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def attend(query, key, value, padding_mask, rate: float, dropout_key,
+           compute_dtype: str = "float32"):
+    """attention_probs, dropout on them, times the values: the context [B, T_query, heads,
+    head_dim]. The two products follow `compute_dtype`; the softmax is float32."""
+    probs = dropout(attention_probs(query, key, padding_mask, compute_dtype), rate, dropout_key)
     return einsum("bnts,bsnd->btnd", probs, value, compute_dtype)
 
 
@@ -116,8 +121,9 @@ class Attention(nnx.Module):
         self.rate = config.dropout
         self.compute_dtype = "float32"  # of the attention products (set_compute_dtype)
 
-    def __call__(self, x, padding_mask, dropout_key, *, cls_only: bool = False):
-        """cls_only: queries (and so the output) for position 0 only; keys/values for all."""
+    def project(self, x, dropout_key, *, cls_only: bool = False):
+        """(query, key, value), each [B, T, heads, head_dim], the query scaled; cls_only: the
+        query for position 0 only."""
         batch, _, hidden = x.shape
         head_dim = hidden // self.num_heads
 
@@ -128,11 +134,20 @@ class Attention(nnx.Module):
         # Keras MHA scales the query before the dot product; the order changes the last bits.
         query = heads(self.query, x[:, :1] if cls_only else x, 0) * jnp.float32(
             1.0 / head_dim ** 0.5)
-        key, value = heads(self.key, x, 1), heads(self.value, x, 2)
+        return query, heads(self.key, x, 1), heads(self.value, x, 2)
+
+    def __call__(self, x, padding_mask, dropout_key, *, cls_only: bool = False):
+        """cls_only: queries (and so the output) for position 0 only; keys/values for all."""
+        query, key, value = self.project(x, dropout_key, cls_only=cls_only)
         context = attend(query, key, value, padding_mask, self.rate, _fold(dropout_key, 3),
                          self.compute_dtype)
-        return self.output(context.reshape(batch, query.shape[1], hidden),
+        return self.output(context.reshape(*query.shape[:2], x.shape[2]),
                            dropout_key=_fold(dropout_key, 4))
+
+    def probabilities(self, x, padding_mask):
+        """The attention probabilities of every query row, without dropout: [B, heads, T, T]."""
+        query, key, _ = self.project(x, None)
+        return attention_probs(query, key, padding_mask, self.compute_dtype)
 
 
 class TransformerLayer(nnx.Module):
@@ -191,7 +206,7 @@ class BertClassifier(nnx.Module):
                                rngs=rngs)
 
     def encode(self, token_ids, segment_ids, padding_mask, *, dropout_key=None,
-               cls_only: bool = False) -> dict:
+               cls_only: bool = False, attention_maps: bool = False) -> dict:
         """{'sequence_output': [B,T,H], 'pooled_output': [B,H] (what the head reads, see
         POOLING), 'cls': [B,H], 'hidden_states': one [B,T,H] per transformer layer,
         'logits': [B, num_classes]}
@@ -201,14 +216,25 @@ class BertClassifier(nnx.Module):
         layer draws its dropout masks at the smaller shape), with the last layer's
         projections, FFN and attention queries cut from T rows to 1. sequence_output and the
         last hidden state are then [B, 1, H]. Mean pooling reads every row, so it ignores
-        cls_only."""
+        cls_only.
+
+        attention_maps=True (inference only) adds 'attention_maps': one float32
+        [B, heads, T, T] per layer, the softmax of every query row over the keys (rows sum to
+        1, padded key columns 0), computed from each layer's full input, so cls_only does not
+        cut them. They project queries and keys again, beside the layer; under jit XLA merges
+        the repeats (the FLOPs of cls_only=False without maps), so with cls_only=True only the
+        last layer's full queries and logits are extra."""
+        if attention_maps and dropout_key is not None:
+            raise ValueError("encode(attention_maps=True) is for inference: pass no dropout_key")
         # Layer i uses site key i; the embeddings and classifier use the two keys after them.
         num_layers = self.config.num_layers
         padding_mask = jnp.asarray(padding_mask).astype(bool)
         cls_only = cls_only and self.pooling == "cls"
         x = self.embeddings(token_ids, segment_ids, _fold(dropout_key, num_layers))
-        hidden_states = []
+        hidden_states, maps = [], []
         for index, layer in enumerate(self.layers):
+            if attention_maps:
+                maps.append(layer.attention.probabilities(x, padding_mask))
             x = run_layer(layer, x, padding_mask, _fold(dropout_key, index),
                           cls_only=cls_only and index == num_layers - 1, remat=self.remat)
             hidden_states.append(x)
@@ -222,7 +248,8 @@ class BertClassifier(nnx.Module):
         logits = self.head(dropout(pooled, self.config.dropout,
                                    _fold(dropout_key, num_layers + 1)))
         return {"sequence_output": x, "pooled_output": pooled, "cls": cls,
-                "hidden_states": hidden_states, "logits": logits}
+                "hidden_states": hidden_states, "logits": logits,
+                **({"attention_maps": maps} if attention_maps else {})}
 
     def __call__(self, token_ids, segment_ids, padding_mask, *, dropout_key=None):
         """float32 logits [B, num_classes]; dropout_key=None is evaluation (no dropout). With

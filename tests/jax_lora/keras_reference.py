@@ -18,6 +18,10 @@ pytest process never imports TensorFlow. Writes plain .npz files the JAX tests c
       batch with tf_baseline's compile (ROOT/full_steps.npz: the batch, logits after each
       step; ROOT/full_step1_deltas.npz: each variable's change in the first step). One process, because importing TensorFlow is the slow part of these tests.
   python keras_reference.py tokenize JOBS.json
+  python keras_reference.py attention ROOT VOCAB
+      builds the tiny keras preset ROOT/tiny_keras and writes ROOT/attention.npz: a padded
+      batch of random ids and each transformer layer's attention scores on it (keras-hub's
+      TransformerEncoder with return_attention_scores=True, inference).
 """
 
 import json
@@ -248,6 +252,28 @@ def reference(root, vocab_file, pairs_file, export_from, save_from, named_preset
     full_steps(root, vocab_file)
 
 
+def attention_scores(root, vocab_file):
+    """Rows of several lengths (one full), two segments each; the scores of every layer
+    stacked [layers, B, heads, T, T]."""
+    preset = os.path.join(root, "tiny_keras")
+    build_preset(preset, vocab_file)
+    backbone = keras_hub.models.BertBackbone.from_preset(preset)
+    lengths = np.array([16, 9, 3, 12])
+    positions = np.arange(16)[None]
+    padding_mask = (positions < lengths[:, None]).astype("int32")
+    rng = np.random.default_rng(2)
+    inputs = {"token_ids": rng.integers(5, backbone.vocabulary_size, (4, 16)) * padding_mask,
+              "segment_ids": (positions >= lengths[:, None] // 2) * padding_mask,
+              "padding_mask": padding_mask}
+    inputs = {name: value.astype("int32") for name, value in inputs.items()}
+    embed = keras.Model(backbone.input, backbone.get_layer("embeddings_dropout").output)
+    x, scores = embed(inputs), []
+    for layer in backbone.transformer_layers:
+        x, layer_scores = layer(x, padding_mask=padding_mask, return_attention_scores=True)
+        scores.append(np.asarray(layer_scores))
+    np.savez(os.path.join(root, "attention.npz"), **inputs, scores=np.stack(scores))
+
+
 def tokenize(jobs_file):
     """Each job: a vocabulary file + lowercase flag (or a preset, tokenized as tf_baseline
     does), a pairs .json, an output .npz and the sequence lengths."""
@@ -271,5 +297,7 @@ if __name__ == "__main__":
         reference(args[0], args[1], args[2], args[3], args[4], args[5:])
     elif command == "tokenize":
         tokenize(args[0])
+    elif command == "attention":
+        attention_scores(args[0], args[1])
     else:
         sys.exit(f"unknown command {command}")
