@@ -45,6 +45,8 @@ def export(study_dir: Path, dest: Path) -> None:
     if not (study_dir / STUDY_JSON).is_file():
         raise FileNotFoundError(f"{study_dir / STUDY_JSON}: missing; point at the --out folder "
                                 f"of python -m shared.jobs.study")
+    if dest.exists() and not dest.is_dir():
+        raise ValueError(f"{dest}: is a file; pass a folder to copy the evidence into")
     shutil.copytree(study_dir, dest, ignore=ignored, dirs_exist_ok=True)
 
 

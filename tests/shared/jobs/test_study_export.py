@@ -37,3 +37,6 @@ def test_export_keeps_what_the_report_reads(tmp_path):
     export(study, dest)  # again, over the earlier copy
     with pytest.raises(FileNotFoundError, match="study.json: missing"):
         export(tmp_path / "nowhere", dest)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="a_file: is a file"):
+        export(study, tmp_path / "a_file")
