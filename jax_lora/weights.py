@@ -268,6 +268,24 @@ def _keras_named_datasets(h5: h5py.File, weights_file: Path) -> list[tuple[str, 
     return found
 
 
+def read_keras_head(task_weights: Path) -> dict[str, np.ndarray]:
+    """{'kernel': [H, classes], 'bias': [classes]}: the head (Dense "logits") in the
+    task.weights.h5 of a keras-hub classifier preset, which holds the task's own variables
+    (head, the compiled optimizer's scalars) but not the backbone's (model.weights.h5)."""
+    head = {}
+    with h5py.File(task_weights, "r") as h5:
+        for name, dataset in _keras_named_datasets(h5, task_weights):
+            layer, _, index = name.rpartition("/")
+            path = keras_parameter_path(layer, _h5_variable_name(layer, index))
+            if path is not None and path[0] == "head":
+                head[path[-1]] = np.asarray(dataset[()], np.float32)
+    missing = {"kernel", "bias"} - set(head)
+    if missing:
+        raise WeightsError(f"{task_weights}: no head {' or '.join(sorted(missing))} (Dense "
+                           f"'logits'); pass the task.weights.h5 of a BertTextClassifier preset")
+    return head
+
+
 def keras_parameter_path(layer: str, variable: str) -> tuple | None:
     """keras-hub BertTextClassifier variable (layer path, variable name) -> our parameter
     path, e.g. ("transformer_layer_0/self_attention_layer/query", "kernel") ->

@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/browser.sh
 VENV_DIR=${VENV_DIR:-.venv}
 exec "$VENV_DIR/bin/python" -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"

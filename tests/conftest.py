@@ -1,11 +1,14 @@
 """Fixtures every test folder shares: the real Watson data beside the checkout, when present,
-and a tiny random BERT as a Hugging Face folder (numpy + safetensors, no TensorFlow or JAX),
-uncased, with a vocabulary built from data/sample so sample rows tokenize to varied lengths;
-both trainers load it."""
+a tiny random BERT as a Hugging Face folder (numpy + safetensors, no TensorFlow or JAX),
+uncased, with a vocabulary built from data/sample so sample rows tokenize to varied lengths
+(both trainers load it), and the main job's runs on it."""
 
 import collections
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +104,19 @@ def tiny_hf_preset(tmp_path_factory) -> Path:
 def make_vocabulary():
     """write_vocabulary(path, tiny_vocabulary(lowercase)), for tests (conftest is not importable)."""
     return lambda path, lowercase: write_vocabulary(path, tiny_vocabulary(lowercase))
+
+
+@pytest.fixture(scope="session")
+def compare_runs(tiny_hf_preset, tmp_path_factory) -> Path:
+    """A folder as the main job leaves it, on the tiny random BERT and the embedded sample
+    (first 120 rows, one epoch): tf_full (its recipe: 64 tokens), jax_lora and jax_probe (32
+    tokens), report/. Trainers compile with LLVM optimisations off (much faster here)."""
+    out = tmp_path_factory.mktemp("compare") / "runs"
+    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
+                                       + " --xla_backend_optimization_level=0").strip()}
+    done = subprocess.run([sys.executable, "-m", "shared.jobs.compare", "--preset",
+                           str(tiny_hf_preset), "--out", str(out), "--probe", "--sequence-length",
+                           "32", "--epochs", "1", "--limit", "120", "--quiet"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out

@@ -21,9 +21,7 @@ import pandas as pd
 
 from shared.evaluation import report, stats
 from shared.cli import exit_on_bad_input
-from shared.data.spec import DataSpec, load
-from shared.data.watson import DataError
-from shared.runs.run_dir import Run, RunDirError, read_run
+from shared.runs.run_dir import Run, RunDirError, read_run, rebuild_data
 
 DEFAULT_BOOTSTRAP = 2000
 MIN_BOOTSTRAP = 1000   # fewer resamples make the 2.5 % / 97.5 % percentiles jumpy
@@ -203,45 +201,17 @@ def _memorisation(labels, preds, seen: np.ndarray) -> dict:
 
 
 def premise_seen(runs: list[Run], data_dir=None) -> tuple[np.ndarray | None, str]:
-    """Whether each validation row's premise also occurs in the training part.
-
-    Run directories do not hold the training rows, so the split is rebuilt from a run's
-    recorded data spec (manifest `data.spec`; `data_dir` overrides its folder) and accepted only
-    if its fingerprint equals the recorded one. Returns (mask in row order, source) or
-    (None, reason)."""
-    recorded = runs[0].manifest["split"]
-    ids = runs[0].predictions["id"].to_numpy()
-    reasons, tried = [], []
-    for run in runs:
-        recorded_spec = (run.manifest.get("data") or {}).get("spec")
-        if not isinstance(recorded_spec, dict):
-            reasons.append(f"{run.name}: its manifest records no data spec (an older run)")
-            continue
-        try:
-            spec = DataSpec.from_dict(recorded_spec)
-            if data_dir is not None:
-                spec = dataclasses.replace(spec, data_dir=Path(data_dir))
-        except (TypeError, ValueError) as err:
-            reasons.append(f"{run.name}: recorded data spec unusable ({err})")
-            continue
-        if spec in tried:
-            continue
-        tried.append(spec)
-        try:
-            data = load(spec)
-        except (DataError, ValueError, FileNotFoundError) as err:
-            reasons.append(f"cannot rebuild the split ({err}; pass --data-dir)")
-            continue
-        if data.split.fingerprint != recorded["fingerprint"]:
-            reasons.append(f"the split rebuilt from {data.data_dir / 'train.csv'} has a different "
-                           f"fingerprint (train.csv changed since the run)")
-            continue
-        premise_of = dict(zip(data.val["id"], data.val["premise"]))
-        train_premises = set(data.train["premise"])
-        limit = f", first {spec.limit} rows" if spec.limit else ""
-        return (np.array([premise_of[i] in train_premises for i in ids]),
-                f"training premises from {data.data_dir / 'train.csv'}{limit}")
-    return None, "; ".join(reasons)
+    """Whether each validation row's premise also occurs in the training part: (mask in row
+    order, source) or (None, reason). Run directories do not hold the training rows, so the
+    split is rebuilt (shared.runs.run_dir.rebuild_data)."""
+    data, reason = rebuild_data(runs, data_dir)
+    if data is None:
+        return None, reason
+    premise_of = dict(zip(data.val["id"], data.val["premise"]))
+    train_premises = set(data.train["premise"])
+    limit = f", first {data.spec.limit} rows" if data.spec.limit else ""
+    return (np.array([premise_of[i] in train_premises for i in runs[0].predictions["id"]]),
+            f"training premises from {data.data_dir / 'train.csv'}{limit}")
 
 
 def recipe(manifest: dict) -> dict:

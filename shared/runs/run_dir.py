@@ -18,6 +18,7 @@ and rewritten with "finished" only after every other file is in place.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -32,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared.data.watson import LABEL_NAMES
+from shared.data.spec import Data, DataSpec, load
+from shared.data.watson import LABEL_NAMES, DataError
 
 MANIFEST = "manifest.json"
 PREDICTIONS = "predictions.csv"
@@ -259,3 +261,38 @@ def _require_columns(frame: pd.DataFrame, columns, where: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise RunDirError(f"{where}: missing column(s) {', '.join(missing)}")
+
+
+def rebuild_data(runs: list[Run], data_dir=None) -> tuple[Data | None, str]:
+    """The data the runs trained on (training part, validation rows with their texts), rebuilt
+    from a run's recorded data spec (manifest `data.spec`; `data_dir` overrides its folder) and
+    accepted only if its split fingerprint equals the recorded one: (data, "") or (None, why
+    not). Run directories hold ids and labels, not the texts."""
+    recorded = runs[0].manifest["split"]
+    reasons, tried = [], []
+    for run in runs:
+        recorded_spec = (run.manifest.get("data") or {}).get("spec")
+        if not isinstance(recorded_spec, dict):
+            reasons.append(f"{run.name}: its manifest records no data spec (an older run)")
+            continue
+        try:
+            spec = DataSpec.from_dict(recorded_spec)
+            if data_dir is not None:
+                spec = dataclasses.replace(spec, data_dir=Path(data_dir))
+        except (TypeError, ValueError) as err:
+            reasons.append(f"{run.name}: recorded data spec unusable ({err})")
+            continue
+        if spec in tried:
+            continue
+        tried.append(spec)
+        try:
+            data = load(spec)
+        except (DataError, ValueError, FileNotFoundError) as err:
+            reasons.append(f"cannot rebuild the split ({err}; pass --data-dir)")
+            continue
+        if data.split.fingerprint != recorded["fingerprint"]:
+            reasons.append(f"the split rebuilt from {data.data_dir / 'train.csv'} has a different "
+                           f"fingerprint (train.csv changed since the run)")
+            continue
+        return data, ""
+    return None, "; ".join(reasons)

@@ -1,0 +1,154 @@
+"""What the pages draw, as data: probability bars, attention heat-maps, the [CLS] row as shading
+over the tokens, and the gallery's captions. Plain functions of model outputs and report.json,
+tested directly (streamlit's AppTest cannot read charts or images)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from shared.data.watson import LABEL_NAMES
+from shared.evaluation.report import FIGURE_TITLES
+from shared.evaluation.study_figures import FIGURE_TITLES as STUDY_FIGURE_TITLES
+
+MEAN_OVER_HEADS = "mean over heads"
+
+
+def probability_frame(probabilities: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per class, one column per run: what st.bar_chart draws as grouped bars."""
+    return pd.DataFrame({name: np.asarray(p, float) for name, p in probabilities.items()},
+                        index=pd.Index(LABEL_NAMES, name="class"))
+
+
+def prediction_rows(probabilities: dict[str, np.ndarray], latency_ms: dict[str, float],
+                    recorded: dict[str, np.ndarray | None] | None = None) -> pd.DataFrame:
+    """Per run: the predicted class, its probabilities, the latency and, for a validation row,
+    the probabilities the run recorded in its predictions.csv and the largest difference."""
+    rows = []
+    for name, p in probabilities.items():
+        row = {"run": name, "prediction": LABEL_NAMES[int(np.argmax(p))],
+               **{f"p_{label}": float(v) for label, v in zip(LABEL_NAMES, p)},
+               "latency ms": round(latency_ms[name], 1)}
+        saved = (recorded or {}).get(name)
+        if saved is not None:
+            row["recorded prediction"] = LABEL_NAMES[int(np.argmax(saved))]
+            row["max |p - recorded p|"] = float(np.abs(np.asarray(saved) - p).max())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def attention_matrix(maps: np.ndarray, layer: int, head: int | str, length: int) -> np.ndarray:
+    """[length, length]: one example's attention (maps: [layers, heads, T, T] of one row) at
+    `layer`, one head or the mean over heads, over its `length` real tokens."""
+    chosen = maps[layer]
+    matrix = chosen.mean(axis=0) if head == MEAN_OVER_HEADS else chosen[int(head)]
+    return np.asarray(matrix[:length, :length], float)
+
+
+def heatmap_figure(matrix: np.ndarray, tokens: list[str], title: str) -> Figure:
+    """Token x token heat-map: query rows, key columns, [UNK] labels in red."""
+    size = min(14.0, 3.0 + 0.22 * len(tokens))
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="viridis", vmin=0.0)
+    ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        for label in labels:
+            if label.get_text() == UNK:
+                label.set_color("red")
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig
+
+
+UNK = "[UNK]"
+
+
+def cls_shading_html(tokens: list[str], weights: np.ndarray, segments: np.ndarray) -> str:
+    """The [CLS] query row as shading over the tokens (darker = more attention, scaled to the
+    largest weight), the hypothesis after a line break, [UNK] tokens boxed in red."""
+    weights = np.asarray(weights, float)
+    top = weights.max() if weights.size and weights.max() > 0 else 1.0
+    spans, previous = [], 0
+    for token, weight, segment in zip(tokens, weights, segments):
+        if segment != previous:
+            spans.append("<br>")
+            previous = segment
+        border = "border:2px solid red;" if token == UNK else ""
+        spans.append(f'<span title="{weight:.3f}" style="background:rgba(255,140,0,'
+                     f'{weight / top:.2f});{border}padding:1px 3px;margin:1px;'
+                     f'border-radius:3px;display:inline-block">{html.escape(token)}</span>')
+    return '<div style="line-height:2">' + "".join(spans) + "</div>"
+
+
+def figure_captions(report: dict) -> dict[str, tuple[str, str]]:
+    """{figure name: (title, one-line caption)} for the figures a report.json lists as drawn
+    (the evaluator's or the study's), the caption built from the report's own numbers."""
+    titles = {**FIGURE_TITLES, **STUDY_FIGURE_TITLES}
+    captions = {}
+    for name, figure in (report.get("figures") or {}).items():
+        if "file" in figure:
+            captions[name] = (titles.get(name, name), _caption(name, report))
+    return captions
+
+
+def _caption(name: str, report: dict) -> str:
+    runs = report.get("runs") or []
+    if name == "per_language_accuracy" and runs:
+        return " · ".join(_language_extremes(run) for run in runs)
+    if name == "confusion_matrices" and runs:
+        return " · ".join(_commonest_error(run) for run in runs)
+    if name == "resources" and runs:
+        return " · ".join(f"{run['name']}: {_fmt(run['resources'].get('trainable_pct'), '.3g')}"
+                          f"% trainable, peak RSS "
+                          f"{_fmt(run['resources'].get('peak_host_rss_mb'), ',.0f')} MB"
+                          for run in runs)
+    if name == "training_curves" and runs:
+        return " · ".join(f"{run['name']}: {run['recipe'].get('epochs_run')} epoch(s), "
+                          f"validation accuracy {run['metrics']['accuracy']:.3f}" for run in runs)
+    if name == "tsne" and runs:
+        return (f"validation [CLS] vectors of {len(runs)} run(s), coloured by gold label "
+                f"({report.get('n_val')} rows)")
+    methods = report.get("methods") or []
+    if methods:
+        return " · ".join(f"{m['method']}: validation accuracy "
+                          f"{_fmt((m.get('accuracy') or {}).get('mean'), '.3f')} over "
+                          f"{len(m.get('seeds') or [])} seed(s)" for m in methods)
+    return ""
+
+
+def _language_extremes(run: dict) -> str:
+    rows = sorted(run["per_language"], key=lambda row: row["accuracy"])
+    return (f"{run['name']} {run['metrics']['accuracy']:.3f} overall, best "
+            f"{rows[-1]['language']} {rows[-1]['accuracy']:.3f}, worst {rows[0]['language']} "
+            f"{rows[0]['accuracy']:.3f}")
+
+
+def _commonest_error(run: dict) -> str:
+    matrix = np.array(run["metrics"]["confusion_matrix"])
+    np.fill_diagonal(matrix, -1)
+    gold, pred = np.unravel_index(matrix.argmax(), matrix.shape)
+    return (f"{run['name']}: commonest error {LABEL_NAMES[gold]} → {LABEL_NAMES[pred]} "
+            f"({matrix[gold, pred]} rows)")
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def gallery(report_dir: Path, report: dict) -> list[tuple[str, Path, str]]:
+    """(title, image path, caption) of every drawn figure whose file exists."""
+    items = []
+    for name, (title, caption) in figure_captions(report).items():
+        path = Path(report_dir) / report["figures"][name]["file"]
+        if path.is_file():
+            items.append((title, path, caption))
+    return items
