@@ -22,6 +22,9 @@ import streamlit as st
 from app import catalog, pages
 
 DEFAULT_ROOT = "runs/compare"
+# Widget values every page reads. Streamlit forgets a widget's value after a run of a page that
+# does not draw the widget; writing the value back at the top of each run keeps it.
+KEPT = ("premise", "hypothesis", "predict_runs")
 PAGES = {"Predict": pages.predict_page, "Attention": pages.attention_page,
          "Errors": pages.errors_page, "Gallery": pages.gallery_page}
 
@@ -34,6 +37,9 @@ def default_root() -> str:
 
 def main() -> None:
     st.set_page_config(page_title="Watson fine-tuning runs", layout="wide")
+    for key in KEPT:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
     st.session_state.setdefault("root", default_root())
     st.sidebar.title("Watson runs")
     st.sidebar.text_input("Runs folder", key="root",

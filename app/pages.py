@@ -180,12 +180,11 @@ def predict_page(entries: list[catalog.RunEntry]) -> None:
         truncation_note(entry.name, loaded[entry.name], premise, hypothesis)
     if not probabilities:
         return
-    st.bar_chart(views.probability_frame(probabilities), stack=False,
-                 y_label="probability")
+    for column, (name, p) in zip(st.columns(len(probabilities)), probabilities.items()):
+        column.metric(name, LABEL_NAMES[int(np.argmax(p))])
+        column.caption(f"probability {float(np.max(p)):.1%} · {latency[name]:.0f} ms")
+    st.altair_chart(views.probability_chart(probabilities))
     st.dataframe(views.prediction_rows(probabilities, latency, recorded), hide_index=True)
-    for name, p in probabilities.items():
-        st.metric(name, LABEL_NAMES[int(np.argmax(p))], f"{float(np.max(p)):.1%}",
-                  delta_color="off")
 
 
 def truncation_note(name: str, loaded, premise: str, hypothesis: str) -> None:
@@ -204,7 +203,9 @@ def attention_page(entries: list[catalog.RunEntry]) -> None:
         st.error("No finished run to look into.")
         return
     names = [e.name for e in runs]
-    name = st.selectbox("Run", names, key="attention_run")
+    shown = [n for n in st.session_state.get("predict_runs", []) if n in names]
+    name = st.selectbox("Run", names, index=names.index(shown[0]) if shown else 0,
+                        key="attention_run")
     premise, hypothesis = pair()
     problem = text_problem(premise, hypothesis)
     if problem:
@@ -215,6 +216,7 @@ def attention_page(entries: list[catalog.RunEntry]) -> None:
     if loaded is None:
         return
     from jax_lora import inference
+    truncation_note(name, loaded, premise, hypothesis)
     out = inference.predict(loaded, [premise], [hypothesis], attention_maps=True)
     maps = np.asarray(out["attention_maps"])[:, 0]  # [layers, heads, T, T]
     length = int(out["padding_mask"][0].sum())

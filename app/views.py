@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+import altair as alt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -22,6 +23,18 @@ def probability_frame(probabilities: dict[str, np.ndarray]) -> pd.DataFrame:
     """One row per class, one column per run: what st.bar_chart draws as grouped bars."""
     return pd.DataFrame({name: np.asarray(p, float) for name, p in probabilities.items()},
                         index=pd.Index(LABEL_NAMES, name="class"))
+
+
+def probability_chart(probabilities: dict[str, np.ndarray]) -> alt.Chart:
+    """Grouped bars: per class (in label order), one bar per run, on a 0-1 axis."""
+    long = (probability_frame(probabilities).reset_index()
+            .melt(id_vars="class", var_name="run", value_name="probability"))
+    return alt.Chart(long).mark_bar().encode(
+        x=alt.X("class:N", sort=list(LABEL_NAMES), title=None, axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("run:N", sort=list(probabilities)),
+        y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("run:N", sort=list(probabilities), legend=alt.Legend(orient="top")),
+        tooltip=["run", "class", alt.Tooltip("probability:Q", format=".3f")])
 
 
 def prediction_rows(probabilities: dict[str, np.ndarray], latency_ms: dict[str, float],

@@ -9,5 +9,5 @@ bash scripts/setup.sh
 VENV_DIR=${VENV_DIR:-.venv}
 RUNS_DIR=${1:-runs/compare}
 shift $(( $# > 0 ? 1 : 0 ))
-exec "$VENV_DIR/bin/python" -m streamlit run app/main.py --server.address localhost \
-  --server.headless true --browser.gatherUsageStats false "$@" -- "$RUNS_DIR"
+# Server settings (localhost only, headless, no usage statistics): .streamlit/config.toml.
+exec "$VENV_DIR/bin/python" -m streamlit run app/main.py "$@" -- "$RUNS_DIR"

@@ -98,6 +98,20 @@ def test_attention_page_follows_run_layer_and_head(compare_runs):
     assert len(at.image) == 1  # the heat-map
 
 
+def test_typed_texts_and_chosen_runs_survive_a_visit_to_another_page(compare_runs):
+    at = start(compare_runs)
+    at.multiselect(key="predict_runs").set_value(["tf_full", "jax_probe"])
+    at.text_area(key="premise").input(PREMISE)
+    at.text_area(key="hypothesis").input(HYPOTHESIS).run()
+    go(at, "Attention")
+    assert at.selectbox(key="attention_run").value == "tf_full"  # Predict's first run
+    at.selectbox(key="attention_head").set_value(0).run()   # a second run of the page
+    assert not at.warning and "head 0" in at.markdown[0].value
+    go(at, "Predict")
+    assert at.text_area(key="premise").value == PREMISE
+    assert [metric.label for metric in at.metric] == ["jax_probe", "tf_full"]  # folder order
+
+
 def test_errors_page_filters_and_sends_a_row_to_predict(compare_runs):
     at = go(start(compare_runs), "Errors")
     assert not at.exception and not at.error

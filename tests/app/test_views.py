@@ -16,6 +16,15 @@ def test_probability_bars_are_the_probabilities_per_class_and_run():
     np.testing.assert_array_equal(frame["b"].to_numpy(), P["b"])
 
 
+def test_probability_chart_draws_every_probability_in_label_order():
+    chart = views.probability_chart(P)
+    data = chart.data.set_index(["run", "class"])["probability"]
+    assert data[("b", "contradiction")] == 0.6 and len(data) == 6
+    spec = chart.to_dict()
+    assert spec["encoding"]["x"]["sort"] == ["entailment", "neutral", "contradiction"]
+    assert spec["encoding"]["y"]["scale"]["domain"] == [0, 1]
+
+
 def test_prediction_rows_name_the_argmax_and_the_gap_to_the_recorded_probabilities():
     rows = views.prediction_rows(P, {"a": 12.34, "b": 5.0},
                                  {"a": np.array([0.69, 0.21, 0.1]), "b": None})
