@@ -23,6 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from jax_lora import distributed
 from shared.runs.reuse import RunStateError
 
 CHECKPOINTS = "checkpoints"
@@ -106,12 +107,14 @@ class Checkpoints:
                 continue
             for folder, reason in damaged:
                 aside = folder.with_name(folder.name + DAMAGED_SUFFIX)
-                if aside.exists():  # from an earlier damage at the same step
-                    shutil.rmtree(aside)
-                folder.rename(aside)
+                if distributed.is_main():  # one process moves what every process found
+                    if aside.exists():  # from an earlier damage at the same step
+                        shutil.rmtree(aside)
+                    folder.rename(aside)
                 print(f"warning: checkpoint {folder} is damaged ({reason}); moved it to "
                       f"{aside.name} and resuming from step {step}", file=sys.stderr, flush=True)
             if damaged:
+                distributed.sync("damaged checkpoints moved aside")
                 self.manager.reload()  # forget the moved steps: their numbers are saved again
             arrays, meta = restored
             opt_state = jax.tree.unflatten(jax.tree.structure(opt_state), arrays["opt_state"])

@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jax_lora.distributed import ProcessConfig
 from jax_lora.lora import COMPUTE_DTYPES, LoraConfig
 from jax_lora.models import POOLING, REMAT
 from jax_lora.quant import BASE_DTYPES
@@ -76,6 +77,7 @@ class TrainConfig:
     check: bool = False  # check flags, data, preset and --run-dir, print what a run would do, write nothing
     seed: int = 0  # seed of the head/adapter init, shuffling and dropout
     data: DataSpec = field(default_factory=DataSpec)  # the rows and split
+    processes: ProcessConfig = field(default_factory=ProcessConfig)  # one process, or several joined by jax.distributed
 
     def __post_init__(self):
         check_fields(self, [("method", self.method in METHODS, f"choose one of {', '.join(METHODS)}")])
@@ -161,8 +163,13 @@ class TrainConfig:
         return self.method == "full"
 
     def to_dict(self) -> dict:
-        """Every hyperparameter, JSON-ready (the manifest's `config`)."""
-        return config_to_dict(self)
+        """Every hyperparameter, JSON-ready (the manifest's `config`). Not `processes`: how
+        the devices are spread over processes changes no result (the manifest's `devices`
+        records it), so a run resumes under another layout, and the processes of one run,
+        whose --process-id differs, ask for the same run."""
+        config = config_to_dict(self)
+        del config["processes"]
+        return config
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,11 +10,12 @@
                                                  # LP→LoRA: a probe, then LoRA from its head
 
 --method says what trains (config.METHODS; lora.trainable_filter is the rule): adapters and
-the new head, or every parameter, or the head alone. Data parallel over every
-device of the host: the batch is split along a 1-D `data` mesh, parameters are replicated, so
-the same code runs on CPU, GPUs and TPU. Rerunning the same command after a crash resumes
-from run_dir/checkpoints; batch order and dropout keys are functions of the step number, so
-the resumed run ends with the same parameters as an uninterrupted one.
+the new head, or every parameter, or the head alone. Data parallel over every device of the
+host, or of every host (--num-processes, jax_lora/distributed.py): the batch is split along a
+1-D `data` mesh, parameters are replicated, so the same code runs on CPU, GPUs and TPU.
+Rerunning the same command after a crash resumes from run_dir/checkpoints; batch order and
+dropout keys are functions of the step number, so the resumed run ends with the same
+parameters as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from jax_lora import distributed
 from jax_lora.adapter import ADAPTER, init_from_parent, read_parent, save_adapter
 from jax_lora.checkpoint import Checkpoints
 from jax_lora.dev_eval import BestCheckpoint, DevTracker
@@ -229,26 +231,29 @@ def make_eval_step(graphdef):
 # ---------------------------------------------------------------- devices and timing
 
 def make_mesh(devices=None) -> Mesh:
+    """The `data` mesh over `devices`, by default every process's."""
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    return jax.device_put(batch, NamedSharding(mesh, PartitionSpec("data")))
+    return distributed.put(batch, NamedSharding(mesh, PartitionSpec("data")))
 
 
 def replicate(tree, mesh: Mesh):
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    return distributed.put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def device_info(mesh: Mesh) -> dict:
     devices = list(mesh.devices.flat)
     return {"platform": devices[0].platform, "replicas": len(devices),
+            "processes": jax.process_count(),
             "devices": [f"{d} ({d.device_kind})" for d in devices]}
 
 
 def peak_accelerator_mb(mesh: Mesh) -> float | None:
-    """Largest per-device peak; None where the backend keeps no statistics (CPU)."""
-    stats = [device.memory_stats() for device in mesh.devices.flat]
+    """Largest per-device peak of this process's devices; None where the backend keeps no
+    statistics (CPU)."""
+    stats = [device.memory_stats() for device in mesh.local_devices]
     if any(s is None or "peak_bytes_in_use" not in s for s in stats):
         return None
     return max(s["peak_bytes_in_use"] for s in stats) / 2 ** 20
@@ -276,7 +281,7 @@ def evaluate(eval_step, params, data: Encoded, *, global_batch: int, mesh: Mesh,
     """(logits [n, classes], cls [n, hidden]) for every row, in the rows' order."""
     logits, cls = None, None
     for rows, batch in eval_batches(data, global_batch, dynamic=dynamic):
-        batch_logits, batch_cls = jax.device_get(eval_step(params, shard_batch(batch, mesh)))
+        batch_logits, batch_cls = distributed.gather(eval_step(params, shard_batch(batch, mesh)))
         if logits is None:
             logits = np.zeros((len(data), batch_logits.shape[1]), np.float32)
             cls = np.zeros((len(data), batch_cls.shape[1]), np.float32)
@@ -341,7 +346,10 @@ def prepare(config: TrainConfig) -> Setup | None:
     """Load and check everything; raises ValueError/DataError/FileNotFoundError on bad input.
     None when nothing is left to do: a --check, or this very run found finished in the run
     directory (shared/runs/reuse.py)."""
+    distributed.initialize(config.processes)
     plan = plan_run(TRAINER, config)
+    # Every process has read the run directory before process 0 changes it (run).
+    distributed.sync("run directory read")
     if plan is None:
         return None
     data, weights, state = plan
@@ -407,8 +415,9 @@ def run(setup: Setup) -> Path:
     predict = functools.partial(evaluate, make_eval_step(graphdef), mesh=mesh,
                                 global_batch=setup.global_batch, dynamic=config.dynamic_padding)
 
-    if setup.state == NEW:
+    if setup.state == NEW and distributed.is_main():
         clear_run_dir(config.run_dir)  # --restart: nothing of the old run survives
+    distributed.sync("run directory cleared")
 
     # ------------------------------------------------------------ resume
     # The newest checkpoint that restores holds the trainable leaves, Adam's moments and
@@ -433,7 +442,7 @@ def run(setup: Setup) -> Path:
     if best is not None:
         best.forget_after(step)
 
-    writer = RunWriter(config.run_dir)
+    writer = RunWriter(config.run_dir) if distributed.is_main() else distributed.Silent()
     writer.start(trainer=TRAINER, config=config.to_dict(), weights=setup.pretrained.source,
                  code=code_version(),
                  split=setup.data.split.describe(), data=setup.data.describe(),
@@ -579,9 +588,11 @@ def run(setup: Setup) -> Path:
     if "test" in setup.encoded:
         test_logits, _ = predict(params, setup.encoded["test"])
         writer.write_submission(submission_frame(setup.data.test, softmax(test_logits)))
-    nnx.update(model, jax.device_get(params))
-    save_adapter(Path(config.run_dir) / ADAPTER, model, setup.pretrained.source,
-                 method=config.method, pooler=any(n.startswith("pooler.") for n in inherited))
+    if distributed.is_main():
+        nnx.update(model, jax.device_get(params))
+        save_adapter(Path(config.run_dir) / ADAPTER, model, setup.pretrained.source,
+                     method=config.method,
+                     pooler=any(n.startswith("pooler.") for n in inherited))
     writer.finish(peak_accelerator_mem_mb=peak_accelerator_mb(mesh), steps=step,
                   global_batch=setup.global_batch, accumulate=config.accumulate,
                   effective_batch=setup.global_batch * config.accumulate, adapter=ADAPTER,
