@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
@@ -16,6 +17,9 @@ from shared.runs.tokenization import TextNormalizer, TokenizationError, load_nor
 
 NUM_CLASSES = len(LABEL_NAMES)
 TASK_CONFIG = "task.json"  # what keras-hub's save_to_preset adds for a whole classifier
+# Keras 3's fit under MultiWorkerMirroredStrategy; tests/tf_baseline/test_multiworker.py keeps
+# the reproduction on this model as an expected failure.
+MULTI_WORKER_ISSUE = "keras-team/keras#20585"
 
 
 def make_strategy(cpu_replicas: int | None) -> tf.distribute.Strategy:
@@ -27,6 +31,28 @@ def make_strategy(cpu_replicas: int | None) -> tf.distribute.Strategy:
         return tf.distribute.TPUStrategy(tpu)
     except ValueError:  # no TPU: CPU, one GPU or several GPUs
         return tf.distribute.MirroredStrategy()
+
+
+def check_one_worker(tf_config: str | None) -> None:
+    """Refuses a TF_CONFIG cluster of several workers (chief and worker tasks).
+
+    make_strategy would ignore it: every worker would train alone and write the same run
+    directory. MultiWorkerMirroredStrategy is no way out: Keras 3's own fit fails under it on
+    this model (it reduces the first batch, a dict, in one strategy.reduce, which takes single
+    tensors, and then each scalar metric along an axis 0 it lacks)."""
+    if not tf_config:
+        return
+    try:
+        cluster = json.loads(tf_config).get("cluster", {})
+        workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    except (ValueError, AttributeError, TypeError):
+        raise ValueError("TF_CONFIG: not a JSON object with a 'cluster' of task lists; fix "
+                         "or unset it") from None
+    if workers > 1:
+        raise ValueError(f"TF_CONFIG describes {workers} workers: tf_baseline trains on one "
+                         f"machine only, since Keras 3's fit fails under "
+                         f"MultiWorkerMirroredStrategy ({MULTI_WORKER_ISSUE}); unset TF_CONFIG "
+                         f"and run on one machine")
 
 
 def _cpu_mirrored_strategy(replicas: int) -> tf.distribute.Strategy:

@@ -39,9 +39,9 @@ from tf_baseline.callbacks import (EpochRecorder, ExactResume, check_backup,  # 
                                    peak_gpu_memory_mb)
 from tf_baseline.config import TrainConfig, parse_config  # noqa: E402
 from tf_baseline.data import text_dataset  # noqa: E402
-from tf_baseline.model import (check_sequence_length, count_params, describe_strategy,  # noqa: E402
-                               inference_model, load_classifier, load_preprocessor,
-                               make_strategy, save_preset)
+from tf_baseline.model import (check_one_worker, check_sequence_length, count_params,  # noqa: E402
+                               describe_strategy, inference_model, load_classifier,
+                               load_preprocessor, make_strategy, save_preset)
 
 TRAINER = "tf_baseline"
 PRESET_DIR = "preset"  # the trained classifier inside a run directory
@@ -70,6 +70,7 @@ def prepare(config: TrainConfig) -> Setup | None:
     (but may repair a damaged resume state in run_dir/backup, as Keras' own fallback would).
     None when nothing is left to do: a --check, or this very run found finished in the run
     directory (shared/runs/reuse.py)."""
+    check_one_worker(os.environ.get("TF_CONFIG"))
     plan = plan_run(TRAINER, config)
     if plan is None:
         return None
