@@ -143,9 +143,12 @@ def predict_page(entries: list[catalog.RunEntry]) -> None:
         st.error("No finished run to predict with; finish a run (or rerun its command to "
                  "resume it) and reload.")
         return
-    chosen = st.multiselect("Runs", [e.name for e in runs],
-                            default=[e.name for e in runs][:MAX_RUNS], max_selections=MAX_RUNS,
-                            key="predict_runs")
+    names = [e.name for e in runs]
+    # The choice kept from earlier (app/main.py KEPT), less runs gone from the folder.
+    st.session_state.predict_runs = [n for n in st.session_state.get("predict_runs",
+                                                                     names[:MAX_RUNS])
+                                     if n in names]
+    chosen = st.multiselect("Runs", names, max_selections=MAX_RUNS, key="predict_runs")
     left, right = st.columns(2)
     example = left.selectbox("Example", list(EXAMPLES), index=None, placeholder="Pick an example")
     if example and st.session_state.get("example") != example:
