@@ -392,6 +392,8 @@ def run(setup: Setup) -> Path:
           + (f"x {config.accumulate} accumulated " if config.accumulate > 1 else "")
           + (f"(at most {total_steps} steps) " if config.max_steps else "")
           + f"on {mesh.size} {jax.default_backend()} device(s) -> {config.run_dir}", flush=True)
+    if setup.data.extra is not None:
+        print(f"{TRAINER}: {setup.data.extra.summary()}", flush=True)
 
     # ------------------------------------------------------------ model and optimizer
     # The mask says which leaves move; the rest keep no optimizer state.

@@ -106,6 +106,26 @@ def config_from_flags(cls, values: dict, *, rename: dict | None = None):
     return cls(**fields)
 
 
+def config_flags(config) -> list[str]:
+    """The flags that give a flat config (e.g. a DataSpec) back through add_config_flags and
+    config_from_flags: one per field that differs from its default."""
+    flags = []
+    for field in dataclasses.fields(config):
+        default = (field.default_factory() if field.default is dataclasses.MISSING
+                   else field.default)
+        value = getattr(config, field.name)
+        if not field.metadata.get("flag", True) or value == default:
+            continue
+        name = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(name if value else "--no-" + name[2:])
+        elif value is None:
+            raise ValueError(f"{name}: a None that is not the default has no flag")
+        else:
+            flags += [name, ",".join(value) if isinstance(value, tuple) else str(value)]
+    return flags
+
+
 def flag_dest(name: str, rename: dict) -> str:
     """The argparse destination of a field's flag."""
     return rename.get(name, name).replace("-", "_")

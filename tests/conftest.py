@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from shared.data.watson import SAMPLE_DATA_DIR, load_train
@@ -120,3 +121,43 @@ def compare_runs(tiny_hf_preset, tmp_path_factory) -> Path:
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
+
+
+# Extra training rows (issue #18) planted with copies of test.csv's first three pairs (in every
+# --limit >= 3): two exact (one re-cased and re-spaced), one with a letter replaced by "??".
+PLANTED_EXTRA = 3
+
+
+def extra_rows(data_dir: Path, n_new: int = 40) -> pd.DataFrame:
+    """Rows in extra.EXTRA_COLUMNS: PLANTED_EXTRA copies of test pairs, then `n_new` new pairs
+    (the premise of one training row with the hypothesis of another, labels seeded)."""
+    from shared.data.watson import load_test, load_train
+
+    train, test = load_train(data_dir), load_test(data_dir)
+    planted = test.head(PLANTED_EXTRA).copy()
+    planted.loc[1, "premise"] = "  " + planted.loc[1, "premise"].upper().replace(" ", "   ")
+    text = planted.loc[2, "premise"]
+    at = next(i for i, char in enumerate(text) if char.isalpha() and i > len(text) // 2)
+    planted.loc[2, "premise"] = text[:at] + "??" + text[at + 1:]
+    planted["label"] = [0, 1, 2]
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(train), size=(n_new, 2), replace=False)
+    new = pd.DataFrame({"premise": train["premise"].to_numpy()[picks[:, 0]],
+                        "hypothesis": train["hypothesis"].to_numpy()[picks[:, 1]],
+                        "lang_abv": "en", "language": "English",
+                        "label": rng.integers(0, 3, n_new)})
+    rows = pd.concat([planted[list(new.columns)], new], ignore_index=True)
+    rows.insert(0, "id", [f"mock_nli:train:{i}" for i in range(len(rows))])
+    rows["source"] = "mock_nli:train"
+    return rows
+
+
+@pytest.fixture(scope="session")
+def extra_train(tmp_path_factory) -> Path:
+    """A prepared extra-rows folder over the embedded sample (see extra_rows)."""
+    from shared.data.extra import write_prepared
+    from shared.data.watson import SAMPLE_DATA_DIR
+
+    rows = extra_rows(SAMPLE_DATA_DIR)
+    sources = [{"spec": "mock_nli:train", "builder": "mock_nli", "rows": len(rows)}]
+    return write_prepared(rows, sources, tmp_path_factory.mktemp("extra") / "prepared").folder

@@ -108,6 +108,8 @@ def run(setup: Setup, callbacks=()) -> Path:
     steps = len(data.train) // setup.global_batch
     print(f"data: {len(data.train)} train / {len(data.val)} validation rows, global batch "
           f"{setup.global_batch}, {steps} steps per epoch")
+    if data.extra is not None:
+        print(f"data: {data.extra.summary()}")
 
     # Optimizer and loss: the notebook's, the learning rate scaled by the replica count.
     learning_rate = config.lr_per_replica * replicas

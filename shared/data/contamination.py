@@ -1,7 +1,7 @@
 """Which rows of extra NLI training data (MultiNLI, XNLI, ...) repeat Watson's validation or
 test pairs (issue #18): training on them would inflate every validation and test number.
 
-    python -m shared.data.contamination --extra FILE.csv [--data-dir DIR] [--split RULE]
+    python -m shared.data.contamination --extra FILE.csv|FOLDER [--data-dir DIR] [--split RULE]
                                         [--threshold 0.9] [--out report.json]
 
 Each extra row gets one overlap kind, the first that holds:
@@ -26,6 +26,7 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer
 
+from shared.data.extra import load_prepared
 from shared.data.split import RULES
 from shared.data.watson import DataError
 
@@ -234,7 +235,10 @@ def _nearest(premises: list[str], hypotheses: list[str], reference: pd.DataFrame
 # ---------------------------------------------------------------- python -m shared.data.contamination
 
 def read_extra(path: Path) -> pd.DataFrame:
-    """The extra rows' CSV, texts kept as written ("NA" stays text)."""
+    """The extra rows: a folder written by `python -m shared.data.prepare`, or a CSV, texts
+    kept as written ("NA" stays text)."""
+    if path.is_dir():
+        return load_prepared(path).rows
     if not path.is_file():
         raise DataError(f"{path}: file not found; pass --extra a CSV with columns premise, "
                         f"hypothesis, language (or lang_abv), source")
@@ -256,8 +260,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m shared.data.contamination",
         description="Count and list extra NLI rows that repeat Watson validation/test pairs.")
-    parser.add_argument("--extra", type=Path, required=True, metavar="FILE.csv",
-                        help="extra rows: premise, hypothesis, language or lang_abv, source")
+    parser.add_argument("--extra", type=Path, required=True, metavar="FILE.csv|FOLDER",
+                        help="extra rows: a folder written by python -m shared.data.prepare, "
+                             "or a CSV with premise, hypothesis, language or lang_abv, source")
     parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                         help="Watson CSV folder [default: the Kaggle folder, else data/sample]")
     parser.add_argument("--split", default="kaggle", choices=RULES,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -134,6 +135,7 @@ def compare(runs: list[Run], names: list[str], *, bootstrap: int, seed: int,
     return {
         "split": runs[0].manifest["split"], "n_val": int(len(labels)),
         "baselines": baselines, "code": code_versions(runs, names),
+        "training_sets": len({run["recipe"]["training_data"]["key"] for run in scored}),
         "options": {"bootstrap_resamples": bootstrap, "seed": seed,
                     "confidence": stats.CONFIDENCE},
         "memorisation": {"available": seen is not None, "note": memorisation_note,
@@ -229,7 +231,31 @@ def recipe(manifest: dict) -> dict:
             "epochs_run": len(epochs),
             "learning_rate": number(training.get("learning_rate", config.get("lr"))),
             "global_batch": number(training.get("global_batch", manifest.get("global_batch"))),
-            "sequence_length": config.get("sequence_length")}
+            "sequence_length": config.get("sequence_length"),
+            "training_data": training_data(manifest)}
+
+
+def training_data(manifest: dict) -> dict:
+    """What a run trained on beyond the split: the dev carve and the extra rows (manifest
+    `data`), as `key` (equal for runs that trained on the same rows) and `words`."""
+    data = manifest.get("data") or {}
+    dev, extra = data.get("dev"), data.get("extra")
+    words = ["Watson training part"]
+    if dev:
+        words.append(f"minus a dev part of {dev.get('n_dev', '?')} rows")
+    if extra:
+        sources = ", ".join(source.get("spec", "?") for source in extra.get("sources") or [])
+        words.append(f"+ {extra.get('joined', 0):,} extra rows ({sources or 'no source recorded'})")
+        if extra.get("contaminated"):
+            overlap = extra.get("overlap") or {}
+            copies = overlap.get("exact", 0) + overlap.get("near_duplicate", 0)
+            words.append(f"CONTAMINATED: {copies:,} of them repeat validation/test pairs")
+        elif extra.get("dropped"):
+            words.append(f"({extra['dropped']:,} overlapping validation/test pairs dropped)")
+    key = json.dumps({"dev": (dev or {}).get("fingerprint"),
+                      "extra": (extra or {}).get("fingerprint_joined")}, sort_keys=True)
+    return {"key": key, "words": " ".join(words),
+            "contaminated": bool((extra or {}).get("contaminated"))}
 
 
 def _jax_method(config: dict, lora: dict, parent: dict | None) -> str:

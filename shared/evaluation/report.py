@@ -178,10 +178,23 @@ def _recipes(result: dict, level: str) -> list[str]:
     rows = [[run["name"], run["recipe"]["method"], str(run["recipe"]["epochs"]),
              "n/a" if run["recipe"]["learning_rate"] is None
              else f"{run['recipe']['learning_rate']:g}",
-             fmt_count(run["recipe"]["global_batch"]), str(run["recipe"]["sequence_length"])]
+             fmt_count(run["recipe"]["global_batch"]), str(run["recipe"]["sequence_length"]),
+             (run["recipe"].get("training_data") or {}).get("words", "not recorded")]
             for run in result["runs"]]
-    return ["## What each run trained", ""] + md_table(
-        ["run", "method", "epochs", "learning rate", "global batch", "sequence length"], rows)
+    notes = []
+    if result.get("training_sets", 1) > 1:
+        notes = ["**The runs trained on different rows** (see “training data”): they are scored "
+                 "on the same validation rows, so the comparisons below hold, but a difference "
+                 "may come from the training data as well as from the method.", ""]
+    contaminated = [run["name"] for run in result["runs"]
+                    if (run["recipe"].get("training_data") or {}).get("contaminated")]
+    if contaminated:
+        notes += [f"**Contaminated: {', '.join(contaminated)}** trained on extra rows that "
+                  f"repeat validation or test pairs (--allow-overlap): their validation scores "
+                  f"overstate what they would score on unseen pairs.", ""]
+    return ["## What each run trained", ""] + notes + md_table(
+        ["run", "method", "epochs", "learning rate", "global batch", "sequence length",
+         "training data"], rows)
 
 
 def _pairwise(result: dict, level: str) -> list[str]:

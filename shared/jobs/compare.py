@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from shared.cli import add_config_flags, config_from_flags, error_line, exit_on_bad_input
+from shared.cli import (add_config_flags, config_flags, config_from_flags, error_line,
+                        exit_on_bad_input)
 from shared.data.spec import DataSpec, load
 from shared.data.watson import KAGGLE_DATA_DIR
 from shared.runs.presets import KAGGLE_PRESET, minilm_dir, preset_kind
@@ -84,11 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def trainer_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     """One command line per run, named by its run directory."""
-    common = ["--split", args.split, "--split-seed", str(args.split_seed), "--seed", str(args.seed),
-              "--train-fraction", str(args.train_fraction),
-              "--max-text-chars", str(args.max_text_chars)]
-    for flag, value in (("--data-dir", args.data_dir), ("--preset", args.preset),
-                        ("--sequence-length", args.sequence_length), ("--limit", args.limit)):
+    # Every data-spec flag the user gave (dev part, extra rows, ...), as the trainers take them.
+    common = [*config_flags(config_from_flags(DataSpec, vars(args))), "--seed", str(args.seed)]
+    for flag, value in (("--preset", args.preset), ("--sequence-length", args.sequence_length)):
         if value is not None:
             common += [flag, str(value)]
     if args.quiet:
@@ -173,7 +172,7 @@ def main(argv=None) -> int:
     with exit_on_bad_input():
         # Fail here, once, on bad data or a bad preset, rather than in each trainer.
         data = load(config_from_flags(DataSpec, vars(args)))
-        args.data_dir = data.data_dir
+        args.data_dir, args.extra_train = data.data_dir, data.spec.extra_train
         if args.preset is None:
             args.preset = KAGGLE_PRESET if KAGGLE_DATA_DIR.is_dir() else str(minilm_dir())
         preset_kind(args.preset)

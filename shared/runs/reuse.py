@@ -110,7 +110,7 @@ def input_differences(manifest: dict, *, config: dict, weights: dict,
         changed.append(f"weights checksum {str((manifest.get('weights') or {}).get('sha256'))[:12]}"
                        f" -> {str(weights.get('sha256'))[:12]} (other files at the preset)")
     if (manifest.get("data") or {}).get("sha256") != data_sha256:
-        changed.append("data files' checksums (train.csv/test.csv changed)")
+        changed.append("data files' checksums (train.csv, test.csv or the extra rows changed)")
     return changed
 
 

@@ -17,6 +17,7 @@ from shared.runs.run_dir import (EMBEDDINGS, HISTORY, MANIFEST, PREDICTIONS, PRO
                                  SUBMISSION, read_run)
 from tf_baseline.config import TrainConfig, parse_config
 from tf_baseline.train import BACKUP_DIR, main, predict
+from tests.tf_baseline.conftest import TINY_FLAGS
 
 TINY_DATA = DataSpec(limit=160)  # the rows the tiny runs use
 
@@ -231,3 +232,20 @@ def test_minilm_one_short_epoch_on_real_rows(watson_dir, tmp_path):
     assert run.manifest["preprocessing"]["text_normalizer"]["lowercase"] is True
     assert len(run.predictions) == 60 and run.embeddings.shape == (60, 384)
     assert np.isfinite(run.history[["train_loss", "val_loss"]].to_numpy()).all()
+
+
+def test_extra_rows_join_the_training_steps(tiny_preset, extra_train, run_train, tmp_path):
+    """--extra-train (issue #18): the rows train, the planted copies of test pairs do not, the
+    validation rows stay the split's."""
+    run_dir = tmp_path / "extra"
+    flags = [*TINY_FLAGS, "--epochs", "1"]
+    done = run_train(["--preset", tiny_preset, *flags, "--extra-train", extra_train,
+                      "--run-dir", run_dir])
+    assert ("data: extra rows: 43 from mock_nli:train; 2 exact and 1 near copies of "
+            "validation/test pairs dropped; 40 joined the training part") in done.stdout
+    manifest = read_run(run_dir).manifest
+    assert manifest["training"]["steps_per_epoch"] == (112 + 40) // 8
+    assert manifest["data"]["extra"]["joined"] == 40
+    assert manifest["split"]["fingerprint"] == load(TINY_DATA).split.fingerprint
+    assert manifest["epochs"][0]["examples_per_s"] == pytest.approx(
+        (112 + 40) // 8 * 8 / manifest["epochs"][0]["seconds"])

@@ -95,3 +95,26 @@ def test_kept_runs_that_cannot_be_compared_end_in_one_line(tiny_hf_preset, tmp_p
     assert exit_info.value.code == 2 and len(error) == 1
     assert error[0].startswith("error: split fingerprints differ")
     assert not (out / "report").exists()
+
+
+def test_every_data_flag_reaches_both_trainers(extra_train, tmp_path):
+    """The data spec the trainers get is the one compare was given (dev part and extra rows
+    included), flag for flag."""
+    from shared.cli import config_from_flags
+    from shared.data.spec import DataSpec
+    from shared.jobs.compare import parse_args, trainer_commands
+    from jax_lora.config import parse_config as jax_config
+
+    argv = ["--out", str(tmp_path), "--split", "grouped", "--dev-fraction", "0.2", "--dev-seed",
+            "3", "--train-subset", "50", "--extra-train", str(extra_train), "--allow-overlap",
+            "--limit", "120", "--probe"]
+    args = parse_args(argv)
+    expected = config_from_flags(DataSpec, vars(args))
+    commands = trainer_commands(args)
+    assert set(commands) == {"tf_full", "jax_lora", "jax_probe"}
+    for name in ("jax_lora", "jax_probe"):
+        assert jax_config(commands[name][2:]).data == expected
+    tf_flags = commands["tf_full"][2:]
+    for flag in ("--dev-fraction", "--dev-seed", "--train-subset", "--extra-train"):
+        assert tf_flags[tf_flags.index(flag) + 1] == argv[argv.index(flag) + 1]
+    assert "--allow-overlap" in tf_flags
