@@ -199,12 +199,15 @@ def predict(run_dir: Path, frame: pd.DataFrame, batch_size: int = PREDICT_BATCH)
 
 
 def describe_preprocessor(preprocessor) -> dict:
-    """lowercase/strip_accents are keras-hub's own; with a text normaliser (a Hugging Face
-    model: model.load_preprocessor) they are off and `text_normalizer` holds the rules."""
+    """lowercase/strip_accents are keras-hub's BERT tokenizer's own (None for SentencePiece,
+    whose model holds its rules); with a text normaliser (a Hugging Face BERT model:
+    model.load_preprocessor) they are off and `text_normalizer` holds the rules."""
     tokenizer = preprocessor.tokenizer
     normalizer = getattr(preprocessor, "text_normalizer", None)  # model.text_normalizer
     return {"sequence_length": preprocessor.sequence_length, "truncate": preprocessor.truncate,
-            "lowercase": tokenizer.lowercase, "strip_accents": tokenizer.strip_accents,
+            "tokenizer": type(tokenizer).__name__,
+            "lowercase": getattr(tokenizer, "lowercase", None),
+            "strip_accents": getattr(tokenizer, "strip_accents", None),
             "vocabulary_size": tokenizer.vocabulary_size(),
             "text_normalizer": normalizer.describe() if normalizer is not None else None}
 
