@@ -428,3 +428,29 @@ def test_command_error_is_one_line_on_stderr(tmp_path):
         "prepare: no_such_nli:train: tfds has no builder 'no_such_nli'; check the name at "
         "https://www.tensorflow.org/datasets/catalog"]
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- prepared rows train
+def test_mocked_xnli_trains_jax_lora_end_to_end(tiny_hf_preset, tmp_path):
+    """prepare (tfds mocked) -> --extra-train: the JAX trainer, in its own process, trains on
+    the rows and drops the planted copy of a sample test pair."""
+    from shared.data.watson import SAMPLE_DATA_DIR
+    from tests.jax_lora.conftest import SUBPROCESS_ENV
+    from tests.jax_lora.trainer_process import run_trainer
+
+    copied = load_test(SAMPLE_DATA_DIR).iloc[1]  # an English test pair
+    examples = [xnli({"en": copied["premise"]}, {"en": copied["hypothesis"]}, 0)] + [
+        xnli({"en": f"A premise number {i} about a river.", "fr": f"Une prémisse {i}."},
+             {"en": f"A hypothesis {i}.", "fr": f"Une hypothèse {i}."}, i % 3)
+        for i in range(12)]
+    out = tmp_path / "extra"
+    with planted({"xnli": examples}):
+        assert prepare("--extra-train", "xnli:validation", "--out", out) == 0
+    run_dir = tmp_path / "run"
+    done = run_trainer(tiny_hf_preset, run_dir, "--data-dir", SAMPLE_DATA_DIR, "--limit", "100",
+                       "--batch-per-device", "4", "--sequence-length", "32", "--max-steps", "2",
+                       "--no-predict-test", "--extra-train", out, env=SUBPROCESS_ENV)
+    rows = 1 + 12 * 2  # one row per language with both sides: the copy's en, then en and fr
+    assert f"extra rows: {rows} from xnli:validation; 1 exact and 0 near copies" in done.stdout
+    extra = json.loads((run_dir / "manifest.json").read_text())["data"]["extra"]
+    assert extra["joined"] == rows - 1 and extra["sources"][0]["builder"] == "xnli"
