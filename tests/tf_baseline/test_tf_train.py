@@ -234,18 +234,28 @@ def test_minilm_one_short_epoch_on_real_rows(watson_dir, tmp_path):
     assert np.isfinite(run.history[["train_loss", "val_loss"]].to_numpy()).all()
 
 
-def test_extra_rows_join_the_training_steps(tiny_preset, extra_train, run_train, tmp_path):
-    """--extra-train (issue #18): the rows train, the planted copies of test pairs do not, the
-    validation rows stay the split's."""
+def test_extra_rows_join_the_training_steps(tiny_preset, run_train, tmp_path):
+    """--extra-train (issue #18), the rows prepared from a mocked tfds multi_nli: they train, the
+    planted copies of test pairs do not, the validation rows stay the split's."""
+    from tests.conftest import extra_rows
+    from tests.shared.data.test_prepare import nli, planted, prepare
+
+    rows = extra_rows(SAMPLE_DATA_DIR)
+    examples = [nli(r.premise, r.hypothesis, r.label) for r in rows.itertuples()]
+    prepared = tmp_path / "prepared"
+    with planted({"multi_nli": examples}):
+        assert prepare("--extra-train", "multi_nli:train", "--out", prepared) == 0
     run_dir = tmp_path / "extra"
     flags = [*TINY_FLAGS, "--epochs", "1"]
-    done = run_train(["--preset", tiny_preset, *flags, "--extra-train", extra_train,
+    done = run_train(["--preset", tiny_preset, *flags, "--extra-train", prepared,
                       "--run-dir", run_dir])
-    assert ("data: extra rows: 43 from mock_nli:train; 2 exact and 1 near copies of "
-            "validation/test pairs dropped; 40 joined the training part") in done.stdout
+    assert (f"data: extra rows: {len(rows)} from multi_nli:train; 2 exact and 1 near copies of "
+            f"validation/test pairs dropped; {len(rows) - 3} joined the training part"
+            ) in done.stdout
     manifest = read_run(run_dir).manifest
-    assert manifest["training"]["steps_per_epoch"] == (112 + 40) // 8
-    assert manifest["data"]["extra"]["joined"] == 40
+    assert manifest["training"]["steps_per_epoch"] == (112 + len(rows) - 3) // 8
+    assert manifest["data"]["extra"]["joined"] == len(rows) - 3
+    assert manifest["data"]["extra"]["sources"][0]["builder"] == "multi_nli"
     assert manifest["split"]["fingerprint"] == load(TINY_DATA).split.fingerprint
     assert manifest["epochs"][0]["examples_per_s"] == pytest.approx(
-        (112 + 40) // 8 * 8 / manifest["epochs"][0]["seconds"])
+        (112 + len(rows) - 3) // 8 * 8 / manifest["epochs"][0]["seconds"])
