@@ -1,9 +1,16 @@
-"""BERT encoder + classifier in Flax NNX, numerically equal to keras-hub's BertTextClassifier.
+"""BERT and XLM-RoBERTa encoders + classifiers in Flax NNX, numerically equal to keras-hub's
+BertTextClassifier and XLMRobertaTextClassifier (config.architecture picks one).
 
-keras-hub's choices kept on purpose: post-LayerNorm layers, eps 1e-12, tanh-approximate GELU
-(Hugging Face uses erf), masked softmax that sets padded keys to -1e9 before the softmax, the
-query scaled before QK^T, dropout on attention probabilities, attention output, FFN output,
+keras-hub's BERT choices kept on purpose: post-LayerNorm layers, eps 1e-12, tanh-approximate
+GELU (Hugging Face uses erf), masked softmax that sets padded keys to -1e9 before the softmax,
+the query scaled before QK^T, dropout on attention probabilities, attention output, FFN output,
 embeddings and on the pooled output before the head.
+
+XLM-R is keras-hub's RobertaBackbone: the same TransformerEncoder layers with exact (erf)
+GELU and eps 1e-5, positions 0..L-1 (TokenAndPositionEmbedding; Hugging Face's padding-offset
+positions are folded in by the weight readers), no segment embedding and no pooler. Its head
+(ClassificationHead) is XLMRobertaTextClassifier's: <s> -> dropout -> dense(H, tanh) ->
+dropout -> dense(classes), both denses task layers that start fresh, like BERT's head.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ REMAT = {"none": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_s
 # the last layer over the real tokens, the pooling sentence-transformers models such as
 # all-MiniLM-L6-v2 were trained with (their 1_Pooling folder), which bypasses the pooler.
 POOLING = ("cls", "mean")
+# keras-hub backbones reproduced: BertBackbone, XLMRobertaBackbone (= RobertaBackbone).
+ARCHITECTURES = ("bert", "xlm_roberta")
 
 
 @dataclass(frozen=True)
@@ -40,14 +49,23 @@ class BertConfig:
     num_heads: int  # attention heads; H must divide by it
     intermediate_dim: int  # FFN inner width
     max_sequence_length: int = 512  # rows of the position embedding
-    num_segments: int = 2  # rows of the segment embedding
-    dropout: float = 0.1  # every dropout site, as keras-hub uses one rate throughout
-    layer_norm_epsilon: float = 1e-12  # keras-hub BERT hard-codes 1e-12
+    num_segments: int = 2  # rows of the segment embedding; 0: none (XLM-R)
+    dropout: float = 0.1  # every encoder dropout site, as keras-hub uses one rate throughout
+    layer_norm_epsilon: float = 1e-12  # keras-hub BERT hard-codes 1e-12, RoBERTa 1e-5
+    architecture: str = "bert"  # one of ARCHITECTURES: decides the GELU and the head
+    head_dropout: float | None = None  # the head's dropout; None: `dropout` (as BERT's)
 
     def __post_init__(self):
         if self.hidden_dim % self.num_heads:
             raise ValueError(f"BertConfig hidden_dim={self.hidden_dim} is not divisible by "
                              f"num_heads={self.num_heads}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"BertConfig architecture={self.architecture!r}: choose one of "
+                             f"{', '.join(ARCHITECTURES)}")
+
+    @property
+    def head_rate(self) -> float:
+        return self.dropout if self.head_dropout is None else self.head_dropout
 
 
 def _fold(key: jax.Array | None, site: int) -> jax.Array | None:
@@ -75,13 +93,17 @@ class Embeddings(nnx.Module):
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         self.token_embedding = _embed(config.vocab_size, config, rngs)
         self.position_embedding = _embed(config.max_sequence_length, config, rngs)
-        self.segment_embedding = _embed(config.num_segments, config, rngs)
+        if config.num_segments:
+            self.segment_embedding = _embed(config.num_segments, config, rngs)
         self.layer_norm = _layer_norm(config, rngs)
         self.rate = config.dropout
 
     def __call__(self, token_ids, segment_ids, dropout_key):
+        """segment_ids are ignored without a segment embedding (XLM-R)."""
         positions = self.position_embedding.embedding[: token_ids.shape[1]]
-        x = self.token_embedding(token_ids) + positions[None] + self.segment_embedding(segment_ids)
+        x = self.token_embedding(token_ids) + positions[None]
+        if hasattr(self, "segment_embedding"):
+            x = x + self.segment_embedding(segment_ids)
         return dropout(self.layer_norm(x), self.rate, dropout_key)
 
 
@@ -158,6 +180,9 @@ class TransformerLayer(nnx.Module):
         self.ffn_out = _linear(config.intermediate_dim, config.hidden_dim, "ffn_out", lora, rngs)
         self.ffn_layer_norm = _layer_norm(config, rngs)
         self.rate = config.dropout
+        # keras-hub's BertBackbone passes gelu_approximate (tanh), RobertaBackbone "gelu"
+        # (keras' default approximate=False: erf, as Hugging Face's XLM-R).
+        self.approximate_gelu = config.architecture == "bert"
 
     def __call__(self, x, padding_mask, dropout_key, *, cls_only: bool = False):
         """[B, T, H] -> [B, T, H]; cls_only -> [B, 1, H], the [CLS] row alone (it still attends
@@ -166,7 +191,8 @@ class TransformerLayer(nnx.Module):
         residual = x[:, :1] if cls_only else x
         x = self.attention_layer_norm(residual + dropout(attended, self.rate,
                                                          _fold(dropout_key, 11)))
-        inner = jax.nn.gelu(self.ffn_in(x, dropout_key=_fold(dropout_key, 12)), approximate=True)
+        inner = jax.nn.gelu(self.ffn_in(x, dropout_key=_fold(dropout_key, 12)),
+                            approximate=self.approximate_gelu)
         out = self.ffn_out(inner, dropout_key=_fold(dropout_key, 13))
         return self.ffn_layer_norm(x + dropout(out, self.rate, _fold(dropout_key, 14)))
 
@@ -183,7 +209,29 @@ def run_layer(layer: TransformerLayer, x, padding_mask, dropout_key, *, cls_only
     return jax.checkpoint(pure, policy=REMAT[remat])(state, x, padding_mask, dropout_key)
 
 
+class ClassificationHead(nnx.Module):
+    """keras-hub XLMRobertaTextClassifier's head on the pooled vector (<s>, or the token mean):
+    dropout -> dense(H, tanh) -> dropout -> dense(classes), the layers keras-hub names
+    pooled_dense and logits (Hugging Face's RobertaClassificationHead: classifier.dense,
+    classifier.out_proj)."""
+
+    def __init__(self, config: BertConfig, num_classes: int, *, rngs: nnx.Rngs):
+        h = config.hidden_dim
+        # keras-hub gives pooled_dense Dense's default glorot_uniform, the logits
+        # roberta_kernel_initializer (truncated normal 0.02); both biases start at 0.
+        self.dense = nnx.Linear(h, h, kernel_init=nnx.initializers.glorot_uniform(), rngs=rngs)
+        self.out_proj = nnx.Linear(h, num_classes, kernel_init=BERT_KERNEL_INIT, rngs=rngs)
+        self.rate = config.head_rate
+
+    def __call__(self, pooled, dropout_key=None):
+        x = jnp.tanh(self.dense(dropout(pooled, self.rate, _fold(dropout_key, 0))))
+        return self.out_proj(dropout(x, self.rate, _fold(dropout_key, 1)))
+
+
 class BertClassifier(nnx.Module):
+    """BERT, or XLM-R when config.architecture says so: the same encoder layers; XLM-R has no
+    pooler, and its `head` is a ClassificationHead (fresh, trained and saved as BERT's head)."""
+
     def __init__(self, config: BertConfig, *, num_classes: int = 3,
                  lora: LoraConfig = LoraConfig(), pooling: str = "cls", remat: str = "none",
                  rngs: nnx.Rngs):
@@ -199,17 +247,23 @@ class BertClassifier(nnx.Module):
         self.embeddings = Embeddings(config, rngs=rngs)
         self.layers = nnx.List([TransformerLayer(config, lora, rngs=rngs)
                                 for _ in range(config.num_layers)])
-        # A LoRALinear without adapters (a plain dense) so --base-dtype can store it too.
-        self.pooler = _linear(config.hidden_dim, config.hidden_dim, "pooler", lora, rngs)
-        rngs.params()  # the key nnx.Linear drew for its zero bias: the head's init stays as it was
-        self.head = nnx.Linear(config.hidden_dim, num_classes, kernel_init=BERT_KERNEL_INIT,
-                               rngs=rngs)
+        if config.architecture == "xlm_roberta":
+            if lora.train_pooler:
+                raise ValueError("XLM-R has no pooler (its head reads <s>, and the head's own "
+                                 "dense layer trains with the head): drop --train-pooler")
+            self.head = ClassificationHead(config, num_classes, rngs=rngs)
+        else:
+            # A LoRALinear without adapters (a plain dense) so --base-dtype can store it too.
+            self.pooler = _linear(config.hidden_dim, config.hidden_dim, "pooler", lora, rngs)
+            rngs.params()  # the key nnx.Linear drew for its zero bias: the head's init as before
+            self.head = nnx.Linear(config.hidden_dim, num_classes, kernel_init=BERT_KERNEL_INIT,
+                                   rngs=rngs)
 
     def encode(self, token_ids, segment_ids, padding_mask, *, dropout_key=None,
                cls_only: bool = False, attention_maps: bool = False) -> dict:
         """{'sequence_output': [B,T,H], 'pooled_output': [B,H] (what the head reads, see
-        POOLING), 'cls': [B,H], 'hidden_states': one [B,T,H] per transformer layer,
-        'logits': [B, num_classes]}
+        POOLING; with cls pooling XLM-R's head reads [CLS] = <s> itself), 'cls': [B,H],
+        'hidden_states': one [B,T,H] per transformer layer, 'logits': [B, num_classes]}
 
         cls_only=True runs the last layer for the [CLS] row only, the one row the pooler
         reads: the same pooled output and logits (to float rounding; in training the last
@@ -242,11 +296,16 @@ class BertClassifier(nnx.Module):
         if self.pooling == "mean":
             weights = padding_mask.astype(x.dtype)[..., None]
             pooled = jnp.sum(x * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+        elif isinstance(self.head, ClassificationHead):
+            pooled = cls  # the head's own dense + tanh plays the pooler
         else:
             pooled = jnp.tanh(self.pooler(cls))
-        # keras-hub BertTextClassifier: dropout on the pooled output, then Dense(num_classes).
-        logits = self.head(dropout(pooled, self.config.dropout,
-                                   _fold(dropout_key, num_layers + 1)))
+        head_key = _fold(dropout_key, num_layers + 1)
+        if isinstance(self.head, ClassificationHead):
+            logits = self.head(pooled, head_key)
+        else:
+            # keras-hub BertTextClassifier: dropout on the pooled output, then Dense(classes).
+            logits = self.head(dropout(pooled, self.config.head_rate, head_key))
         return {"sequence_output": x, "pooled_output": pooled, "cls": cls,
                 "hidden_states": hidden_states, "logits": logits,
                 **({"attention_maps": maps} if attention_maps else {})}

@@ -9,7 +9,8 @@ words over 100 UTF-8 bytes to [UNK]. A Hugging Face folder (or a preset saved fr
 its text put through the folder's own rules first (shared.runs.tokenization.TextNormalizer),
 and the WordPiece side set up as tf_baseline sets up keras-hub's for it, so the ids equal the
 folder's tokenizer.json. tests/jax_lora/test_tokenizer.py checks equality with keras-hub on
-every Watson row, and with tokenizer.json for MiniLM.
+every Watson row, and with tokenizer.json for MiniLM. XLM-R's SentencePiece tokenizer is in
+jax_lora/xlmr_tokenizer.py; both pack their pairs with pack_pairs (keras-hub's packer).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 import sys
 import unicodedata
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -156,7 +158,7 @@ class Tokenizer:
             return cls(_read_vocabulary(directory / "vocab.txt"), lowercase=False,
                        oov_token=normalizer.unk_token, normalizer=normalizer)
         config_file = directory / "tokenizer.json"
-        config = _read_json(config_file).get("config", {})
+        config = read_json(config_file).get("config", {})
         # BERT presets use keras-hub's defaults for these, presets saved with a normaliser its
         # settings; anything else is not reproduced.
         supported = {"split": True, "strip_accents": False, "special_tokens_in_strings": False,
@@ -211,24 +213,37 @@ class Tokenizer:
         """{'token_ids','segment_ids','padding_mask'} int32 [N, sequence_length]."""
         if len(premises) != len(hypotheses):
             raise ValueError(f"{len(premises)} premises but {len(hypotheses)} hypotheses")
-        if sequence_length < 4:
-            raise ValueError(f"sequence_length={sequence_length}: must be >= 4 "
-                             f"([CLS], [SEP], [SEP] and one token)")
-        token_ids = np.full((len(premises), sequence_length), self.pad_id, np.int32)
-        segment_ids = np.zeros((len(premises), sequence_length), np.int32)
-        pairs = zip(self.normalize(premises), self.normalize(hypotheses))
-        for row, (premise, hypothesis) in enumerate(pairs):
-            first, second = _round_robin(self._encode(premise), self._encode(hypothesis),
-                                         sequence_length - 3)
-            ids = [self.cls_id, *first, self.sep_id, *second, self.sep_id]
-            token_ids[row, :len(ids)] = ids
-            segment_ids[row, len(first) + 2:len(ids)] = 1
-        # keras-hub's mask is "not the pad id", not "inside the packed length".
-        padding_mask = (token_ids != self.pad_id).astype(np.int32)
-        return {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+        pairs = zip(map(self._encode, self.normalize(premises)),
+                    map(self._encode, self.normalize(hypotheses)))
+        return pack_pairs(pairs, len(premises), sequence_length, start=[self.cls_id],
+                          sep=[self.sep_id], end=[self.sep_id], pad_id=self.pad_id)
 
 
-def _round_robin(first: list[int], second: list[int], budget: int):
+def pack_pairs(pairs: Iterable[tuple[list[int], list[int]]], rows: int, sequence_length: int,
+               *, start: list[int], sep: list[int], end: list[int], pad_id: int,
+               segments: bool = True) -> dict[str, np.ndarray]:
+    """keras-hub's MultiSegmentPacker on `rows` (first, second) id lists: start, first, sep,
+    second, end, the pair cut round-robin to what the specials leave, then padded with
+    `pad_id`. Segment ids are 0 up to and including sep, 1 after (all 0 without `segments`).
+    {'token_ids','segment_ids','padding_mask'} int32 [rows, sequence_length]."""
+    specials = len(start) + len(sep) + len(end)
+    if sequence_length <= specials:
+        raise ValueError(f"sequence_length={sequence_length}: must be >= {specials + 1} "
+                         f"({specials} special tokens and one token)")
+    token_ids = np.full((rows, sequence_length), pad_id, np.int32)
+    segment_ids = np.zeros((rows, sequence_length), np.int32)
+    for row, (first, second) in enumerate(pairs):
+        first, second = round_robin(first, second, sequence_length - specials)
+        ids = [*start, *first, *sep, *second, *end]
+        token_ids[row, :len(ids)] = ids
+        if segments:
+            segment_ids[row, len(start) + len(first) + len(sep):len(ids)] = 1
+    # keras-hub's mask is "not the pad id", not "inside the packed length".
+    padding_mask = (token_ids != pad_id).astype(np.int32)
+    return {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+
+
+def round_robin(first: list[int], second: list[int], budget: int):
     """tf_text.RoundRobinTrimmer for two segments: one token each in turn, first starts."""
     if len(first) + len(second) <= budget:
         return first, second
@@ -236,7 +251,7 @@ def _round_robin(first: list[int], second: list[int], budget: int):
     return first[:keep_first], second[:budget - keep_first]
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     if not path.is_file():
         raise ValueError(f"{path}: file not found; the preset folder is incomplete")
     return json.loads(path.read_text(encoding="utf-8"))

@@ -1,4 +1,5 @@
-"""Pretrained BERT weights into the Flax model: keras-hub presets and Hugging Face folders.
+"""Pretrained BERT and XLM-R weights into the Flax model: keras-hub presets (BertBackbone,
+XLMRobertaBackbone) and Hugging Face folders (model_type bert, xlm-roberta).
 
 Both readers map every tensor by name onto a parameter path of models.BertClassifier, check
 its shape, and fail on any tensor left over or any parameter left unset; the head and the LoRA
@@ -10,6 +11,7 @@ preset *name* needs keras_hub, to download the preset folder (shared.runs.preset
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -26,7 +28,9 @@ from jax_lora.lora import LoraConfig, LoraParam, init_dora_magnitudes
 from jax_lora.models import BertClassifier, BertConfig
 from jax_lora.quant import quantize, quantized_linears
 from jax_lora.tokenizer import Tokenizer
-from shared.runs.presets import describe_preset, preset_dir
+from jax_lora.xlmr_tokenizer import XLMRobertaTokenizer
+from shared.runs.presets import (HF_MODEL_TYPES, KERAS_BACKBONES, describe_preset,
+                                 preset_dir)
 
 # Not part of BertModel: the position-id buffer and the pre-training (MLM/NSP) heads.
 HF_IGNORED = re.compile(r"(bert\.)?embeddings\.position_ids|cls\..*")
@@ -100,6 +104,39 @@ KERAS_NAMES = WeightNames(
             "layer_norm": {"gamma": "scale", "beta": "bias"},
             "dense": {"kernel": "kernel", "bias": "bias"}})
 
+# XLM-R (keras-hub's XLMRobertaBackbone, the layers named as BERT's): TokenAndPositionEmbedding
+# "embeddings" holds the token and position tables; XLMRobertaTextClassifier's head is its
+# pooled_dense and logits (task.weights.h5).
+KERAS_XLMR_NAMES = dataclasses.replace(KERAS_NAMES, top_parts={
+    "embeddings/token_embedding": "embeddings/token_embedding",
+    "embeddings/position_embedding": "embeddings/position_embedding",
+    "embeddings_layer_norm": "embeddings/layer_norm", "pooled_dense": "head/dense",
+    "logits": "head/out_proj"})
+# Hugging Face XLM-R (after any "roberta." prefix): BERT's layer names, no pooler the head
+# reads, classifier.dense / classifier.out_proj as the head (read_head).
+HF_XLMR_NAMES = dataclasses.replace(HF_NAMES, top_parts={
+    "embeddings.word_embeddings": "embeddings/token_embedding",
+    "embeddings.position_embeddings": "embeddings/position_embedding",
+    "embeddings.LayerNorm": "embeddings/layer_norm", "classifier.dense": "head/dense",
+    "classifier.out_proj": "head/out_proj"})
+# Not part of keras-hub's XLMRobertaBackbone, which its converter skips as well: the
+# position-id buffer, XLMRobertaModel's pooler (XLMRobertaForSequenceClassification does not
+# read it), the MLM head, the task head (read_head reads it), and the token-type table, which
+# is folded into the position table (_keras_hub_positions).
+HF_XLMR_IGNORED = re.compile(r"(roberta\.)?(embeddings\.(position_ids|token_type_embeddings\..*)|"
+                             r"pooler\..*)|lm_head\..*|classifier\..*")
+TOKEN_TYPES = "embeddings.token_type_embeddings.weight"
+# How each format names an architecture; the files' own names for it.
+HF_FORMATS = {"bert": (HF_NAMES, HF_IGNORED, "bert."),
+              "xlm_roberta": (HF_XLMR_NAMES, HF_XLMR_IGNORED, "roberta.")}
+KERAS_FORMATS = {"bert": KERAS_NAMES, "xlm_roberta": KERAS_XLMR_NAMES}
+# What keras-hub's RobertaBackbone and XLMRobertaTextClassifier fix instead of reading from a
+# config: no segment embedding, LayerNorm eps 1e-5, and the classifier's dropout default 0.0
+# (Hugging Face's classification head drops with hidden_dropout_prob, 0.1).
+XLMR_FIXED = {"num_segments": 0, "layer_norm_epsilon": 1e-5, "architecture": "xlm_roberta",
+              "head_dropout": 0.0}
+TOKENIZERS = {"bert": Tokenizer, "xlm_roberta": XLMRobertaTokenizer}
+
 # Parameters that start fresh instead of coming from the checkpoint.
 FRESH = nnx.Any(LoraParam, nnx.PathContains("head"))
 # What the readers yield: (parameter path, array, tensor name in the file).
@@ -114,7 +151,7 @@ class WeightsError(ValueError):
 class Pretrained:
     model: BertClassifier
     config: BertConfig
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | XLMRobertaTokenizer
     source: dict  # shared.runs.presets.describe_preset: preset, kind, file checksums, sha256
 
 
@@ -135,9 +172,8 @@ def load_pretrained(preset: str, lora: LoraConfig, *, num_classes: int = 3, seed
     assign(model, tensors, weights_file, base_dtype=base_dtype,
            stored={path for path, _ in quantized_linears(model, pooler=quantize_pooler)})
     init_dora_magnitudes(model)
-    return Pretrained(model=model, config=config,
-                      tokenizer=Tokenizer.from_preset_dir(directory, file_kind),
-                      source=source)
+    tokenizer = TOKENIZERS[config.architecture].from_preset_dir(directory, file_kind)
+    return Pretrained(model=model, config=config, tokenizer=tokenizer, source=source)
 
 
 def _fresh_model(config: BertConfig, num_classes: int, lora: LoraConfig, seed: int,
@@ -159,71 +195,103 @@ def _fresh_state(config: BertConfig, num_classes: int, lora: LoraConfig, key: ja
 
 
 def read_hf(directory: Path) -> tuple[BertConfig, Iterator[Tensor], Path]:
-    """BertConfig, tensors (read lazily) and weights file of a Hugging Face BERT folder."""
+    """BertConfig, tensors (read lazily) and weights file of a Hugging Face BERT or XLM-R
+    folder."""
     config_file, weights_file = directory / "config.json", directory / "model.safetensors"
     hf = json.loads(config_file.read_text(encoding="utf-8"))
-    for field, expected in (("model_type", "bert"), ("position_embedding_type", "absolute")):
-        if hf.get(field, expected) != expected:
-            raise WeightsError(f"{config_file}: {field}={hf[field]!r}; only {expected!r} "
-                               f"BERT checkpoints are supported")
-    # hidden_act is not read: keras-hub runs every BERT with tanh-GELU (HF's "gelu" is erf),
-    # and keras-hub is what the TF baseline and our parity tests use.
-    config = BertConfig(vocab_size=hf["vocab_size"], hidden_dim=hf["hidden_size"],
-                        num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
-                        intermediate_dim=hf["intermediate_size"],
-                        max_sequence_length=hf["max_position_embeddings"],
-                        num_segments=hf.get("type_vocab_size", 2),
-                        dropout=hf.get("hidden_dropout_prob", 0.1),
-                        layer_norm_epsilon=hf.get("layer_norm_eps", 1e-12))
-    return config, _hf_tensors(weights_file), weights_file
+    architecture = HF_MODEL_TYPES.get(hf.get("model_type", "bert"))
+    if architecture is None:
+        raise WeightsError(f"{config_file}: model_type={hf['model_type']!r}; supported: "
+                           f"{', '.join(HF_MODEL_TYPES)}")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise WeightsError(f"{config_file}: position_embedding_type="
+                           f"{hf['position_embedding_type']!r}; only 'absolute' is supported")
+    # hidden_act is not read: keras-hub runs every BERT with tanh-GELU (HF's "gelu" is erf)
+    # and every XLM-R with erf-GELU, and keras-hub is what the TF baseline and our parity
+    # tests use.
+    common = dict(vocab_size=hf["vocab_size"], hidden_dim=hf["hidden_size"],
+                  num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
+                  intermediate_dim=hf["intermediate_size"],
+                  dropout=hf.get("hidden_dropout_prob", 0.1))
+    if architecture == "bert":
+        config = BertConfig(**common, max_sequence_length=hf["max_position_embeddings"],
+                            num_segments=hf.get("type_vocab_size", 2),
+                            layer_norm_epsilon=hf.get("layer_norm_eps", 1e-12))
+    else:
+        if hf.get("pad_token_id", 1) != 1:
+            raise WeightsError(f"{config_file}: pad_token_id={hf['pad_token_id']!r}; only 1 "
+                               f"(positions from 2, as keras-hub's converter assumes)")
+        # keras-hub's converter: HF's position rows 0 and 1 only ever serve padding.
+        config = BertConfig(**common, max_sequence_length=hf["max_position_embeddings"] - 2,
+                            **XLMR_FIXED)
+    return config, _hf_tensors(weights_file, architecture), weights_file
 
 
-def _hf_tensors(weights_file: Path) -> Iterator[Tensor]:
+def _hf_tensors(weights_file: Path, architecture: str) -> Iterator[Tensor]:
     from safetensors import safe_open
 
+    names, ignored, prefix = HF_FORMATS[architecture]
     # pread, not the default mmap: mapped pages stay resident until the file is closed, which
     # would bring back a second copy of the weights.
     with safe_open(weights_file, framework="numpy", backend="pread") as weights:
+        token_types = None if architecture == "bert" else next(
+            (weights.get_tensor(name) for name in weights.keys()
+             if name.removeprefix(prefix) == TOKEN_TYPES), None)
         for name in weights.keys():
-            if HF_IGNORED.fullmatch(name):
+            if ignored.fullmatch(name):
                 continue
-            path = _hf_path(name.removeprefix("bert."))
+            path = _hf_path(name.removeprefix(prefix), names)
             if path is None:
                 raise WeightsError(f"{weights_file}: tensor {name} has no place in the model")
             array = weights.get_tensor(name)
+            if architecture == "xlm_roberta" and path[:2] == ("embeddings", "position_embedding"):
+                array = _keras_hub_positions(array, token_types)
             # torch Linear stores [out, in]; embeddings are [rows, H] in both.
             yield path, (array.T if path[-1] == "kernel" else array), name
 
 
-def _hf_path(name: str) -> tuple | None:
+def _keras_hub_positions(positions: np.ndarray, token_types: np.ndarray | None) -> np.ndarray:
+    """XLM-R's position table as keras-hub's converter (convert_xlm_roberta.py) makes it.
+    Hugging Face numbers real tokens from padding_idx + 1 = 2 (rows 0 and 1 serve padding
+    only) where keras-hub counts from 0, so keras-hub's row i is HF's row i + 2; and HF adds
+    token-type row 0 to every token (XLM-R has one type), which keras-hub, without a segment
+    embedding, adds to the position table once, in float32 as here."""
+    positions = positions[2:]
+    return positions if token_types is None else positions + token_types[0]
+
+
+def _hf_path(name: str, names: WeightNames) -> tuple | None:
     module, _, leaf = name.rpartition(".")
-    return HF_NAMES.path(module, leaf)
+    return names.path(module, leaf)
 
 
 def read_keras(directory: Path) -> tuple[BertConfig, Iterator[Tensor], Path]:
-    """BertConfig, tensors (read lazily) and weights file of a keras-hub preset folder."""
+    """BertConfig, tensors (read lazily) and weights file of a keras-hub BERT or XLM-R preset
+    folder."""
     config_file, weights_file = directory / "config.json", directory / "model.weights.h5"
     saved = json.loads(config_file.read_text(encoding="utf-8"))
-    if saved.get("class_name") != "BertBackbone":
-        raise WeightsError(f"{config_file}: class_name={saved.get('class_name')!r}; only "
-                           f"BertBackbone presets are supported")
+    architecture = KERAS_BACKBONES.get(saved.get("class_name"))
+    if architecture is None:
+        raise WeightsError(f"{config_file}: class_name={saved.get('class_name')!r}; "
+                           f"supported: {', '.join(KERAS_BACKBONES)}")
     keras = saved["config"]
-    config = BertConfig(vocab_size=keras["vocabulary_size"], hidden_dim=keras["hidden_dim"],
-                        num_layers=keras["num_layers"], num_heads=keras["num_heads"],
-                        intermediate_dim=keras["intermediate_dim"],
-                        max_sequence_length=keras.get("max_sequence_length", 512),
-                        num_segments=keras.get("num_segments", 2),
-                        dropout=keras.get("dropout", 0.1))
-    return config, _keras_tensors(weights_file), weights_file
+    common = dict(vocab_size=keras["vocabulary_size"], hidden_dim=keras["hidden_dim"],
+                  num_layers=keras["num_layers"], num_heads=keras["num_heads"],
+                  intermediate_dim=keras["intermediate_dim"],
+                  max_sequence_length=keras.get("max_sequence_length", 512),
+                  dropout=keras.get("dropout", 0.1))
+    config = (BertConfig(**common, num_segments=keras.get("num_segments", 2))
+              if architecture == "bert" else BertConfig(**common, **XLMR_FIXED))
+    return config, _keras_tensors(weights_file, KERAS_FORMATS[architecture]), weights_file
 
 
-def _keras_tensors(weights_file: Path) -> Iterator[Tensor]:
+def _keras_tensors(weights_file: Path, names: WeightNames) -> Iterator[Tensor]:
     """Keras 3 names h5 groups after layer classes (`transformer_encoder_3`), so tensors are
     mapped through the layer names stored in each group's `vars` attributes instead."""
     with h5py.File(weights_file, "r") as h5:
         for name, dataset in _keras_named_datasets(h5, weights_file):
             layer, _, index = name.rpartition("/")
-            path = keras_parameter_path(layer, _h5_variable_name(layer, index))
+            path = names.path(layer, _h5_variable_name(layer, index))
             if path is None:
                 raise WeightsError(f"{weights_file}: tensor {name} has no place in the model")
             array = dataset[()]
@@ -272,18 +340,58 @@ def read_keras_head(task_weights: Path) -> dict[str, np.ndarray]:
     """{'kernel': [H, classes], 'bias': [classes]}: the head (Dense "logits") in the
     task.weights.h5 of a keras-hub classifier preset, which holds the task's own variables
     (head, the compiled optimizer's scalars) but not the backbone's (model.weights.h5)."""
-    head = {}
-    with h5py.File(task_weights, "r") as h5:
-        for name, dataset in _keras_named_datasets(h5, task_weights):
-            layer, _, index = name.rpartition("/")
-            path = keras_parameter_path(layer, _h5_variable_name(layer, index))
-            if path is not None and path[0] == "head":
-                head[path[-1]] = np.asarray(dataset[()], np.float32)
+    head = {path[-1]: array for path, array, _ in _keras_head_tensors(task_weights, KERAS_NAMES)}
     missing = {"kernel", "bias"} - set(head)
     if missing:
         raise WeightsError(f"{task_weights}: no head {' or '.join(sorted(missing))} (Dense "
                            f"'logits'); pass the task.weights.h5 of a BertTextClassifier preset")
     return head
+
+
+def _keras_head_tensors(task_weights: Path, names: WeightNames) -> list[Tensor]:
+    found = []
+    with h5py.File(task_weights, "r") as h5:
+        for name, dataset in _keras_named_datasets(h5, task_weights):
+            layer, _, index = name.rpartition("/")
+            path = names.path(layer, _h5_variable_name(layer, index))
+            if path is not None and path[0] == "head":
+                found.append((path, np.asarray(dataset[()], np.float32), name))
+    return found
+
+
+def read_head(preset: str) -> tuple[list[Tensor], Path]:
+    """(tensors, file) of the classification head a preset folder carries (see load_head): a
+    keras-hub classifier preset's task.weights.h5 (BertTextClassifier's logits;
+    XLMRobertaTextClassifier's pooled_dense and logits), or a Hugging Face XLM-R folder's
+    classifier.dense and classifier.out_proj. No tensors when it has none. load_pretrained
+    never reads it, as keras-hub's converters do not: a run's head starts fresh (a
+    checkpoint's classes and their order are its own)."""
+    directory, file_kind = preset_dir(preset)
+    if file_kind == "keras_dir":
+        config, _, _ = read_keras(directory)
+        task_weights = directory / "task.weights.h5"
+        if not task_weights.is_file():
+            return [], task_weights
+        return _keras_head_tensors(task_weights, KERAS_FORMATS[config.architecture]), task_weights
+    from safetensors import safe_open
+
+    config, _, weights_file = read_hf(directory)
+    names, _, prefix = HF_FORMATS[config.architecture]
+    tensors = []
+    with safe_open(weights_file, framework="numpy") as weights:
+        for name in weights.keys():
+            path = _hf_path(name.removeprefix(prefix), names)
+            if path is not None and path[0] == "head":
+                array = weights.get_tensor(name)
+                tensors.append((path, array.T if path[-1] == "kernel" else array, name))
+    return tensors, weights_file
+
+
+def load_head(model: BertClassifier, preset: str) -> None:
+    """The preset's own classification head (read_head) into `model`; WeightsError naming the
+    file when it has none or it does not fit."""
+    tensors, source = read_head(preset)
+    assign(model, tensors, source, parameters=nnx.All(nnx.Param, nnx.PathContains("head")))
 
 
 def keras_parameter_path(layer: str, variable: str) -> tuple | None:
@@ -294,11 +402,13 @@ def keras_parameter_path(layer: str, variable: str) -> tuple | None:
 
 
 def assign(model: BertClassifier, tensors: Iterable[Tensor], weights_file: Path, *,
-           base_dtype: str = "float32", stored: set = frozenset()) -> None:
-    """Put each tensor into the model as it is read; every parameter but head and LoRA must
-    receive exactly one. The kernels of the modules at the paths `stored` are quantized as
-    `base_dtype` (jax_lora.quant) one at a time, and stored so once all are read."""
-    state = nnx.state(model, nnx.Not(FRESH))
+           base_dtype: str = "float32", stored: set = frozenset(),
+           parameters: nnx.filterlib.Filter = nnx.Not(FRESH)) -> None:
+    """Put each tensor into the model as it is read; every parameter of `parameters` (by
+    default all but head and LoRA) must receive exactly one. The kernels of the modules at the
+    paths `stored` are quantized as `base_dtype` (jax_lora.quant) one at a time, and stored so
+    once all are read."""
+    state = nnx.state(model, parameters)
     unset, set_from, quantized = dict(nnx.to_flat_state(state)), {}, {}
     for path, array, name in tensors:
         where = "/".join(map(str, path))

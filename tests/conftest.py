@@ -81,19 +81,27 @@ def write_tiny_hf_preset(directory: Path, seed: int = 0) -> Path:
                "embeddings.position_ids": np.arange(128, dtype=np.int64)[None],
                **layer_norm("embeddings.LayerNorm"), **dense("pooler.dense", hidden, hidden)}
     for i in range(config["num_hidden_layers"]):
-        prefix = f"encoder.layer.{i}"
-        for name in ("query", "key", "value"):
-            tensors.update(dense(f"{prefix}.attention.self.{name}", hidden, hidden))
-        tensors.update(dense(f"{prefix}.attention.output.dense", hidden, hidden))
-        tensors.update(layer_norm(f"{prefix}.attention.output.LayerNorm"))
-        tensors.update(dense(f"{prefix}.intermediate.dense", hidden, inner))
-        tensors.update(dense(f"{prefix}.output.dense", inner, hidden))
-        tensors.update(layer_norm(f"{prefix}.output.LayerNorm"))
+        tensors.update(encoder_layer_tensors(f"encoder.layer.{i}", dense, layer_norm, hidden,
+                                             inner))
     save_file(tensors, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     (directory / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
     write_vocabulary(directory / "vocab.txt", vocabulary)
     return directory
+
+
+def encoder_layer_tensors(prefix: str, dense, layer_norm, hidden: int, inner: int) -> dict:
+    """One Hugging Face BERT/RoBERTa encoder layer's tensors under `prefix`, made by
+    dense(name, d_in, d_out) and layer_norm(name)."""
+    tensors = {}
+    for name in ("query", "key", "value"):
+        tensors.update(dense(f"{prefix}.attention.self.{name}", hidden, hidden))
+    tensors.update(dense(f"{prefix}.attention.output.dense", hidden, hidden))
+    tensors.update(layer_norm(f"{prefix}.attention.output.LayerNorm"))
+    tensors.update(dense(f"{prefix}.intermediate.dense", hidden, inner))
+    tensors.update(dense(f"{prefix}.output.dense", inner, hidden))
+    tensors.update(layer_norm(f"{prefix}.output.LayerNorm"))
+    return tensors
 
 
 @pytest.fixture(scope="session")

@@ -20,13 +20,13 @@ from pathlib import Path
 
 from shared.cli import add_config_flags, check_fields, config_from_flags, config_to_dict
 from shared.data.spec import DataSpec
-from shared.runs.presets import KAGGLE_PRESET, preset_kind
+from shared.runs.presets import KAGGLE_PRESET, preset_architecture
 from shared.runs.tokenization import MIN_SEQUENCE_LENGTH
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    preset: str = KAGGLE_PRESET  # keras-hub preset name, handle or folder; or a HF BERT folder
+    preset: str = KAGGLE_PRESET  # keras-hub preset name, handle or folder (BERT, or XLM-R e.g. xlm_roberta_base_multi); or a Hugging Face BERT or XLM-R folder
     run_dir: Path = Path("runs/tf_baseline")  # outputs and backup; rerun the same command to resume
     epochs: int = 3  # passes over the training split (notebook: 3)
     batch_per_replica: int = 16  # rows per replica per step; global batch = this x replicas
@@ -54,7 +54,7 @@ class TrainConfig:
              "must be >= 1"),
         ]
         check_fields(self, checks)
-        preset_kind(self.preset)  # a missing or unusable folder fails here, before any work
+        preset_architecture(self.preset)  # a missing or unusable folder fails here, before work
 
     def to_dict(self) -> dict:
         """Every value, JSON-ready (the manifest's `config`)."""

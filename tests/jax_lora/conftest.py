@@ -213,3 +213,29 @@ def keras_hub_reference(tiny_hf_preset, accented_hf_preset, make_vocabulary,
 @pytest.fixture(scope="session")
 def tiny_keras_preset(keras_hub_reference) -> Path:
     return keras_hub_reference["presets"]["tiny_keras"][0]
+
+
+# ---------------------------------------------------------------- XLM-R (issue #20)
+
+from tests.xlmr_fixtures import (XLMR_RULE_GAPS, train_sentencepiece,  # noqa: E402
+                                 write_tiny_xlmr_hf)
+
+
+@pytest.fixture(scope="session")
+def xlmr_reference(tmp_path_factory) -> dict:
+    """The tiny XLM-R of tests/xlmr_fixtures.py: {'root', 'pairs', 'spm', 'hf', 'keras'}. `hf`
+    is the Hugging Face folder; `keras` (root/tiny_xlmr) keras-hub's conversion of it with its
+    head, saved by save_to_preset in one TensorFlow subprocess (keras_reference.py xlmr), which
+    also writes keras-hub's ids of `pairs` (sample train + test rows, the edge texts, each
+    XLMR_RULE_GAPS text paired with itself) from the preset (root/xlmr_tokens.npz) and from
+    the folder (root/xlmr_hf_tokens.npz), and the preset's outputs (root/xlmr_outputs.npz)."""
+    root = tmp_path_factory.mktemp("xlmr_reference")
+    spm = train_sentencepiece(root / "sample.spm")
+    hf = write_tiny_xlmr_hf(root / "tiny_xlmr_hf", spm)
+    pairs = make_sentence_pairs([load_train(SAMPLE_DATA_DIR), load_test(SAMPLE_DATA_DIR)])
+    for text, _ in XLMR_RULE_GAPS:
+        pairs["premise"].append(text)
+        pairs["hypothesis"].append(text)
+    (root / "pairs.json").write_text(json.dumps(pairs), encoding="utf-8")
+    run_keras_reference("xlmr", root, hf, root / "pairs.json")
+    return {"root": root, "pairs": pairs, "spm": spm, "hf": hf, "keras": root / "tiny_xlmr"}

@@ -22,6 +22,22 @@ pytest process never imports TensorFlow. Writes plain .npz files the JAX tests c
       builds the tiny keras preset ROOT/tiny_keras and writes ROOT/attention.npz: a padded
       batch of random ids and each transformer layer's attention scores on it (keras-hub's
       TransformerEncoder with return_attention_scores=True, inference).
+  python keras_reference.py xlmr ROOT HF_FOLDER PAIRS.json
+      converts the tiny XLM-R Hugging Face folder with keras-hub's own converter into an
+      XLMRobertaTextClassifier with the folder's classifier head and saves it with
+      save_to_preset (ROOT/tiny_xlmr); writes ROOT/xlmr_tokens.npz and ROOT/xlmr_hf_tokens.npz
+      (XLMRobertaTextClassifierPreprocessor of the preset and of the folder, in tf.data, at
+      XLMR_LENGTHS) and ROOT/xlmr_outputs.npz (the reloaded preset's logits, sequence output
+      and every layer's hidden states on OUTPUT_ROWS at OUTPUT_LENGTH).
+  python keras_reference.py xlmr_tokenize PRESET PAIRS.json OUT.npz LENGTH...
+      the XLM-R preprocessor's ids of PAIRS at each LENGTH.
+  python keras_reference.py xlmr_export ROOT NAME=METHOD=PRESET...
+      jax_lora.export on the tiny XLM-R: for each NAME, the PRESET model with METHOD's
+      trainable leaves (lora, dora: adapters on every projection; probe: the head; full:
+      every parameter) moved off their initial values, exported to ROOT/NAME, reloaded with
+      XLMRobertaTextClassifier.from_preset; ROOT/NAME.npz holds the Flax logits and keras-hub's
+      from the same ids and from the texts through the exported preprocessor (tf_baseline's
+      load_preprocessor + text_dataset).
 """
 
 import json
@@ -291,6 +307,107 @@ def tokenize(jobs_file):
         np.savez(job["out"], **arrays)
 
 
+XLMR_LENGTHS = (512, 64, 32)  # 32 cuts many sample pairs (a 400-piece vocabulary)
+
+
+def xlmr_token_arrays(preset, pairs, lengths):
+    """token_ids and padding_mask of keras-hub's XLMRobertaTextClassifierPreprocessor (its TF
+    ops, in tf.data as tf_baseline runs it) for a keras-hub preset or a Hugging Face folder
+    (keras-hub's converter reads its sentencepiece.bpe.model)."""
+    arrays = {}
+    for length in lengths:
+        preprocessor = keras_hub.models.XLMRobertaTextClassifierPreprocessor.from_preset(
+            preset, sequence_length=length)
+        data = tf.data.Dataset.from_tensor_slices((pairs["premise"], pairs["hypothesis"]))
+        data = data.batch(2048).map(lambda p, h: preprocessor(x=(p, h)))
+        batches = list(data.as_numpy_iterator())
+        assert "segment_ids" not in batches[0], "XLM-R's preprocessor drops segment ids"
+        for field in ("token_ids", "padding_mask"):
+            arrays[f"{field}_{length}"] = np.concatenate([b[field] for b in batches])
+    return arrays
+
+
+def xlmr_reference(root, hf_folder, pairs_file):
+    from safetensors.numpy import load_file
+
+    with open(pairs_file, encoding="utf-8") as f:
+        pairs = json.load(f)
+    keras.utils.set_random_seed(0)
+    classifier = keras_hub.models.XLMRobertaTextClassifier.from_preset(hf_folder,
+                                                                       num_classes=3)
+    # keras-hub's converter leaves the task head fresh; give it the folder's.
+    tensors = load_file(os.path.join(hf_folder, "model.safetensors"))
+    for layer, name in (("pooled_dense", "classifier.dense"), ("logits", "classifier.out_proj")):
+        classifier.get_layer(layer).set_weights([tensors[f"{name}.weight"].T,
+                                                 tensors[f"{name}.bias"]])
+    preset = os.path.join(root, "tiny_xlmr")
+    classifier.save_to_preset(preset)
+    tokens = xlmr_token_arrays(preset, pairs, XLMR_LENGTHS)
+    np.savez(os.path.join(root, "xlmr_tokens.npz"), **tokens)
+    np.savez(os.path.join(root, "xlmr_hf_tokens.npz"),
+             **xlmr_token_arrays(hf_folder, pairs, XLMR_LENGTHS))
+    reloaded = keras_hub.models.XLMRobertaTextClassifier.from_preset(preset, preprocessor=None)
+    backbone = reloaded.backbone
+    # Most pairs fill OUTPUT_LENGTH tokens here: six shorter ones of other lengths, two cut.
+    lengths = tokens["padding_mask_512"].sum(axis=1)
+    short = np.flatnonzero(lengths < OUTPUT_LENGTH)
+    rows = [*short[::len(short) // 6][:6], *np.flatnonzero(lengths > OUTPUT_LENGTH)[:2]]
+    inputs = {field: tokens[f"{field}_{OUTPUT_LENGTH}"][rows]
+              for field in ("token_ids", "padding_mask")}
+    probe = keras.Model(backbone.input, [backbone.get_layer(f"transformer_layer_{i}").output
+                                         for i in range(backbone.num_layers)])
+    np.savez(os.path.join(root, "xlmr_outputs.npz"), **inputs,
+             logits=np.asarray(reloaded(inputs)), sequence_output=np.asarray(backbone(inputs)),
+             hidden_states=np.stack([np.asarray(h) for h in probe(inputs)]))
+
+
+XLMR_EXPORT_LENGTH = 64  # most sample pairs are longer (a 400-piece vocabulary)
+
+
+def xlmr_export_round_trip(root, name, method, preset):
+    """One xlmr_export setup (see the module docstring), in this process that holds both JAX
+    and TensorFlow, as the export CLI."""
+    import jax
+    from flax import nnx
+
+    from jax_lora.export import export_preset
+    from jax_lora.lora import LORA_TARGETS, LoraConfig, trainable_filter
+    from jax_lora.weights import load_pretrained
+    from shared.data.watson import SAMPLE_DATA_DIR, load_train
+
+    lora = LoraConfig(rank=4, alpha=8.0, targets=LORA_TARGETS if method in ("lora", "dora")
+                      else (), dora=method == "dora")
+    pretrained = load_pretrained(preset, lora, seed=3)
+    model = pretrained.model
+    state = nnx.state(model, trainable_filter(lora, full=method == "full"))
+    for index, (_, variable) in enumerate(nnx.to_flat_state(state)):
+        value = variable.get_value()  # lora_b starts at 0: noise added, not only scaled
+        noise = jax.random.normal(jax.random.fold_in(jax.random.key(7), index), value.shape)
+        variable.set_value(value * (1 + 0.2 * noise) + 0.1 * noise)
+    nnx.update(model, state)
+    frame = load_train(SAMPLE_DATA_DIR)
+    lengths = pretrained.tokenizer(frame["premise"].tolist(), frame["hypothesis"].tolist(),
+                                   512)["padding_mask"].sum(axis=1)
+    # six rows padded to XLMR_EXPORT_LENGTH, four cut to it
+    frame = frame.iloc[[*np.flatnonzero(lengths < XLMR_EXPORT_LENGTH)[:6],
+                        *np.flatnonzero(lengths > XLMR_EXPORT_LENGTH)[:4]]]
+    pairs = (frame["premise"].tolist(), frame["hypothesis"].tolist())
+    inputs = pretrained.tokenizer(*pairs, sequence_length=XLMR_EXPORT_LENGTH)
+    flax_logits = np.asarray(nnx.jit(lambda m: m(inputs["token_ids"], inputs["segment_ids"],
+                                                 inputs["padding_mask"]))(model))
+    out_dir = os.path.join(root, name)
+    export_preset(model, pretrained.tokenizer, out_dir, sequence_length=XLMR_EXPORT_LENGTH)
+    classifier = keras_hub.models.XLMRobertaTextClassifier.from_preset(out_dir)
+    ids = {field: inputs[field] for field in ("token_ids", "padding_mask")}
+    texts = pd.DataFrame({"premise": pairs[0], "hypothesis": pairs[1]})
+    from_text = next(iter(text_dataset(texts, load_preprocessor(out_dir, None), len(texts),
+                                       labels=False, drop_remainder=False)))
+    np.savez(os.path.join(root, f"{name}.npz"), **ids, flax_logits=flax_logits,
+             tf_logits_from_ids=np.asarray(classifier(ids)),
+             tf_logits_from_text=np.asarray(classifier(from_text)),
+             tf_token_ids_from_text=np.asarray(from_text["token_ids"]))
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "reference":
@@ -299,5 +416,13 @@ if __name__ == "__main__":
         tokenize(args[0])
     elif command == "attention":
         attention_scores(args[0], args[1])
+    elif command == "xlmr":
+        xlmr_reference(args[0], args[1], args[2])
+    elif command == "xlmr_tokenize":
+        with open(args[1], encoding="utf-8") as f:
+            np.savez(args[2], **xlmr_token_arrays(args[0], json.load(f), map(int, args[3:])))
+    elif command == "xlmr_export":
+        for setup in args[1:]:
+            xlmr_export_round_trip(args[0], *setup.split("=", 2))
     else:
         sys.exit(f"unknown command {command}")

@@ -43,16 +43,17 @@ def _assert_identical(tokenizer, reference, pairs, lengths):
     assert (reference[f"padding_mask_{min(lengths)}"].sum(axis=1) == min(lengths)).any()
 
 
-def tokenizer_json_arrays(path, pairs: dict, length: int) -> dict:
-    """The pairs as the folder's own tokenizer.json encodes them, laid out as keras-hub's packer
-    lays them out (padded with [PAD], mask = not [PAD]); fails when a pair would be cut."""
+def tokenizer_json_arrays(path, pairs: dict, length: int, pad_token: str = "[PAD]") -> dict:
+    """The pairs as the folder's own tokenizer.json encodes them (its own template: BERT's
+    [CLS] A [SEP] B [SEP], XLM-R's <s> A </s></s> B </s>), laid out as keras-hub's packer lays
+    them out (padded with `pad_token`, mask = not padding); fails when a pair would be cut."""
     tokenizer = HFTokenizer.from_file(str(path))
     tokenizer.no_truncation()
     tokenizer.no_padding()
     encodings = tokenizer.encode_batch(list(zip(pairs["premise"], pairs["hypothesis"])))
     longest = max(len(encoding.ids) for encoding in encodings)
     assert longest <= length, f"a pair has {longest} tokens; compare at a length that cuts none"
-    pad = tokenizer.token_to_id("[PAD]")
+    pad = tokenizer.token_to_id(pad_token)
     token_ids = np.full((len(encodings), length), pad, np.int32)
     segment_ids = np.zeros((len(encodings), length), np.int32)
     for row, encoding in enumerate(encodings):
