@@ -3,6 +3,7 @@ models loaded once per process, the premise and hypothesis every page reads."""
 
 from __future__ import annotations
 
+import html
 import time
 from pathlib import Path
 
@@ -191,7 +192,7 @@ def predict_page(entries: list[catalog.RunEntry]) -> None:
 
 
 def truncation_note(name: str, loaded, premise: str, hypothesis: str) -> None:
-    tokens = len(loaded.tokenizer.encode(premise)) + len(loaded.tokenizer.encode(hypothesis)) + 3
+    tokens = views.pair_length(loaded.tokenizer, premise, hypothesis)
     if tokens > loaded.sequence_length:
         st.caption(f"{name}: the pair has {tokens} tokens; this run reads "
                    f"{loaded.sequence_length} (the longer text is cut first, as in training).")
@@ -223,21 +224,28 @@ def attention_page(entries: list[catalog.RunEntry]) -> None:
     out = inference.predict(loaded, [premise], [hypothesis], attention_maps=True)
     maps = np.asarray(out["attention_maps"])[:, 0]  # [layers, heads, T, T]
     length = int(out["padding_mask"][0].sum())
+    tokenizer = loaded.tokenizer
     ids = out["token_ids"][0][:length]
-    tokens = [loaded.tokenizer.vocabulary[i] for i in ids]
+    tokens = [tokenizer.vocabulary[i] for i in ids]
+    # XLM-R gives no segment ids: the hypothesis is found after the special tokens instead.
+    segments = views.hypothesis_segments(ids, out["segment_ids"][0][:length],
+                                         views.pair_specials(tokenizer))
+    unknown = views.unknown_token(tokenizer)
     left, right = st.columns(2)
     layer = left.selectbox("Layer", range(1, maps.shape[0] + 1), index=maps.shape[0] - 1,
                            key="attention_layer")
     head = right.selectbox("Head", [views.MEAN_OVER_HEADS, *range(maps.shape[1])],
                            key="attention_head")
     matrix = views.attention_matrix(maps, layer - 1, head, length)
-    unknown = tokens.count(views.UNK)
-    st.markdown(f"**{length} tokens**, {unknown} of them [UNK] (boxed in red: words the "
-                f"vocabulary cannot spell). [CLS] attention, layer {layer}, "
+    # Escaped: markdown would take XLM-R's <s> and <unk> for HTML tags.
+    st.markdown(f"**{length} tokens**, {tokens.count(unknown)} of them {html.escape(unknown)} "
+                f"(boxed in red: words the vocabulary cannot spell). {html.escape(tokens[0])} "
+                f"attention, layer {layer}, "
                 f"{head if head == views.MEAN_OVER_HEADS else f'head {head}'}:")
-    st.html(views.cls_shading_html(tokens, matrix[0], out["segment_ids"][0][:length]))
+    st.html(views.cls_shading_html(tokens, matrix[0], segments, unknown))
     st.pyplot(views.heatmap_figure(matrix, tokens, f"{name}: layer {layer}, "
-                                   f"{head if head == views.MEAN_OVER_HEADS else f'head {head}'}"))
+                                   f"{head if head == views.MEAN_OVER_HEADS else f'head {head}'}",
+                                   unknown))
     probabilities = out["probabilities"][0]
     saved = recorded_probabilities(entry)
     st.dataframe(views.prediction_rows({name: probabilities}, {name: float("nan")},

@@ -1,6 +1,7 @@
 """What the pages draw, as data: probability bars, attention heat-maps, the [CLS] row as shading
-over the tokens, and the gallery's captions. Plain functions of model outputs and report.json,
-tested directly (streamlit's AppTest cannot read charts or images)."""
+over the tokens, and the gallery's captions. Plain functions of model outputs, of a run's
+tokenizer (BERT's WordPiece or XLM-R's SentencePiece, asked what it does rather than assumed)
+and of report.json, tested directly (streamlit's AppTest cannot read charts or images)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from shared.evaluation.report import FIGURE_TITLES
 from shared.evaluation.study_figures import FIGURE_TITLES as STUDY_FIGURE_TITLES
 
 MEAN_OVER_HEADS = "mean over heads"
+UNK = "[UNK]"  # BERT's unknown token; pass unknown_token(tokenizer) for another model's
 
 
 def probability_frame(probabilities: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -62,8 +64,11 @@ def attention_matrix(maps: np.ndarray, layer: int, head: int | str, length: int)
     return np.asarray(matrix[:length, :length], float)
 
 
-def heatmap_figure(matrix: np.ndarray, tokens: list[str], title: str) -> Figure:
-    """Token x token heat-map: query rows, key columns, [UNK] labels in red."""
+def heatmap_figure(matrix: np.ndarray, tokens: list[str], title: str,
+                   unknown: str = UNK) -> Figure:
+    """Token x token heat-map: query rows, key columns, the `unknown` token's labels in red.
+    Labels are the tokens as the vocabulary spells them (WordPiece's ##piece, SentencePiece's
+    ▁piece)."""
     size = min(14.0, 3.0 + 0.22 * len(tokens))
     fig = Figure(figsize=(size, size))
     ax = fig.subplots()
@@ -72,7 +77,7 @@ def heatmap_figure(matrix: np.ndarray, tokens: list[str], title: str) -> Figure:
     ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
     for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
         for label in labels:
-            if label.get_text() == UNK:
+            if label.get_text() == unknown:
                 label.set_color("red")
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query")
@@ -82,12 +87,11 @@ def heatmap_figure(matrix: np.ndarray, tokens: list[str], title: str) -> Figure:
     return fig
 
 
-UNK = "[UNK]"
-
-
-def cls_shading_html(tokens: list[str], weights: np.ndarray, segments: np.ndarray) -> str:
-    """The [CLS] query row as shading over the tokens (darker = more attention, scaled to the
-    largest weight), the hypothesis after a line break, [UNK] tokens boxed in red."""
+def cls_shading_html(tokens: list[str], weights: np.ndarray, segments: np.ndarray,
+                     unknown: str = UNK) -> str:
+    """The [CLS] (<s>) query row as shading over the tokens (darker = more attention, scaled
+    to the largest weight), the hypothesis (segment 1) after a line break, `unknown` tokens
+    boxed in red."""
     weights = np.asarray(weights, float)
     top = weights.max() if weights.size and weights.max() > 0 else 1.0
     spans, previous = [], 0
@@ -95,11 +99,55 @@ def cls_shading_html(tokens: list[str], weights: np.ndarray, segments: np.ndarra
         if segment != previous:
             spans.append("<br>")
             previous = segment
-        border = "border:2px solid red;" if token == UNK else ""
+        border = "border:2px solid red;" if token == unknown else ""
         spans.append(f'<span title="{weight:.3f}" style="background:rgba(255,140,0,'
                      f'{weight / top:.2f});{border}padding:1px 3px;margin:1px;'
                      f'border-radius:3px;display:inline-block">{html.escape(token)}</span>')
     return '<div style="line-height:2">' + "".join(spans) + "</div>"
+
+
+# ---------------------------------------------------------------- what the tokenizer does
+
+# Any length above the special tokens: what pair_specials packs an empty pair to.
+SPECIALS_PROBE_LENGTH = 16
+
+
+def pair_specials(tokenizer) -> list[int]:
+    """The ids of the special tokens `tokenizer` packs around every pair, read from its own
+    packing of an empty pair: [CLS] [SEP] [SEP] for BERT, <s> </s> </s> </s> for XLM-R."""
+    packed = tokenizer([""], [""], SPECIALS_PROBE_LENGTH)
+    return packed["token_ids"][0][packed["padding_mask"][0].astype(bool)].tolist()
+
+
+def pair_length(tokenizer, premise: str, hypothesis: str) -> int:
+    """The tokens of the packed pair before truncation: both texts and the special tokens."""
+    return (len(tokenizer.encode(premise)) + len(tokenizer.encode(hypothesis))
+            + len(pair_specials(tokenizer)))
+
+
+def unknown_token(tokenizer) -> str:
+    """The token for what the vocabulary cannot spell: BERT's oov token ([UNK]), XLM-R's
+    <unk> (fairseq's id 3, which its tokenizer exposes as a module constant)."""
+    oov_id = getattr(tokenizer, "oov_id", None)
+    if oov_id is None:
+        from jax_lora.xlmr_tokenizer import UNK as oov_id
+    return tokenizer.vocabulary[oov_id]
+
+
+def hypothesis_segments(token_ids: np.ndarray, segment_ids: np.ndarray,
+                        special_ids: list[int]) -> np.ndarray:
+    """1 from the hypothesis's first token on, 0 before: the tokenizer's segment ids when it
+    gives them (BERT), else (XLM-R's are all 0) everything after the first run of special
+    tokens that follows a premise token (<s> premise </s></s> | hypothesis </s>)."""
+    if np.any(segment_ids):
+        return np.asarray(segment_ids)
+    special = np.isin(token_ids, special_ids)
+    text_before = np.cumsum(~special) > 0
+    starts = np.flatnonzero(~special[1:] & special[:-1] & text_before[:-1])
+    segments = np.zeros(len(token_ids), np.int32)
+    if starts.size:
+        segments[starts[0] + 1:] = 1
+    return segments
 
 
 def figure_captions(report: dict) -> dict[str, tuple[str, str]]:

@@ -1,9 +1,10 @@
 """Any finished run directory as a Flax model, to predict and to draw attention maps.
 
 Both trainers' runs load without TensorFlow: a jax_lora run is its base preset plus its
-adapter/ (jax_lora.adapter.load_adapter, every method); a tf_baseline run is its preset/, a
-keras-hub BertTextClassifier saved whole, read from its h5 files: the encoder and pooler from
-model.weights.h5, the head from task.weights.h5.
+adapter/ (jax_lora.adapter.load_adapter, every method, BERT or XLM-R); a tf_baseline run is
+its preset/, a keras-hub BertTextClassifier (XLMRobertaTextClassifier for XLM-R) saved whole,
+read from its h5 files: the encoder (and BERT's pooler) from model.weights.h5, the head from
+task.weights.h5 (BERT's logits; XLM-R's pooled_dense and logits).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from jax_lora.adapter import ADAPTER, ADAPTER_META, load_adapter, read_adapter_m
 from jax_lora.lora import LoraConfig
 from jax_lora.models import BertClassifier, set_compute_dtype
 from jax_lora.tokenizer import Tokenizer
-from jax_lora.weights import load_pretrained, read_keras_head
+from jax_lora.weights import load_head, load_pretrained, read_keras_head
+from jax_lora.xlmr_tokenizer import XLMRobertaTokenizer
 from shared.runs.presets import PresetError
 from shared.runs.reuse import RunStateError, read_manifest
 from shared.runs.run_dir import MANIFEST
@@ -28,6 +30,7 @@ from shared.runs.run_dir import MANIFEST
 TF_PRESET = "preset"  # tf_baseline's trained classifier inside its run directory
 TF_PRESET_FILES = ("config.json", "model.weights.h5", "task.weights.h5")
 INPUTS = ("token_ids", "segment_ids", "padding_mask")
+TextTokenizer = Tokenizer | XLMRobertaTokenizer  # BERT's WordPiece, XLM-R's SentencePiece
 
 
 class RunLoadError(ValueError):
@@ -38,7 +41,7 @@ class RunLoadError(ValueError):
 @dataclass
 class LoadedRun:
     model: BertClassifier  # eval-ready: predict() passes no dropout key
-    tokenizer: Tokenizer
+    tokenizer: TextTokenizer
     sequence_length: int  # what the run tokenized its pairs to
     manifest: dict
     weights: str  # where the weights came from, for people
@@ -74,7 +77,7 @@ def load_run(run_dir) -> LoadedRun:
     return LoadedRun(model, tokenizer, sequence_length, manifest, weights)
 
 
-def _load_jax_lora(run_dir: Path, manifest: dict) -> tuple[BertClassifier, Tokenizer, str]:
+def _load_jax_lora(run_dir: Path, manifest: dict) -> tuple[BertClassifier, TextTokenizer, str]:
     adapter_dir = run_dir / ADAPTER
     if not (adapter_dir / ADAPTER_META).is_file():
         raise RunLoadError(f"{adapter_dir}: missing or without {ADAPTER_META}; the run's "
@@ -93,28 +96,23 @@ def _load_jax_lora(run_dir: Path, manifest: dict) -> tuple[BertClassifier, Token
     return pretrained.model, pretrained.tokenizer, f"base {base} + adapter ({meta['method']})"
 
 
-def _load_tf_baseline(run_dir: Path) -> tuple[BertClassifier, Tokenizer, str]:
+def _load_tf_baseline(run_dir: Path) -> tuple[BertClassifier, TextTokenizer, str]:
     preset = run_dir / TF_PRESET
     for name in TF_PRESET_FILES:
         if not (preset / name).is_file():
             raise RunLoadError(f"{preset / name}: missing; the run's saved classifier is "
                                f"incomplete, pick another run")
     try:
-        head = read_keras_head(preset / "task.weights.h5")
-        # keras-hub's BertTextClassifier classifies from BERT's pooler: cls pooling.
-        pretrained = load_pretrained(str(preset), LoraConfig(targets=()),
-                                     num_classes=head["bias"].shape[0], pooling="cls")
+        # The logits layer (Dense "logits", BERT's and XLM-R's alike) gives the classes.
+        classes = read_keras_head(preset / "task.weights.h5")["bias"].shape[0]
+        # keras-hub's classifiers read BERT's pooler or XLM-R's <s>: cls pooling.
+        pretrained = load_pretrained(str(preset), LoraConfig(targets=()), num_classes=classes,
+                                     pooling="cls")
+        load_head(pretrained.model, str(preset))  # every head layer, shapes checked
     except (ValueError, OSError) as err:  # WeightsError, PresetError, an unreadable file
         raise RunLoadError(f"{preset}: cannot be loaded ({err}); pick another run") from None
-    model = pretrained.model
-    if head["kernel"].shape != model.head.kernel.shape:
-        raise RunLoadError(f"{preset / 'task.weights.h5'}: head kernel of shape "
-                           f"{head['kernel'].shape}, the backbone needs "
-                           f"{model.head.kernel.shape}; pick another run")
-    model.head.kernel.set_value(jnp.asarray(head["kernel"]))
-    model.head.bias.set_value(jnp.asarray(head["bias"]))
-    return model, pretrained.tokenizer, ("tf_baseline preset (keras-hub classifier) loaded "
-                                         "into Flax")
+    return pretrained.model, pretrained.tokenizer, ("tf_baseline preset (keras-hub classifier) "
+                                                    "loaded into Flax")
 
 
 @nnx.jit(static_argnames="attention_maps")

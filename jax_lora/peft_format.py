@@ -3,18 +3,21 @@
     python -m jax_lora.peft_format --run-dir RUN --out DIR [--preset P] [--base-model NAME]
 
 DIR gets what PEFT 0.21's `save_pretrained` writes for a LoRA adapter on
-BertForSequenceClassification (task SEQ_CLS): adapter_config.json, adapter_model.safetensors,
-and a README.md saying how to load it, i.e. `PeftModel.from_pretrained(
-BertForSequenceClassification.from_pretrained(base, num_labels=N), DIR)`. load_peft reads
-such a folder, ours or one PEFT wrote, into our BertClassifier. Neither direction imports
-torch or peft; the names, layouts and config fields below are PEFT's, as
-tests/jax_lora/test_peft_format.py checks against the installed PEFT when it is there.
+BertForSequenceClassification, or XLMRobertaForSequenceClassification for an XLM-R run (task
+SEQ_CLS): adapter_config.json, adapter_model.safetensors, and a README.md saying how to load
+it, i.e. `PeftModel.from_pretrained(<class>.from_pretrained(base, num_labels=N), DIR)`.
+load_peft reads such a folder, ours or one PEFT wrote, into our BertClassifier. Neither
+direction imports torch or peft; the names, layouts and config fields below are PEFT's, as
+tests/jax_lora/test_peft_format.py (and test_xlmr_outputs.py for XLM-R) checks against the
+installed PEFT when it is there.
 
-Tensors: base_model.model.bert.encoder.layer.<i>.<module>.lora_A.weight [r, in] (our lora_a.T),
-.lora_B.weight [out, r] (lora_b.T), .lora_magnitude_vector [out] (DoRA's m), and the
-modules_to_save copies under their plain names: base_model.model.classifier.weight
-[classes, H] (head.kernel.T) and .bias, base_model.model.bert.pooler.dense.* when the pooler
-trained. <module> comes from weights.HF_NAMES.
+Tensors: base_model.model.<encoder>.encoder.layer.<i>.<module>.lora_A.weight [r, in] (our
+lora_a.T), .lora_B.weight [out, r] (lora_b.T), .lora_magnitude_vector [out] (DoRA's m), with
+<encoder> `bert` or `roberta` and <module> from weights.HF_NAMES; and the modules_to_save
+copies under their plain names: BERT's head base_model.model.classifier.weight [classes, H]
+(head.kernel.T) and .bias, base_model.model.bert.pooler.dense.* when the pooler trained;
+XLM-R's head (RobertaClassificationHead, no pooler) base_model.model.classifier.dense.* and
+base_model.model.classifier.out_proj.* (head.dense, head.out_proj).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +35,15 @@ from flax import nnx
 from jax_lora.adapter import adapter_filter
 from jax_lora.checkpoint import flat_arrays, replace_arrays
 from jax_lora.lora import LORA_TARGETS, LoraConfig
+from jax_lora.models import BertConfig
 from jax_lora.quant import base_dtype_of
-from jax_lora.weights import HF_NAMES, Pretrained, load_pretrained, read_hf, read_keras
+from jax_lora.weights import (HF_FORMATS, HF_NAMES, TOKEN_TYPES, Pretrained, load_pretrained,
+                              read_hf, read_keras)
 from shared.runs.presets import preset_dir
 
 CONFIG_FILE, WEIGHTS_FILE, README_FILE = ("adapter_config.json", "adapter_model.safetensors",
                                           "README.md")
-PREFIX = "base_model.model."  # PeftModel > LoraModel > BertForSequenceClassification
+PREFIX = "base_model.model."  # PeftModel > LoraModel > the ...ForSequenceClassification
 # Every field PEFT 0.21.2's LoraConfig.to_dict writes, at its default (peft/tuners/lora/
 # config.py; save_pretrained sets inference_mode true and fills peft_version).
 PEFT_FORMAT_VERSION = "0.21.2"
@@ -68,37 +74,107 @@ PLAIN_INITS = (True, False, "gaussian", "orthogonal", "eva")
 # PeftModelForSequenceClassification appends these to modules_to_save (peft_model.py).
 SEQ_CLS_MODULES = ["classifier", "score"]
 POOLER_MODULE = "pooler"  # saves bert.pooler, i.e. bert.pooler.dense.{weight,bias}
-PEFT_DEFAULT_TARGETS = ["query", "value"]  # peft/utils/constants.py, for target_modules null
+PEFT_DEFAULT_TARGETS = ["query", "value"]  # peft/utils/constants.py (bert, xlm-roberta), for null
 # Our LoraConfig target -> its module inside layers/<i> (models.TransformerLayer).
 TARGET_PATHS = {"query": "attention/query", "key": "attention/key", "value": "attention/value",
                 "attention_output": "attention/output", "ffn_in": "ffn_in", "ffn_out": "ffn_out"}
-LAYER_MODULES = {ours: hf for hf, ours in HF_NAMES.layer_parts.items()}
+LAYER_MODULES = {ours: hf for hf, ours in HF_NAMES.layer_parts.items()}  # XLM-R's are BERT's
 HF_TARGETS = {target: LAYER_MODULES[path] for target, path in TARGET_PATHS.items()}
-TOP_MODULES = {"head": "classifier",
-               **{ours: "bert." + hf for hf, ours in HF_NAMES.top_parts.items()}}
 # Our leaf -> torch's name for it; 2-D leaves are transposed ([in, out] vs torch's [out, in]).
 LEAVES = {"kernel": "weight", "bias": "bias", "lora_a": "lora_A.weight",
           "lora_b": "lora_B.weight", "lora_magnitude": "lora_magnitude_vector"}
+# Per architecture: transformers' class, the model's name in messages, what its head reads,
+# and our module that outputs the logits.
+HF_CLASSES = {"bert": ("BertForSequenceClassification", "BERT", "BERT's pooler", "head"),
+              "xlm_roberta": ("XLMRobertaForSequenceClassification", "XLM-R", "<s>",
+                              "head/out_proj")}
 
 
-def hf_module_names(num_layers: int) -> list[str]:
-    """BertForSequenceClassification's module names that PEFT matches targets against (its
-    dropout and activation modules aside), parents included."""
-    names = {"classifier", *TOP_MODULES.values()}
-    names |= {f"bert.encoder.layer.{i}.{part}" for i in range(num_layers)
-              for part in HF_NAMES.layer_parts}
-    return sorted({".".join(name.split(".")[:end]) for name in names
-                   for end in range(1, name.count(".") + 2)})
+@dataclass(frozen=True)
+class HFClassifier:
+    """How transformers names the modules of one architecture's sequence classifier with
+    `num_layers` layers: what PEFT matches target_modules and modules_to_save against, and so
+    the tensor names it saves."""
+    architecture: str  # models.ARCHITECTURES
+    num_layers: int
 
+    @classmethod
+    def of(cls, config: BertConfig) -> "HFClassifier":
+        return cls(config.architecture, config.num_layers)
 
-def layer_modules(targets, num_layers: int) -> set[str]:
-    """The module names of `targets` (ours) in every layer."""
-    return {f"bert.encoder.layer.{i}.{HF_TARGETS[t]}" for t in targets for i in range(num_layers)}
+    @property
+    def class_name(self) -> str:
+        return HF_CLASSES[self.architecture][0]
 
+    @property
+    def encoder(self) -> str:
+        """The classifier's encoder attribute with its dot: "bert." or "roberta."."""
+        return HF_FORMATS[self.architecture][2]
 
-def selected(config: dict, num_layers: int) -> set[str]:
-    """The modules PEFT puts adapters on for adapter_config `config`."""
-    return {name for name in hf_module_names(num_layers) if peft_targets(config, name)}
+    @property
+    def top_modules(self) -> dict[str, str]:
+        """Our module path outside the layers -> its module name (the head as a whole is
+        `classifier`; XLM-R's head layers are classifier.dense and classifier.out_proj)."""
+        names = HF_FORMATS[self.architecture][0]
+        return {"head": "classifier",
+                **{ours: hf if hf.startswith("classifier.") else self.encoder + hf
+                   for hf, ours in names.top_parts.items()}}
+
+    @property
+    def trained_modules(self) -> set[str]:
+        """The modules besides adapters that jax_lora trains (PEFT's modules_to_save)."""
+        pooler = self.top_modules.get("pooler")
+        return {"classifier", *([pooler, pooler.rpartition(".")[0]] if pooler else [])}
+
+    def module_names(self) -> list[str]:
+        """The classifier's module names (dropout and activation modules aside), parents
+        included; XLM-R's token-type table, which our model folds away, among them."""
+        names = {*self.top_modules.values()}
+        if self.architecture == "xlm_roberta":
+            names.add(self.encoder + TOKEN_TYPES.rpartition(".")[0])
+        names |= {f"{self.encoder}encoder.layer.{i}.{part}" for i in range(self.num_layers)
+                  for part in HF_NAMES.layer_parts}
+        return sorted({".".join(name.split(".")[:end]) for name in names
+                       for end in range(1, name.count(".") + 2)})
+
+    def layer_modules(self, targets) -> set[str]:
+        """The module names of `targets` (ours) in every layer."""
+        return {f"{self.encoder}encoder.layer.{i}.{HF_TARGETS[t]}" for t in targets
+                for i in range(self.num_layers)}
+
+    def selected(self, config: dict) -> set[str]:
+        """The modules PEFT puts adapters on for adapter_config `config`."""
+        return {name for name in self.module_names() if peft_targets(config, name)}
+
+    def target_modules(self, targets: tuple[str, ...]) -> list[str] | str:
+        """PEFT's target_modules for our targets: each as the shortest name suffix that selects
+        it alone ("query", "attention.output.dense", ...), or, when the list would select
+        another module too ("output.dense" ends attention.output.dense as well), a regex PEFT
+        full-matches."""
+        entries = []
+        for target in targets:
+            part = HF_TARGETS[target].split(".")
+            suffixes = [".".join(part[-n:]) for n in range(1, len(part) + 1)]
+            entries.append(next((s for s in suffixes if self.selected(
+                {"target_modules": [s]}) == self.layer_modules([target])), suffixes[-1]))
+        if self.selected({"target_modules": entries}) == self.layer_modules(targets):
+            return sorted(entries)
+        parts = "|".join(re.escape(HF_TARGETS[t]) for t in targets)
+        return rf"(.*\.)?encoder\.layer\.\d+\.({parts})"
+
+    def key(self, name: str) -> str:
+        """Our flat parameter name (checkpoint.flat_arrays) -> PEFT's tensor name."""
+        *module, leaf = name.split(".")
+        if module[0] == "layers":
+            hf = f"{self.encoder}encoder.layer.{module[1]}.{LAYER_MODULES['/'.join(module[2:])]}"
+        else:
+            hf = self.top_modules["/".join(module)]
+        return f"{PREFIX}{hf}.{LEAVES[leaf]}"
+
+    @property
+    def logits_key(self) -> str:
+        """PEFT's name of the kernel that outputs the logits [classes, H]."""
+        return self.key(HF_CLASSES[self.architecture][3].replace("/", ".") + ".kernel")
 
 
 def peft_targets(config: dict, key: str) -> bool:
@@ -121,33 +197,6 @@ def peft_targets(config: dict, key: str) -> bool:
     return key in targets or any(key.endswith(f".{t}") for t in targets)
 
 
-def target_modules(targets: tuple[str, ...], num_layers: int) -> list[str] | str:
-    """PEFT's target_modules for our targets: each as the shortest name suffix that selects it
-    alone ("query", "attention.output.dense", ...), or, when the list would select another
-    module too ("output.dense" ends attention.output.dense as well), a regex PEFT full-matches."""
-    entries = []
-    for target in targets:
-        part = HF_TARGETS[target].split(".")
-        suffixes = [".".join(part[-n:]) for n in range(1, len(part) + 1)]
-        entries.append(next((s for s in suffixes if selected(
-            {"target_modules": [s]}, num_layers) == layer_modules([target], num_layers)),
-            suffixes[-1]))
-    if selected({"target_modules": entries}, num_layers) == layer_modules(targets, num_layers):
-        return sorted(entries)
-    parts = "|".join(re.escape(HF_TARGETS[t]) for t in targets)
-    return rf"(.*\.)?encoder\.layer\.\d+\.({parts})"
-
-
-def peft_key(name: str) -> str:
-    """Our flat parameter name (checkpoint.flat_arrays) -> PEFT's tensor name."""
-    *module, leaf = name.split(".")
-    if module[0] == "layers":
-        hf = f"bert.encoder.layer.{module[1]}.{LAYER_MODULES['/'.join(module[2:])]}"
-    else:
-        hf = TOP_MODULES["/".join(module)]
-    return f"{PREFIX}{hf}.{LEAVES[leaf]}"
-
-
 def _torch_layout(array) -> np.ndarray:
     """[in, out] <-> [out, in] for 2-D leaves (the transpose is its own inverse), float32."""
     array = np.asarray(array, np.float32)
@@ -156,7 +205,8 @@ def _torch_layout(array) -> np.ndarray:
 
 # ---------------------------------------------------------------- export
 
-def check_exportable(method: str, pooling: str, out_dir: Path) -> None:
+def check_exportable(method: str, pooling: str, out_dir: Path,
+                     architecture: str = "bert") -> None:
     """One-line ValueError when the adapter has no PEFT LoRA form or `out_dir` has files."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -166,19 +216,20 @@ def check_exportable(method: str, pooling: str, out_dir: Path) -> None:
                          f"type needs target modules; use `python -m jax_lora.export` for a "
                          f"keras-hub preset of the whole model instead")
     if pooling != "cls":
+        class_name, _, head_reads, _ = HF_CLASSES[architecture]
         raise ValueError(f"--pooling {pooling}: the head reads the mean of the last layer, but "
-                         f"BertForSequenceClassification classifies from BERT's pooler and "
-                         f"would predict differently; no PEFT adapter is written")
+                         f"{class_name} classifies from {head_reads} and would predict "
+                         f"differently; no PEFT adapter is written")
 
 
-def peft_config(lora: LoraConfig, num_layers: int, base_model_name_or_path: str, *,
+def peft_config(lora: LoraConfig, hf: HFClassifier, base_model_name_or_path: str, *,
                 pooler: bool) -> dict:
-    """adapter_config.json as PEFT writes it for `lora` on BertForSequenceClassification,
-    with the pooler among the modules to save when `pooler`."""
+    """adapter_config.json as PEFT writes it for `lora` on the classifier `hf`, with BERT's
+    pooler among the modules to save when `pooler`."""
     alpha = int(lora.alpha) if float(lora.alpha).is_integer() else lora.alpha  # PEFT: int field
     return {**PEFT_LORA_DEFAULTS, "task_type": "SEQ_CLS", "r": lora.rank, "lora_alpha": alpha,
             "lora_dropout": lora.dropout, "use_rslora": lora.rslora, "use_dora": lora.dora,
-            "target_modules": target_modules(lora.targets, num_layers),
+            "target_modules": hf.target_modules(lora.targets),
             "modules_to_save": [POOLER_MODULE] * pooler + SEQ_CLS_MODULES,
             "base_model_name_or_path": base_model_name_or_path}
 
@@ -186,23 +237,24 @@ def peft_config(lora: LoraConfig, num_layers: int, base_model_name_or_path: str,
 def save_peft(model, out_dir: str | Path, *, base_model_name_or_path: str, method: str,
               pooler: bool = False) -> Path:
     """Write `model`'s adapter (a BertClassifier trained with --method lora or dora) as a PEFT
-    LoRA adapter folder for BertForSequenceClassification; nothing is written when it is
-    refused (check_exportable). The pooler is saved when it trained or `pooler` says it is not
-    the base's (adapter.json's "pooler": inherited from an --init-from parent)."""
+    LoRA adapter folder for BertForSequenceClassification (XLMRobertaForSequenceClassification
+    for XLM-R); nothing is written when it is refused (check_exportable). BERT's pooler is
+    saved when it trained or `pooler` says it is not the base's (adapter.json's "pooler":
+    inherited from an --init-from parent)."""
     out_dir = Path(out_dir)
-    check_exportable(method, model.pooling, out_dir)
+    hf = HFClassifier.of(model.config)
+    check_exportable(method, model.pooling, out_dir, hf.architecture)
     if (method == "dora") != model.lora.dora or not model.lora.targets:
         raise ValueError(f"--method {method}: the model's adapters (targets "
                          f"{','.join(model.lora.targets) or 'none'}, dora={model.lora.dora}) "
                          f"do not match it; pass the method the run was trained with")
-    pooler = pooler or model.lora.train_pooler
+    pooler = (pooler or model.lora.train_pooler) and hasattr(model, "pooler")  # XLM-R: none
     kept = adapter_filter(model.lora)
     if pooler:
         kept = nnx.Any(kept, nnx.All(nnx.Param, nnx.PathContains("pooler")))
     state = nnx.state(model, kept)
-    tensors = {peft_key(name): _torch_layout(array) for name, array in flat_arrays(state).items()}
-    config = peft_config(model.lora, model.config.num_layers, base_model_name_or_path,
-                         pooler=pooler)
+    tensors = {hf.key(name): _torch_layout(array) for name, array in flat_arrays(state).items()}
+    config = peft_config(model.lora, hf, base_model_name_or_path, pooler=pooler)
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -212,7 +264,8 @@ def save_peft(model, out_dir: str | Path, *, base_model_name_or_path: str, metho
                                     metadata={"format": "pt"})
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (staging / README_FILE).write_text(_readme(base_model_name_or_path, model.num_classes,
-                                                   out_dir.name, method, base_dtype_of(model)))
+                                                   out_dir.name, method, base_dtype_of(model),
+                                                   hf.class_name))
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)
@@ -222,26 +275,38 @@ def save_peft(model, out_dir: str | Path, *, base_model_name_or_path: str, metho
     return out_dir
 
 
-def _readme(base: str, num_classes: int, name: str, method: str, base_dtype: str) -> str:
+# Per class: what from_pretrained needs for jax_lora's logits, and why.
+_README_NOTES = {"BertForSequenceClassification": (', hidden_act="gelu_pytorch_tanh"', """\
+`hidden_act="gelu_pytorch_tanh"` (or "gelu_new") matters: jax_lora's BERT, like keras-hub's, uses
+tanh-approximate GELU, while Hugging Face BERT's default "gelu" is the exact erf form; without
+it the logits differ slightly from jax_lora's, with it they agree to float rounding.
+"""), "XLMRobertaForSequenceClassification": ("", """\
+jax_lora's XLM-R, like keras-hub's, uses Hugging Face's exact (erf) GELU, and its position
+table is Hugging Face's rows from padding_idx + 1 with the token-type row added, so the logits
+should agree with jax_lora's to float rounding.
+""")}
+
+
+def _readme(base: str, num_classes: int, name: str, method: str, base_dtype: str,
+            class_name: str) -> str:
     return f"""---
 base_model: {base}
 library_name: peft
 ---
-# {name}: a {method.upper()} adapter for BertForSequenceClassification
+# {name}: a {method.upper()} adapter for {class_name}
 
 Written by `python -m jax_lora.peft_format` in PEFT {PEFT_FORMAT_VERSION}'s format. Load it with
 
     from peft import PeftModel
-    from transformers import BertForSequenceClassification
-    base = BertForSequenceClassification.from_pretrained(
-        {base!r}, num_labels={num_classes}, hidden_act="gelu_pytorch_tanh")
+    from transformers import {class_name}
+    base = {class_name}.from_pretrained(
+        {base!r}, num_labels={num_classes}{_README_NOTES[class_name][0]})
     model = PeftModel.from_pretrained(base, "{name}").eval()
 
-and tokenize with the base model's tokenizer. `hidden_act="gelu_pytorch_tanh"` (or "gelu_new")
-matters: jax_lora's BERT, like keras-hub's, uses tanh-approximate GELU, while Hugging Face
-BERT's default "gelu" is the exact erf form; without it the logits differ slightly from
-jax_lora's, with it they agree to float rounding.
-""" + ("" if base_dtype == "float32" else f"""
+and tokenize with the base model's tokenizer.
+
+{_README_NOTES[class_name][1]}""" + (
+        "" if base_dtype == "float32" else f"""
 The adapter was trained on the base's kernels stored as {base_dtype} (jax_lora --base-dtype
 {base_dtype}, QLoRA's idea). On the float32 base above its logits differ from jax_lora's by that
 rounding. jax_lora's nf4 follows bitsandbytes' layout (blocks of 64 weights of torch's
@@ -254,14 +319,15 @@ match; that was not compared here (no bitsandbytes on the machine that wrote thi
 # ---------------------------------------------------------------- import
 
 def read_peft_config(directory: Path) -> dict:
-    """adapter_config.json, refused (one line) unless it is a plain LoRA on SEQ_CLS BERT."""
+    """adapter_config.json, refused (one line) unless it is a plain LoRA on SEQ_CLS."""
     config_file = Path(directory) / CONFIG_FILE
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}; pass a PEFT adapter folder")
     config = json.loads(config_file.read_text(encoding="utf-8"))
     checks = [("peft_type", config.get("peft_type") == "LORA", "only LORA adapters are read"),
               ("task_type", config.get("task_type") == "SEQ_CLS",
-               "only SEQ_CLS (BertForSequenceClassification) adapters are read"),
+               f"only SEQ_CLS ({' or '.join(c[0] for c in HF_CLASSES.values())}) adapters are "
+               f"read"),
               ("init_lora_weights", config.get("init_lora_weights", True) in PLAIN_INITS,
                "this initialisation rewrites the base weights, which the folder does not hold")]
     for field, value in config.items():
@@ -275,64 +341,69 @@ def read_peft_config(directory: Path) -> dict:
     return config
 
 
-def lora_from_peft(config: dict, num_layers: int, source: str) -> LoraConfig:
-    """Our LoraConfig for a PEFT config: the projections its target_modules select (by PEFT's
-    own rule), which must be whole kinds of BERT's six projections, in every layer."""
-    chosen = selected(config, num_layers)
+def lora_from_peft(config: dict, hf: HFClassifier, source: str) -> LoraConfig:
+    """Our LoraConfig for a PEFT config on the classifier `hf`: the projections its
+    target_modules select (by PEFT's own rule), which must be whole kinds of the encoder's
+    six projections, in every layer."""
+    chosen, model_name = hf.selected(config), HF_CLASSES[hf.architecture][1]
     field = f"{source}: target_modules={config.get('target_modules')!r}"
-    outside = sorted(chosen - layer_modules(LORA_TARGETS, num_layers))
+    outside = sorted(chosen - hf.layer_modules(LORA_TARGETS))
     if outside:
-        raise ValueError(f"{field} selects {outside[0]}, not one of BERT's projections "
-                         f"({', '.join(HF_TARGETS.values())}); jax_lora cannot adapt it")
-    targets = tuple(t for t in LORA_TARGETS if chosen & layer_modules([t], num_layers))
+        raise ValueError(f"{field} selects {outside[0]}, not one of {model_name}'s "
+                         f"projections ({', '.join(HF_TARGETS.values())}); jax_lora cannot "
+                         f"adapt it")
+    targets = tuple(t for t in LORA_TARGETS if chosen & hf.layer_modules([t]))
     for target in targets:
-        own = layer_modules([target], num_layers)
+        own = hf.layer_modules([target])
         if not own <= chosen:
             layers = sorted(int(name.split(".")[3]) for name in own & chosen)
             raise ValueError(f"{field} adapts {HF_TARGETS[target]} in layers {layers} only; "
                              f"jax_lora adapts a projection in every layer")
     if not targets:
-        raise ValueError(f"{field} selects none of BERT's projections")
+        raise ValueError(f"{field} selects none of {model_name}'s projections")
     saved = [*(config.get("modules_to_save") or []), *SEQ_CLS_MODULES]
     # PEFT wraps each module whose name ends with an entry (utils/other.py _set_trainable).
-    wrapped = {n for n in hf_module_names(num_layers) if any(n.endswith(m) for m in saved)}
-    unsupported = sorted(wrapped - {"classifier", "bert.pooler", "bert.pooler.dense"})
+    wrapped = {n for n in hf.module_names() if any(n.endswith(m) for m in saved)}
+    unsupported = sorted(wrapped - hf.trained_modules)
     if unsupported:
         raise ValueError(f"{source}: modules_to_save={config.get('modules_to_save')!r} saves "
-                         f"{unsupported[0]}; jax_lora trains only the classifier and BERT's "
-                         f"pooler besides adapters")
+                         f"{unsupported[0]}; besides adapters jax_lora trains only "
+                         f"{', '.join(sorted(hf.trained_modules))}")
     # Missing r / lora_alpha take PEFT's defaults, as PEFT's own loader does.
     return LoraConfig(rank=config.get("r", PEFT_LORA_DEFAULTS["r"]),
                       alpha=float(config.get("lora_alpha", PEFT_LORA_DEFAULTS["lora_alpha"])),
                       dropout=float(config.get("lora_dropout", 0.0)), targets=targets,
                       rslora=bool(config.get("use_rslora")), dora=bool(config.get("use_dora")),
-                      train_pooler=bool(wrapped & {"bert.pooler", "bert.pooler.dense"}))
+                      train_pooler=bool(wrapped & (hf.trained_modules - {"classifier"})))
 
 
 def load_peft(directory: str | Path, preset: str | None = None) -> Pretrained:
-    """The base BERT (`preset`, default: the config's base_model_name_or_path) with a PEFT
-    LoRA/DoRA adapter folder applied: adapters, classifier head and pooler (if saved). Every
-    tensor of the file must have a place in the model and every adapter leaf a tensor."""
+    """The base BERT or XLM-R (`preset`, default: the config's base_model_name_or_path) with a
+    PEFT LoRA/DoRA adapter folder for its sequence classifier applied: adapters, classifier
+    head and BERT's pooler (if saved). Every tensor of the file must have a place in the model
+    and every adapter leaf a tensor."""
     directory = Path(directory)
     config = read_peft_config(directory)
     weights_file = directory / WEIGHTS_FILE
     if not weights_file.is_file():
         raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE} (an adapter_model.bin is not "
                                 f"read: only safetensors); re-save it with save_pretrained()")
-    tensors = safetensors.numpy.load_file(str(weights_file))
-    head = peft_key("head.kernel")
-    if head not in tensors:
-        raise ValueError(f"{weights_file}: no tensor {head}; the classifier head is needed")
     preset = preset or config.get("base_model_name_or_path")
     if not preset:
         raise ValueError(f"{directory / CONFIG_FILE}: no base_model_name_or_path; pass the preset")
     directory_of_base, kind = preset_dir(preset)
     base = (read_hf if kind == "hf" else read_keras)(directory_of_base)[0]  # tensors unread
-    lora = lora_from_peft(config, base.num_layers, str(directory / CONFIG_FILE))
-    pretrained = load_pretrained(preset, lora, num_classes=tensors[head].shape[0], pooling="cls")
+    hf = HFClassifier.of(base)
+    tensors = safetensors.numpy.load_file(str(weights_file))
+    if hf.logits_key not in tensors:
+        raise ValueError(f"{weights_file}: no tensor {hf.logits_key}; the classifier head of "
+                         f"{hf.class_name} (the base {preset}'s) is needed")
+    lora = lora_from_peft(config, hf, str(directory / CONFIG_FILE))
+    pretrained = load_pretrained(preset, lora, num_classes=tensors[hf.logits_key].shape[0],
+                                 pooling="cls")
     state = nnx.state(pretrained.model, adapter_filter(lora))
     shapes = {name: tuple(value.shape) for name, value in flat_arrays(state).items()}
-    names = {peft_key(name): name for name in shapes}
+    names = {hf.key(name): name for name in shapes}
     for key in sorted(set(names) ^ set(tensors)):
         problem = "has no place in the model" if key in tensors else "is missing"
         raise ValueError(f"{weights_file}: tensor {key} {problem} (adapter config: targets "
@@ -356,11 +427,12 @@ def main(argv=None) -> None:
     parser = export_parser(
         "python -m jax_lora.peft_format",
         "Write a jax_lora run's LoRA or DoRA adapter as a Hugging Face PEFT folder for "
-        "BertForSequenceClassification (PeftModel.from_pretrained).", "new folder for the adapter")
+        "BertForSequenceClassification, or XLMRobertaForSequenceClassification for an XLM-R "
+        "run (PeftModel.from_pretrained).", "new folder for the adapter")
     parser.add_argument("--base-model", default=None,
                         help="base_model_name_or_path to write: the Hugging Face name or folder "
                              "of the base weights [default: the preset, which must then be a "
-                             "Hugging Face BERT folder]")
+                             "Hugging Face BERT or XLM-R folder]")
     args = parser.parse_args(argv)
     with exit_on_bad_input():
         adapter_dir = args.run_dir / ADAPTER
@@ -368,7 +440,8 @@ def main(argv=None) -> None:
             raise FileNotFoundError(f"--run-dir {args.run_dir}: no {ADAPTER}/{ADAPTER_META}; "
                                     f"pass a finished jax_lora run")
         meta = read_adapter_meta(adapter_dir)
-        check_exportable(meta["method"], meta["pooling"], args.out)
+        check_exportable(meta["method"], meta["pooling"], args.out,
+                         meta.get("bert_config", {}).get("architecture", "bert"))
         preset = args.preset or meta["base"]["preset"]
         if args.base_model is None and preset_kind(preset) != "hf":
             raise ValueError(f"--base-model: the base {preset} is a keras-hub preset, which "

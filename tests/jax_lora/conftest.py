@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +240,15 @@ def xlmr_reference(tmp_path_factory) -> dict:
     (root / "pairs.json").write_text(json.dumps(pairs), encoding="utf-8")
     run_keras_reference("xlmr", root, hf, root / "pairs.json")
     return {"root": root, "pairs": pairs, "spm": spm, "hf": hf, "keras": root / "tiny_xlmr"}
+
+
+@pytest.fixture(scope="module")
+def hf():
+    """torch, peft and transformers' sequence classifiers, where installed (the benchmark
+    peer); the tests that compare with PEFT skip otherwise."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    return types.SimpleNamespace(torch=torch, peft=peft,
+                                 Bert=transformers.BertForSequenceClassification,
+                                 XLMR=transformers.XLMRobertaForSequenceClassification)

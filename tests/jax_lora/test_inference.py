@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import h5py
@@ -26,17 +27,26 @@ def runs(compare_runs):
     return compare_runs
 
 
-@pytest.mark.parametrize("name", RUNS)
-def test_a_loaded_run_reproduces_its_validation_predictions(runs, name):
-    run = read_run(runs / name)
-    loaded = load_run(runs / name)
+def recorded_gap(loaded, run) -> types.SimpleNamespace:
+    """`loaded` (inference.load_run) on its run's validation rows, rebuilt from the manifest's
+    data spec: gap = max |p - recorded p|, out = what predict returned, val, expected = the
+    recorded probabilities."""
     val = load(DataSpec.from_dict(run.manifest["config"]["data"])).val
     assert list(val["id"]) == list(run.predictions["id"])
     out = predict(loaded, val["premise"].tolist(), val["hypothesis"].tolist(), batch_size=16)
     expected = run.predictions[list(PROB_COLUMNS)].to_numpy()
-    gap = float(np.abs(out["probabilities"] - expected).max())
-    print(f"{name}: {loaded.weights}; max |dp| vs predictions.csv {gap:.1e}")
-    assert out["probabilities"].dtype == np.float32 and gap <= 1e-5
+    return types.SimpleNamespace(gap=float(np.abs(out["probabilities"] - expected).max()),
+                                 out=out, val=val, expected=expected)
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_a_loaded_run_reproduces_its_validation_predictions(runs, name):
+    run = read_run(runs / name)
+    loaded = load_run(runs / name)
+    reproduced = recorded_gap(loaded, run)
+    out, val, expected = reproduced.out, reproduced.val, reproduced.expected
+    print(f"{name}: {loaded.weights}; max |dp| vs predictions.csv {reproduced.gap:.1e}")
+    assert out["probabilities"].dtype == np.float32 and reproduced.gap <= 1e-5
     # The check can fail: the run's probabilities vary far more than the tolerance.
     assert np.ptp(expected, axis=0).max() > 1e-3
     length = 64 if name == "tf_full" else 32  # compare's tf_full recipe sets 64

@@ -277,13 +277,6 @@ def test_import_reads_safetensors_only(lora_folder, tmp_path):
 
 # ---------------------------------------------------------------- against torch + PEFT
 
-@pytest.fixture(scope="module")
-def hf():
-    torch = pytest.importorskip("torch")
-    peft = pytest.importorskip("peft")
-    transformers = pytest.importorskip("transformers")
-    return types.SimpleNamespace(torch=torch, peft=peft,
-                                 Bert=transformers.BertForSequenceClassification)
 
 
 def torch_logits(hf, model, batch) -> np.ndarray:
