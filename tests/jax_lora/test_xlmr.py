@@ -16,14 +16,14 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from jax_lora.adapter import read_adapter_meta
-from jax_lora.inference import load_run, predict
-from jax_lora.lora import LORA_TARGETS, LoraConfig, LoraParam, merge_lora, trainable_filter
+from jax_lora.inference import load_run
+from jax_lora.lora import LORA_TARGETS, LoraConfig, merge_lora, trainable_filter
 from jax_lora.quant import QuantCodes, quantize_base
 from jax_lora.weights import WeightsError, load_head, load_pretrained
 from jax_lora.xlmr_tokenizer import XLMRobertaTokenizer
-from shared.data.spec import DataSpec, load
 from shared.data.watson import SAMPLE_DATA_DIR, load_test, load_train
-from shared.runs.run_dir import PROB_COLUMNS, read_run
+from shared.runs.run_dir import read_run
+from tests.jax_lora.test_inference import recorded_gap
 from tests.jax_lora.test_tokenizer import tokenizer_json_arrays
 from tests.jax_lora.trainer_process import run_trainer
 from tests.xlmr_fixtures import TINY_XLMR_CONFIG, XLMR_RULE_GAPS
@@ -260,23 +260,46 @@ def test_loading_and_tokenizing_never_import_tensorflow(xlmr_reference):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_the_cli_trains_lora_on_the_tiny_xlmr_preset(xlmr_reference, run_env, tmp_path):
-    run_dir = tmp_path / "run"
-    run_trainer(xlmr_reference["keras"], run_dir, "--data-dir", str(SAMPLE_DATA_DIR), "--limit",
-                "100", "--epochs", "1", "--sequence-length", "32", "--batch-per-device", "4",
-                "--quiet", env=run_env)
+CLI = ["--data-dir", str(SAMPLE_DATA_DIR), "--limit", "100", "--sequence-length", "32",
+       "--batch-per-device", "4", "--quiet"]
+
+
+def assert_reloads(run_dir) -> dict:
+    """The run finished on XLM-R, and loads back (base preset + adapter) to reproduce its
+    validation predictions; returns its manifest."""
     run = read_run(run_dir)
     assert run.manifest["status"] == "finished"
     assert run.manifest["preprocessing"]["tokenizer"] == "sentencepiece"
+    assert read_adapter_meta(run_dir / "adapter")["bert_config"]["architecture"] == "xlm_roberta"
+    reproduced = recorded_gap(load_run(run_dir), run)
+    assert reproduced.gap <= TOLERANCE
+    assert np.ptp(reproduced.expected, axis=0).max() > 1e-3
+    return run.manifest
+
+
+def test_the_cli_trains_lora_on_the_tiny_xlmr_preset(xlmr_reference, run_env, tmp_path):
+    run_dir = tmp_path / "run"
+    run_trainer(xlmr_reference["keras"], run_dir, *CLI, "--epochs", "1", env=run_env)
+    assert_reloads(run_dir)
     meta = read_adapter_meta(run_dir / "adapter")
-    assert meta["bert_config"]["architecture"] == "xlm_roberta"
     assert {"head.dense.kernel", "head.out_proj.kernel"} <= set(meta["parameters"])
-    # The run loads back (base preset + adapter) and reproduces its validation predictions.
-    val = load(DataSpec.from_dict(run.manifest["config"]["data"])).val
-    out = predict(load_run(run_dir), val["premise"].tolist(), val["hypothesis"].tolist())
-    expected = run.predictions[list(PROB_COLUMNS)].to_numpy()
-    assert np.abs(out["probabilities"] - expected).max() <= TOLERANCE
-    assert np.ptp(expected, axis=0).max() > 1e-3
+
+
+def test_every_method_trains_on_the_tiny_xlmr_preset_through_the_cli(xlmr_reference, run_env,
+                                                                    tmp_path):
+    """dora, full, probe, NF4-LoRA and LP->LoRA (from the probe's run), a few steps each, end
+    to end: each run finishes, names its method, and reloads to its own predictions."""
+    runs = {"probe": ["--method", "probe"], "dora": ["--method", "dora"],
+            "full": ["--method", "full"], "qlora_nf4": ["--base-dtype", "nf4"],
+            "lp_lora": ["--init-from", str(tmp_path / "probe")]}
+    for name, flags in runs.items():
+        run_trainer(xlmr_reference["hf"], tmp_path / name, *CLI, "--max-steps", "3", *flags,
+                    env=run_env)
+        manifest = assert_reloads(tmp_path / name)
+        assert manifest["config"]["method"] == {"qlora_nf4": "lora", "lp_lora": "lora"}.get(
+            name, name)
+    assert read_run(tmp_path / "lp_lora").manifest["parent"]["method"] == "probe"
+    assert read_run(tmp_path / "qlora_nf4").manifest["model"]["base_dtype"] == "nf4"
 
 
 # ---------------------------------------------------------------- all of Watson
