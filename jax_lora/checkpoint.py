@@ -168,7 +168,8 @@ def _drop_leftover_read_noise(directory) -> None:
     """Keep a damaged checkpoint to one warning line. When one read fails, orbax closes its
     event loop while tensorstore's other reads are still in flight; as they finish they report
     RuntimeError('Event loop is closed') through sys.unraisablehook (a dozen tracebacks), and
-    asyncio may log their futures' errors as 'never retrieved'. Drops exactly those."""
+    asyncio may log their futures' and tasks' errors as 'never retrieved' (with a traceback).
+    Drops exactly those."""
     previous = sys.unraisablehook
     if not getattr(previous, "drops_closed_loop_noise", False):
         def hook(unraisable):
@@ -189,7 +190,8 @@ class _UnretrievedReadFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Future exception was never retrieved")
+        return not (message.startswith(("Future exception was never retrieved",
+                                        "Task exception was never retrieved"))
                     and self.directory in message)
 
 

@@ -104,6 +104,18 @@ def encoder_layer_tensors(prefix: str, dense, layer_norm, hidden: int, inner: in
     return tensors
 
 
+TENSORFLOW_MODULES = ("tensorflow", "tf_keras", "keras", "keras_hub", "keras_nlp", "tensorflow_text")
+
+
+@pytest.fixture
+def tensorflow_blocked(monkeypatch):
+    """While the test runs, importing TensorFlow or Keras raises ImportError, whatever other
+    tests of this worker process imported before: "this path never imports TensorFlow" as a
+    check that cannot depend on test order."""
+    for name in TENSORFLOW_MODULES:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
 @pytest.fixture(scope="session")
 def tiny_hf_preset(tmp_path_factory) -> Path:
     return write_tiny_hf_preset(tmp_path_factory.mktemp("tiny_hf"))

@@ -133,7 +133,23 @@ def _selection(result: dict) -> list[str]:
         "part only (never the validation rows): its best dev accuracy, the dev loss at that "
         "step, and the steps it trained before stopping.", ""] + md_table(
         ["method", "learning rate", "seed", "best dev accuracy", "its dev loss", "best step",
-         "steps trained", "stopped by", "chosen"], rows)
+         "steps trained", "stopped by", "chosen"], rows) + _grid_edges(result["selection"])
+
+
+def _grid_edges(selection: list[dict]) -> list[str]:
+    """A line per method whose chosen rate is the lowest or highest it tried: its best rate
+    may lie outside the grid, and the comparison may understate it."""
+    lines = []
+    for method in dict.fromkeys(row["method"] for row in selection):
+        rates = sorted(row["lr"] for row in selection if row["method"] == method)
+        chosen = [row["lr"] for row in selection if row["method"] == method and row["chosen"]]
+        if len(rates) < 2 or not chosen or rates[0] < chosen[0] < rates[-1]:
+            continue
+        side, beyond = ("lowest", "below") if chosen[0] == rates[0] else ("highest", "above")
+        lines.append(f"- **At the edge of its grid:** {method}'s chosen rate {_lr(chosen[0])} is "
+                     f"the {side} it tried; its best rate may lie {beyond} it, and its figures "
+                     "below may understate the method.")
+    return lines + [""] if lines else []
 
 
 def _time_to_target(result: dict) -> list[str]:

@@ -2,6 +2,7 @@
 restores, with one warning line, or says to --restart when none does; never a traceback."""
 
 import gc
+import logging
 import shutil
 import time
 
@@ -9,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jax_lora.checkpoint import CHECKPOINTS, DAMAGED_SUFFIX, Checkpoints, flat_arrays
+from jax_lora.checkpoint import (CHECKPOINTS, DAMAGED_SUFFIX, Checkpoints, _UnretrievedReadFilter,
+                                 flat_arrays)
 from shared.runs.reuse import RunStateError
 from tests.jax_lora.test_checkpoint import leaves_equal, trained_like_state
 
@@ -167,3 +169,20 @@ def test_a_tree_mismatch_is_not_damage(saved, run_dir):
     assert not isinstance(info.value, RunStateError)
     assert sorted(p.name for p in (run_dir / CHECKPOINTS).iterdir()) == ["1", "2", "3"]
     assert flat_arrays(trainable)  # the caller's state is untouched
+
+
+@pytest.mark.parametrize("kind", ["Future", "Task"])
+def test_asyncio_never_retrieved_reads_of_the_run_are_dropped_others_kept(kind, tmp_path):
+    """asyncio logs a failed read it was never asked about as '<kind> exception was never
+    retrieved' with a traceback (the Task form came up in CI); only those naming this run's
+    checkpoints are dropped."""
+    def record(message):
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, None)
+
+    keep = _UnretrievedReadFilter(str(tmp_path / CHECKPOINTS))
+    ours = (f"{kind} exception was never retrieved\nfuture: <Task finished "
+            f"exception=ValueError('OUT_OF_RANGE: ... local file \"{tmp_path / CHECKPOINTS}/20/"
+            f"state/d/9e\"')>")
+    assert not keep.filter(record(ours))
+    assert keep.filter(record(ours.replace(str(tmp_path), "/elsewhere")))
+    assert keep.filter(record(f"Unclosed client session: {tmp_path / CHECKPOINTS}"))

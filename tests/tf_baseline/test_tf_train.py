@@ -238,7 +238,7 @@ def test_extra_rows_join_the_training_steps(tiny_preset, run_train, tmp_path):
     """--extra-train (issue #18), the rows prepared from a mocked tfds multi_nli: they train, the
     planted copies of test pairs do not, the validation rows stay the split's."""
     from tests.conftest import extra_rows
-    from tests.shared.data.test_prepare import nli, planted, prepare
+    from tests.tfds_mocks import nli, planted, prepare
 
     rows = extra_rows(SAMPLE_DATA_DIR)
     examples = [nli(r.premise, r.hypothesis, r.label) for r in rows.itertuples()]

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import shared.data.tfds_watson  # noqa: F401  registers the Watson builder
@@ -24,6 +23,7 @@ from shared.data.extra import EXTRA_COLUMNS, load_prepared
 from shared.data.prepare import LANGUAGE_NAMES, PrepareError, Source, main, parse_sources
 from shared.data.split import SplitSpec, make_split
 from shared.data.watson import LABEL_NAMES, SAMPLE_DATA_DIR, load_test, load_train
+from tests.tfds_mocks import nli, planted, prepare
 
 REPO = Path(__file__).resolve().parents[3]
 XNLI_LANGUAGES = sorted(LANGUAGE_NAMES)
@@ -68,24 +68,6 @@ def watson_parts(watson_dir) -> dict:
     return {"validation": validation, "test": load_test(watson_dir)}
 
 
-@contextlib.contextmanager
-def planted(examples: dict[str, list[dict]]):
-    """tfds mocked: builder NAME (real feature specs, nothing on disk) yields examples[NAME],
-    serialized and decoded as from its files, whatever the split asked."""
-    def as_dataset(builder, split, **kwargs):
-        features = builder.info.features
-        serialized = [features.serialize_example(e) for e in examples[builder.name]]
-        return tf.data.Dataset.from_tensor_slices(serialized).map(features.deserialize_example)
-
-    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
-                                as_dataset_fn=as_dataset):
-        yield
-
-
-def nli(premise: str, hypothesis: str, label: int) -> dict:
-    return {"premise": premise, "hypothesis": hypothesis, "label": label}
-
-
 def xnli(premises: dict, hypotheses: dict, label: int) -> dict:
     """An XNLI example: premise in all 15 languages (filler where not given)."""
     filler = {code: f"Filler premise in {code}." for code in XNLI_LANGUAGES}
@@ -97,15 +79,6 @@ def with_letter_changed(text: str) -> str:
     middle = [i for i, c in enumerate(text) if c.isalpha()]
     at = middle[len(middle) // 2]
     return text[:at] + ("q" if text[at] != "q" else "z") + text[at + 1:]
-
-
-def prepare(*args) -> int:
-    """Run the command in this process (mocks hold); its exit code."""
-    try:
-        main([str(arg) for arg in args])
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
 
 
 def prepared_record(out: Path) -> list[dict]:

@@ -226,6 +226,10 @@ def test_selection_marks_the_chosen_rate(built):
         (0.55, 20, 30), (0.72, 20, 30), (0.60, 20, 30)]
     markdown = (out / "report.md").read_text()
     assert "| full | 3e-05 | 0 | 0.7200 | 0.2800 | 20 | 30 | patience | **chosen** |" in markdown
+    # lora's 1e-3 tops its grid (5e-4, 1e-3); full's 3e-5 lies inside (1e-5 ... 1e-4)
+    assert ("- **At the edge of its grid:** lora's chosen rate 0.001 is the highest it tried; "
+            "its best rate may lie above it") in markdown
+    assert "full's chosen rate" not in markdown
 
 
 def test_time_to_target_picks_the_first_step_of_the_mean_curve(built):
