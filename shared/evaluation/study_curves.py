@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from shared.evaluation.evaluate import number
@@ -30,6 +32,27 @@ def dev_curve(evals_by_seed: dict[int, pd.DataFrame | None]) -> pd.DataFrame | N
     return pd.DataFrame({"step": table.index.astype(int), "mean": table.mean(axis=1),
                          "min": table.min(axis=1), "max": table.max(axis=1),
                          "seeds": len(columns)}).reset_index(drop=True)
+
+
+UNIFORM_LOSS = math.log(3)  # cross-entropy of predicting 1/3 for each of the three labels
+STALL_TOLERANCE, STALL_EVALS = 0.01, 3
+
+
+def stalled_from(evals: pd.DataFrame | None) -> int | None:
+    """The step from which a run's training loss stayed within STALL_TOLERANCE of ln 3 (a
+    model that predicts the uniform distribution) through its last evaluation, when that held
+    for STALL_EVALS evaluations or more; else None. Such a run stopped on patience without
+    learning: its figures measure a failed run, not its method."""
+    if evals is None or "train_loss" not in evals:
+        return None
+    losses = evals.drop_duplicates("step", keep="last").sort_values("step")
+    near = (losses["train_loss"] - UNIFORM_LOSS).abs() <= STALL_TOLERANCE
+    trailing = 0
+    for flag in reversed(near.tolist()):
+        if not flag:
+            break
+        trailing += 1
+    return int(losses["step"].iat[-trailing]) if trailing >= STALL_EVALS else None
 
 
 def wall_clock(study: dict, methods: list[str]) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from shared.data.watson import LABEL_NAMES
 from shared.evaluation.report import fmt_ci, fmt_count, fmt_num, fmt_signed, md_table
+from shared.evaluation.study_curves import STALL_TOLERANCE, UNIFORM_LOSS
 from shared.evaluation.study_figures import FIGURE_TITLES
 
 
@@ -89,7 +90,20 @@ def _methods(result: dict) -> list[str]:
             "accuracy are the trainer's (manifest `best`), means over seeds.", ""] + md_table(
         ["method", "trainer", "learning rate", "seeds", "trainable parameters",
          "accuracy: mean ± half-width [95 % t-interval]", "min–max", "macro-F1 (mean)",
-         "best step (mean)", "best dev accuracy (mean)"], rows)
+         "best step (mean)", "best dev accuracy (mean)"], rows) + _stalled(result)
+
+
+def _stalled(result: dict) -> list[str]:
+    lines = [f"- **Stalled at chance:** {row['method']} seed {run['seed']}: its training loss "
+             f"stayed within {STALL_TOLERANCE:g} of ln 3 = {UNIFORM_LOSS:.4f} (the loss of "
+             f"predicting 1/3 for every label) from step {run['stalled_from']:,} to its last "
+             f"evaluation at step {run['evaluated_to']:,}"
+             + (", where patience stopped it" if run.get("stopped") == "patience" else "")
+             + f". It did not learn: its figures measure a failed run, not {row['method']} at "
+             "its best."
+             for row in result["methods"] for run in row["per_seed"]
+             if run.get("stalled_from") is not None]
+    return lines + [""] if lines else []
 
 
 def _pairs(result: dict) -> list[str]:

@@ -194,7 +194,10 @@ def method_row(study: dict, method: str, finals: list[StudyRun], labels: np.ndar
     per_seed = [{"seed": r.seed, "run_dir": r.name,
                  "accuracy": stats.accuracy(labels, r.run.predictions["pred"]),
                  "macro_f1": stats.macro_f1(labels, r.run.predictions["pred"]),
-                 **manifest_numbers(r.run.manifest)} for r in finals]
+                 **manifest_numbers(r.run.manifest),
+                 "stalled_from": study_curves.stalled_from(r.run.evals),
+                 "evaluated_to": None if r.run.evals is None or r.run.evals.empty
+                 else int(r.run.evals["step"].max())} for r in finals]
     scores = pd.DataFrame(per_seed, columns=["accuracy", "macro_f1", "best_step",
                                              "best_dev_accuracy"], dtype=float)
     first = finals[0].run.manifest if finals else {}

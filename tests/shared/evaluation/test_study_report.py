@@ -332,3 +332,30 @@ def test_cli_help_says_what_it_writes(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert exit_info.value.code == 0
     assert "report.md" in help_text and "report.json" in help_text and "PNG" in help_text
+
+
+def test_a_run_whose_loss_stays_at_ln3_is_called_stalled(study_dir, tmp_path):
+    """A run that never left the uniform prediction (training loss ln 3 for its last evals)
+    is named under the method table; a learning curve, however flat in accuracy, is not."""
+    assert not any(run["stalled_from"] for row in sr.build_study_report(
+        study_dir, tmp_path / "plain", bootstrap=BOOTSTRAP)["methods"] for run in row["per_seed"])
+    copy = variant(study_dir, tmp_path, lambda study: None)
+    evals_path = copy / "final/full/seed_1/evals.csv"
+    evals = pd.read_csv(evals_path)
+    evals["train_loss"] = [1.05, math.log(3) + 0.004, math.log(3) - 0.009, math.log(3)]
+    evals.to_csv(evals_path, index=False)
+    result = sr.build_study_report(copy, bootstrap=BOOTSTRAP)
+    stalled = {(row["method"], run["seed"]): run["stalled_from"]
+               for row in result["methods"] for run in row["per_seed"]}
+    assert stalled[("full", 1)] == 20 and stalled[("full", 0)] is None
+    markdown = (copy / "report" / "report.md").read_text()
+    assert md_line(markdown, "- **Stalled at chance:**") == (
+        "- **Stalled at chance:** full seed 1: its training loss stayed within 0.01 of ln 3 = "
+        "1.0986 (the loss of predicting 1/3 for every label) from step 20 to its last "
+        "evaluation at step 40. It did not learn: its figures measure a failed run, not full "
+        "at its best.")
+    # Two evals near ln 3 are not yet a stall (a run may leave the plateau, as lora did here).
+    evals["train_loss"] = [1.05, 1.02, math.log(3), math.log(3)]
+    evals.to_csv(evals_path, index=False)
+    result = sr.build_study_report(copy, bootstrap=BOOTSTRAP)
+    assert "Stalled" not in (copy / "report" / "report.md").read_text()
