@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_lora.lora import (BERT_KERNEL_INIT, COMPUTE_DTYPES, LoraConfig, LoRALinear, dropout,
-                           matmul)
+from jax_lora.lora import BERT_KERNEL_INIT, COMPUTE_DTYPES, LoraConfig, LoRALinear, dropout
 
 # keras.layers.Softmax fills masked logits with this value (float32), not -inf.
 MASKED_LOGIT = -1e9
