@@ -77,6 +77,8 @@ def sidebar_runs(entries: list[catalog.RunEntry]) -> None:
     for entry in entries:
         if entry.problem:
             st.sidebar.warning(f"{entry.name}: {entry.problem}")
+    for kind, text in views.training_notes({e.name: e.manifest for e in usable}):
+        getattr(st.sidebar, kind)(text)
 
 
 def usable(entries: list[catalog.RunEntry]) -> list[catalog.RunEntry]:

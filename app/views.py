@@ -14,11 +14,26 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from shared.data.watson import LABEL_NAMES
+from shared.evaluation.evaluate import training_data
 from shared.evaluation.report import FIGURE_TITLES
 from shared.evaluation.study_figures import FIGURE_TITLES as STUDY_FIGURE_TITLES
 
 MEAN_OVER_HEADS = "mean over heads"
 UNK = "[UNK]"  # BERT's unknown token; pass unknown_token(tokenizer) for another model's
+
+
+def training_notes(manifests: dict[str, dict]) -> list[tuple[str, str]]:
+    """(kind, text) lines for the sidebar about what the runs trained on, from their manifests
+    (the evaluator's words): a "warning" for each run that kept extra rows repeating
+    validation or test pairs, and, when the runs did not all train on the same rows, a
+    "caption" saying so with each run's training data. Nothing when they did."""
+    data = {name: training_data(manifest) for name, manifest in manifests.items()}
+    notes = [("warning", f"{name}: {d['words']}; its accuracy is inflated")
+             for name, d in data.items() if d["contaminated"]]
+    if len({d["key"] for d in data.values()}) > 1:
+        notes.append(("caption", "The runs trained on different rows: "
+                      + "; ".join(f"{name}: {d['words']}" for name, d in data.items())))
+    return notes
 
 
 def probability_frame(probabilities: dict[str, np.ndarray]) -> pd.DataFrame:

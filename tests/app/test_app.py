@@ -175,3 +175,25 @@ def test_missing_weights_and_another_split_are_said_in_the_page(compare_runs, tm
     at = go(at, "Errors")
     assert "different validation splits" in at.warning[0].value
     assert len(at.selectbox(key="errors_split").options) == 2
+
+
+def test_the_sidebar_says_what_each_run_trained_on_when_they_differ(compare_runs, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(compare_runs, root, ignore=shutil.ignore_patterns("report"))
+    at = start(root)
+    assert not at.exception and not at.sidebar.warning
+    assert not any("trained on different rows" in c.value for c in at.sidebar.caption)
+    root = shutil.copytree(root, tmp_path / "with_extra")  # another folder: find_runs caches
+    manifest = json.loads((root / "jax_probe" / "manifest.json").read_text())
+    manifest["data"]["extra"] = {"sources": [{"spec": "xnli:validation"}], "joined": 40,
+                                 "contaminated": True, "fingerprint_joined": "f",
+                                 "overlap": {"exact": 2, "near_duplicate": 0}}
+    (root / "jax_probe" / "manifest.json").write_text(json.dumps(manifest))
+    at = start(root)
+    assert not at.exception
+    assert [w.value for w in at.sidebar.warning] == [
+        "jax_probe: Watson training part + 40 extra rows (xnli:validation) CONTAMINATED: 2 of "
+        "them repeat validation/test pairs; its accuracy is inflated"]
+    note = next(c.value for c in at.sidebar.caption if "trained on different rows" in c.value)
+    assert "jax_lora: Watson training part" in note and "jax_probe: Watson training part + 40" \
+        in note

@@ -93,3 +93,23 @@ def test_captions_come_from_the_report_numbers_and_skip_undrawn_figures(tmp_path
     (tmp_path / "resources.png").write_bytes(b"png")
     # Only figures whose file exists reach the gallery.
     assert [title for title, _, _ in views.gallery(tmp_path, report(figures))] == ["Resources"]
+
+
+def test_training_notes_say_when_runs_trained_on_other_rows_and_warn_of_contamination():
+    plain = {"data": {}}
+    extra = {"data": {"extra": {"sources": [{"spec": "xnli:validation"}], "joined": 120,
+                                "dropped": 2, "fingerprint_joined": "e1"}}}
+    dirty = {"data": {"extra": {"sources": [{"spec": "multi_nli:train[:50]"}], "joined": 50,
+                                "contaminated": True, "overlap": {"exact": 3, "near_duplicate": 1},
+                                "fingerprint_joined": "e2"}}}
+    assert views.training_notes({"a": plain, "b": plain}) == []
+    notes = views.training_notes({"a": plain, "x": extra})
+    assert notes == [("caption", "The runs trained on different rows: a: Watson training part; "
+                      "x: Watson training part + 120 extra rows (xnli:validation) (2 "
+                      "overlapping validation/test pairs dropped)")]
+    kinds = [kind for kind, _ in views.training_notes({"a": plain, "d": dirty})]
+    assert kinds == ["warning", "caption"]
+    warning = views.training_notes({"d": dirty})
+    assert warning == [("warning", "d: Watson training part + 50 extra rows "
+                        "(multi_nli:train[:50]) CONTAMINATED: 4 of them repeat validation/test "
+                        "pairs; its accuracy is inflated")]
