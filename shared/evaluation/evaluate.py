@@ -227,8 +227,10 @@ def recipe(manifest: dict) -> dict:
         method = (f"keras-hub LoRA r={config['lora_rank']}" if config.get("lora_rank")
                   else "full fine-tune")
     epochs = manifest.get("epochs") or []
+    stopped = manifest.get("stopped") if isinstance(manifest.get("stopped"), dict) else {}
     return {"method": method, "epochs": config.get("epochs"),
             "epochs_run": len(epochs),
+            "stopped": {"reason": stopped.get("reason"), "step": number(stopped.get("step"))},
             "learning_rate": number(training.get("learning_rate", config.get("lr"))),
             "global_batch": number(training.get("global_batch", manifest.get("global_batch"))),
             "sequence_length": config.get("sequence_length"),

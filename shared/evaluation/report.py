@@ -175,7 +175,7 @@ def _summary(result: dict, level: str) -> list[str]:
 
 
 def _recipes(result: dict, level: str) -> list[str]:
-    rows = [[run["name"], run["recipe"]["method"], str(run["recipe"]["epochs"]),
+    rows = [[run["name"], run["recipe"]["method"], _epochs_trained(run["recipe"]),
              "n/a" if run["recipe"]["learning_rate"] is None
              else f"{run['recipe']['learning_rate']:g}",
              fmt_count(run["recipe"]["global_batch"]), str(run["recipe"]["sequence_length"]),
@@ -195,6 +195,15 @@ def _recipes(result: dict, level: str) -> list[str]:
     return ["## What each run trained", ""] + notes + md_table(
         ["run", "method", "epochs", "learning rate", "global batch", "sequence length",
          "training data"], rows)
+
+
+def _epochs_trained(recipe: dict) -> str:
+    """The epochs asked for, and where a run stopped before them (patience or a step cap)."""
+    stopped = recipe.get("stopped") or {}
+    if stopped.get("reason") not in ("patience", "max_steps") or stopped.get("step") is None:
+        return str(recipe["epochs"])
+    return (f"{recipe['epochs']} (stopped at step {stopped['step']:,.0f} in epoch "
+            f"{recipe['epochs_run']}: {stopped['reason']})")
 
 
 def _pairwise(result: dict, level: str) -> list[str]:

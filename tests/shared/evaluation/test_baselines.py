@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from shared.evaluation.evaluate import code_versions, recipe, trivial_baselines, verdict
-from shared.evaluation.report import _provenance, _verdicts
+from shared.evaluation.report import _epochs_trained, _provenance, _verdicts
 
 
 def test_baselines_are_chance_and_the_most_frequent_label():
@@ -65,3 +65,18 @@ def test_runs_from_different_commits_are_flagged():
 def test_recipe_names_the_jax_method(config, parent, words):
     manifest = {"trainer": "jax_lora", "config": config, "parent": parent}
     assert recipe(manifest)["method"] == words
+
+
+@pytest.mark.parametrize("stopped, cell", [
+    ({"reason": "patience", "step": 2300}, "8 (stopped at step 2,300 in epoch 6: patience)"),
+    ({"reason": "max_steps", "step": 30}, "8 (stopped at step 30 in epoch 6: max_steps)"),
+    ({"reason": "epochs", "step": 3600}, "8"),   # ran every epoch it was asked for
+    (None, "8"),                                 # tf_baseline records no "stopped"
+])
+def test_the_epochs_cell_says_where_a_run_stopped_early(stopped, cell):
+    manifest = {"trainer": "jax_lora", "config": {"epochs": 8, "method": "lora",
+                                                  "lora": {"rank": 4, "targets": ["query"]}},
+                "epochs": [{"epoch": e} for e in range(1, 7)]}
+    if stopped:
+        manifest["stopped"] = stopped
+    assert _epochs_trained(recipe(manifest)) == cell
