@@ -18,12 +18,18 @@ API: `train(config) -> run_dir`, `predict(run_dir, frame) -> probabilities`.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
+
+# `python tf_baseline/train.py` puts this folder, not the repo, first on sys.path: `shared` and
+# `tf_baseline` would then come from wherever an editable install points (another checkout).
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no CUDA chatter
 
 import shutil  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
