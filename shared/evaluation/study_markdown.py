@@ -34,7 +34,10 @@ def _header(result: dict) -> list[str]:
     machines = "; ".join(f"{machine} ({', '.join(methods)})" for machine, methods in
                          timed.items()) or "none recorded"
     command = "not recorded" if study["command"] is None else f"`{study['command']}`"
-    lines = [f"- Command: {command}", f"- Code: commit {commit}",
+    lines = [f"- Command: {command}", f"- Code: commit {commit}" + (
+                 "; runs whose manifest records another commit: " + ", ".join(
+                     f"`{o['run_dir']}` (`{o['commit']}`)" for o in result["other_code"])
+                 if result.get("other_code") else ""),
              f"- Preset: {settings.get('preset', 'n/a')}, sequence length "
              f"{settings.get('sequence_length', 'n/a')}, seeds "
              f"{', '.join(map(str, settings.get('seeds') or [])) or 'n/a'}",

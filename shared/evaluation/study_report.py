@@ -178,6 +178,7 @@ def summarize(study: dict, runs: list[StudyRun], missing: list[dict], *, bootstr
         "options": {"bootstrap_resamples": bootstrap, "seed": seed,
                     "confidence": stats.CONFIDENCE},
         "baselines": ev.trivial_baselines(labels), "missing": missing,
+        "other_code": other_code(study, runs),
         "methods": methods,
         "pairs": [pooled_pair(a, b, correct[a], correct[b], bootstrap, seed)
                   for a, b in method_pairs([m for m in order if m in correct])],
@@ -187,6 +188,17 @@ def summarize(study: dict, runs: list[StudyRun], missing: list[dict], *, bootstr
         "time_to_target": study_curves.time_to_target(study, methods, curves),
         "per_language": per_language(correct, labels, languages, methods),
         "premise": premise_table(finals, correct, labels, data_dir)}
+
+
+def other_code(study: dict, runs: list[StudyRun]) -> list[dict]:
+    """The finished runs whose manifest records another commit than the study's: a study
+    continued from another checkout, or a trainer that imported another checkout's code."""
+    code = study.get("code") or {}
+    own = None if code.get("commit") is None else code["commit"][:12] + (
+        "+dirty" if code.get("dirty") else "")
+    commits = ev.code_versions([r.run for r in runs], [r.name for r in runs])["commits"]
+    return [{"run_dir": name, "commit": commit} for name, commit in commits.items()
+            if commit is not None and own is not None and commit != own]
 
 
 def method_row(study: dict, method: str, finals: list[StudyRun], labels: np.ndarray) -> dict:

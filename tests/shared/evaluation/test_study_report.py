@@ -359,3 +359,26 @@ def test_a_run_whose_loss_stays_at_ln3_is_called_stalled(study_dir, tmp_path):
     evals.to_csv(evals_path, index=False)
     result = sr.build_study_report(copy, bootstrap=BOOTSTRAP)
     assert "Stalled" not in (copy / "report" / "report.md").read_text()
+
+
+def test_runs_whose_manifest_records_another_commit_are_named(study_dir, tmp_path):
+    """The header names every finished run that ran other code than the study's commit (the
+    study's TF runs once imported another checkout's packages); the same commit, or none
+    recorded, is not named."""
+    assert sr.build_study_report(study_dir, tmp_path / "plain",
+                                 bootstrap=BOOTSTRAP)["other_code"] == []
+    copy = variant(study_dir, tmp_path, lambda study: None)
+    for run_dir, code in (("final/tf_full/seed_0", {"commit": "7d37ed76e53b" * 3, "dirty": False}),
+                          ("final/full/seed_0", {"commit": "abcdef0123456789" * 2, "dirty": True}),
+                          ("final/lora/seed_0", {"commit": "abcdef0123456789" * 2, "dirty": False})):
+        path = copy / run_dir / "manifest.json"
+        manifest = json.loads(path.read_text())
+        path.write_text(json.dumps({**manifest, "code": code}))
+    result = sr.build_study_report(copy, bootstrap=BOOTSTRAP)
+    assert result["other_code"] == [{"run_dir": "final/lora/seed_0", "commit": "abcdef012345"},
+                                    {"run_dir": "final/tf_full/seed_0", "commit": "7d37ed76e53b"}]
+    markdown = (copy / "report" / "report.md").read_text()
+    assert md_line(markdown, "- Code:") == (
+        "- Code: commit `abcdef012345` (uncommitted changes); runs whose manifest records "
+        "another commit: `final/lora/seed_0` (`abcdef012345`), `final/tf_full/seed_0` "
+        "(`7d37ed76e53b`)")
