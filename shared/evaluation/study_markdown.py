@@ -11,7 +11,7 @@ from shared.evaluation.study_figures import FIGURE_TITLES
 
 def render(result: dict) -> str:
     lines = ["# Study report", ""] + _header(result)
-    for section in (_methods, _pairs, _selection, _time_to_target, _per_language, _premise,
+    for section in (_methods, _pairs, _cross_framework, _selection, _time_to_target, _per_language, _premise,
                     _figures):
         lines += section(result)
     return "\n".join(lines)
@@ -135,6 +135,48 @@ def _pairs(result: dict) -> list[str]:
             "so its p-value is optimistic. Read the bootstrap interval.", ""] + md_table(
         ["pair", "seeds paired", "accuracy A (pooled)", "accuracy B (pooled)",
          "Δ accuracy [95 % CI]", "right: A only / B only", "McNemar p (optimistic)"], rows)
+
+
+def _cross_framework(result: dict) -> list[str]:
+    checks = result.get("cross_framework") or []
+    if not checks:
+        return []
+    lines = ["## Cross-framework check", "",
+             "A method trained at another's recipe (the same learning rate, for the whole "
+             "epochs that method's same-seed final run needed to reach its best dev step) in "
+             "the other trainer. Its runs draw their own initial head and dropout, like another "
+             "seed, so both trainers train the same model the same way if its accuracy lies "
+             "within the source's seed-to-seed spread. It is judged at its last step, the "
+             "source at its best dev step.", ""]
+    rows = []
+    for check in checks:
+        spread = check["source_accuracy"]
+        source = (f"{fmt_num(spread['mean'])} " + (fmt_ci(spread["ci"]) if spread["ci"]
+                                                   else "(1 seed, no interval)")
+                  + f", {fmt_num(spread['min'])}–{fmt_num(spread['max'])} over "
+                    f"{spread['n']} seed{'s' if spread['n'] != 1 else ''}")
+        paired = check["paired"]
+        for run in check["runs"]:
+            rows.append([f"{check['method']} ({check['trainer']})",
+                         f"{check['source']} ({check['source_trainer']})", str(run["seed"]),
+                         fmt_num(run["accuracy"]), source, _yes_no(run["in_range"]),
+                         _yes_no(run["in_interval"]),
+                         "" if paired is None else f"{fmt_signed(paired['diff'])} "
+                         f"{fmt_ci(paired['ci'], True)} (seed"
+                         f"{'s' if len(paired['seeds']) > 1 else ''} "
+                         f"{', '.join(map(str, paired['seeds']))})"])
+        if not check["runs"]:
+            rows.append([f"{check['method']} ({check['trainer']})",
+                         f"{check['source']} ({check['source_trainer']})", "none",
+                         "no finished final run", source, "", "", ""])
+    return lines + md_table(
+        ["run", "recipe of", "seed", "accuracy", "recipe's method: mean [95 % t-interval], "
+         "min–max", "inside min–max", "inside t-interval",
+         "Δ accuracy vs the same seeds [95 % CI]"], rows)
+
+
+def _yes_no(value) -> str:
+    return "n/a (fewer than 2 seeds)" if value is None else "yes" if value else "no"
 
 
 def _selection(result: dict) -> list[str]:

@@ -171,6 +171,8 @@ def summarize(study: dict, runs: list[StudyRun], missing: list[dict], *, bootstr
     curves = {m: study_curves.dev_curve({r.seed: r.run.evals for r in finals if r.method == m})
               for m in order}
     curves = {m: curve for m, curve in curves.items() if curve is not None}
+    pairs = [pooled_pair(a, b, correct[a], correct[b], bootstrap, seed)
+             for a, b in method_pairs([m for m in order if m in correct])]
     return {
         "study": {"command": study.get("command"), "code": study.get("code") or {},
                   "settings": study["settings"], "timing": study.get("timing") or {}},
@@ -180,8 +182,7 @@ def summarize(study: dict, runs: list[StudyRun], missing: list[dict], *, bootstr
         "baselines": ev.trivial_baselines(labels), "missing": missing,
         "other_code": other_code(study, runs),
         "methods": methods,
-        "pairs": [pooled_pair(a, b, correct[a], correct[b], bootstrap, seed)
-                  for a, b in method_pairs([m for m in order if m in correct])],
+        "pairs": pairs, "cross_framework": cross_framework(study, methods, pairs),
         "selection": selection_rows(study, [r for r in runs if r.stage == "select"], order),
         "curves": {m: curve.to_dict("records") for m, curve in curves.items()},
         "wall_clock": study_curves.wall_clock(study, list(curves)),
@@ -222,6 +223,39 @@ def method_row(study: dict, method: str, finals: list[StudyRun], labels: np.ndar
             "macro_f1_mean": _mean(scores["macro_f1"]),
             "best_step_mean": _mean(scores["best_step"]),
             "best_dev_accuracy_mean": _mean(scores["best_dev_accuracy"])}
+
+
+def cross_framework(study: dict, methods: list[dict], pairs: list[dict]) -> list[dict]:
+    """Each method that trains at another's recipe (study.json `recipe_from`: tf_full_tuned is
+    the TF replica at JAX full's chosen rate and epochs) against that method's seeds: is each of
+    its runs inside their min–max and their t-interval, and what is the paired difference
+    (this method − the source) over the seeds both finished."""
+    rows = {row["method"]: row for row in methods}
+    checks = []
+    for method, spec in study["methods"].items():
+        source = spec.get("recipe_from")
+        if not source or method not in rows or source not in rows:
+            continue
+        spread = rows[source]["accuracy"]
+        runs = []
+        for run in rows[method]["per_seed"]:
+            accuracy = run["accuracy"]
+            runs.append({"seed": run["seed"], "accuracy": accuracy,
+                         "in_range": None if spread["n"] < 2
+                         else spread["min"] <= accuracy <= spread["max"],
+                         "in_interval": None if spread["ci"] is None
+                         else spread["ci"][0] <= accuracy <= spread["ci"][1]})
+        pair = next((p for p in pairs if {p["a"], p["b"]} == {method, source}), None)
+        difference = None
+        if pair is not None and pair["seeds"]:
+            sign = 1 if pair["b"] == method else -1
+            low, high = (sign * x for x in pair["accuracy_diff_ci"])
+            difference = {"seeds": pair["seeds"], "diff": sign * pair["accuracy_diff"],
+                          "ci": [min(low, high), max(low, high)]}
+        checks.append({"method": method, "trainer": rows[method]["trainer"], "source": source,
+                       "source_trainer": rows[source]["trainer"], "source_accuracy": spread,
+                       "runs": runs, "paired": difference})
+    return checks
 
 
 def t_interval(values: pd.Series) -> dict:

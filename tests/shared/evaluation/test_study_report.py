@@ -382,3 +382,50 @@ def test_runs_whose_manifest_records_another_commit_are_named(study_dir, tmp_pat
         "- Code: commit `abcdef012345` (uncommitted changes); runs whose manifest records "
         "another commit: `final/lora/seed_0` (`abcdef012345`), `final/tf_full/seed_0` "
         "(`7d37ed76e53b`)")
+
+
+def test_cross_framework_check_places_the_copy_among_the_source_seeds(study_dir, tmp_path):
+    """A method with `recipe_from` (tf_full_tuned: the replica at full's recipe) is placed
+    against the source's seeds: inside their min–max and t-interval or not, with the paired
+    difference oriented as the copy − the source."""
+    plain = sr.build_study_report(study_dir, tmp_path / "plain", bootstrap=BOOTSTRAP)
+    assert plain["cross_framework"] == []
+    assert "Cross-framework" not in (tmp_path / "plain" / "report.md").read_text()
+
+    def add(study):
+        study["methods"]["tf_full_tuned"] = {"trainer": "tf_baseline", "args": [], "grid": [],
+                                             "recipe_from": "full", "chosen_lr": 3e-5}
+        study["runs"] += [{"stage": "final", "method": "tf_full_tuned", "lr": 3e-5, "seed": s,
+                           "run_dir": f"final/tf_full_tuned/seed_{s}", "status": "finished"}
+                          for s in (0, 1)]
+    copy = variant(study_dir, tmp_path, add)
+    data = sample_data()
+    n = len(data.val)
+    # full's seeds have 150, 165, 171 right: t-interval 162 ± 26.9 rows, min–max 150–171.
+    for seed, k in ((0, 160), (1, 190)):
+        write_run(copy / f"final/tf_full_tuned/seed_{seed}", data,
+                  right=right_mask(n, k, 70 + seed), method="tf_full", lr=3e-5)
+    [check] = sr.build_study_report(copy, bootstrap=BOOTSTRAP)["cross_framework"]
+    assert (check["method"], check["source"], check["trainer"]) == (
+        "tf_full_tuned", "full", "tf_baseline")
+    assert [(r["seed"], r["in_range"], r["in_interval"]) for r in check["runs"]] == [
+        (0, True, True), (1, False, False)]
+    assert check["runs"][1]["accuracy"] == pytest.approx(190 / n)
+    tuned = [right_of(copy, f"final/tf_full_tuned/seed_{s}").mean() for s in (0, 1)]
+    full = [right_of(copy, f"final/full/seed_{s}").mean() for s in (0, 1)]
+    paired = check["paired"]
+    assert paired["seeds"] == [0, 1]
+    assert paired["diff"] == pytest.approx(np.mean(tuned) - np.mean(full))
+    assert paired["ci"][0] < paired["diff"] < paired["ci"][1]
+    markdown = (copy / "report" / "report.md").read_text()
+    row = md_line(markdown, "| tf_full_tuned (tf_baseline) | full (jax_lora) | 1 |")
+    assert "| no | no |" in row and f"{190 / n:.4f}" in row
+
+    # The pair listed the other way round (source as B) gives the same oriented difference.
+    pair = {"a": "tf_full_tuned", "b": "full", "seeds": [0, 1], "accuracy_diff": -paired["diff"],
+            "accuracy_diff_ci": [-paired["ci"][1], -paired["ci"][0]]}
+    study = json.loads((copy / "study.json").read_text())
+    rows = sr.build_study_report(copy, bootstrap=BOOTSTRAP)["methods"]
+    [flipped] = sr.cross_framework(study, rows, [pair])
+    assert flipped["paired"]["diff"] == pytest.approx(paired["diff"])
+    assert flipped["paired"]["ci"] == pytest.approx(paired["ci"])
