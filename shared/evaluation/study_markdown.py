@@ -11,8 +11,8 @@ from shared.evaluation.study_figures import FIGURE_TITLES
 
 def render(result: dict) -> str:
     lines = ["# Study report", ""] + _header(result)
-    for section in (_methods, _pairs, _cross_framework, _selection, _time_to_target, _per_language, _premise,
-                    _figures):
+    for section in (_methods, _pairs, _cross_framework, _selection, _time_to_target,
+                    _per_language, _premise, _compute, _figures):
         lines += section(result)
     return "\n".join(lines)
 
@@ -278,6 +278,25 @@ def _premise(result: dict) -> list[str]:
 def _span(counts: list[int]) -> str:
     low, high = min(counts), max(counts)
     return str(low) if low == high else f"{low}–{high}"
+
+
+def _compute(result: dict) -> list[str]:
+    rows = result.get("compute") or []
+    if not rows:
+        return []
+    total = sum(row["hours"] for row in rows)
+    timed = sorted({t["machine"] for t in result["study"]["timing"].values()
+                    if isinstance(t, dict) and t.get("machine")})
+    return ["## Compute used", "",
+            f"{total:.1f} hours of training in the finished selection trials and final runs: "
+            "the sum of their manifests' epoch seconds (training steps, dev evaluations and "
+            "checkpoints; time lost to interruptions, start-up and the final predictions are "
+            "not counted, nor are the timing runs). The runs do not record their machine; the "
+            "step timings were measured on " + (", ".join(timed) or "no recorded machine")
+            + ".", ""] + md_table(
+        ["stage", "method", "finished runs", "hours"],
+        [[row["stage"], row["method"], str(row["runs"]), f"{row['hours']:.2f}"]
+         for row in rows])
 
 
 def _figures(result: dict) -> list[str]:

@@ -188,7 +188,8 @@ def summarize(study: dict, runs: list[StudyRun], missing: list[dict], *, bootstr
         "wall_clock": study_curves.wall_clock(study, list(curves)),
         "time_to_target": study_curves.time_to_target(study, methods, curves),
         "per_language": per_language(correct, labels, languages, methods),
-        "premise": premise_table(finals, correct, labels, data_dir)}
+        "premise": premise_table(finals, correct, labels, data_dir),
+        "compute": compute_used(runs, order)}
 
 
 def other_code(study: dict, runs: list[StudyRun]) -> list[dict]:
@@ -223,6 +224,23 @@ def method_row(study: dict, method: str, finals: list[StudyRun], labels: np.ndar
             "macro_f1_mean": _mean(scores["macro_f1"]),
             "best_step_mean": _mean(scores["best_step"]),
             "best_dev_accuracy_mean": _mean(scores["best_dev_accuracy"])}
+
+
+def compute_used(runs: list[StudyRun], order: list[str]) -> list[dict]:
+    """Hours of the finished selection and final runs, per stage and method: the sum of their
+    manifests' epoch seconds (training, dev evaluations and checkpoints, as recorded: time
+    lost to an interruption, start-up and the final prediction are not in it)."""
+    rows = []
+    for stage in REPORTED:
+        for method in order:
+            mine = [r for r in runs if r.stage == stage and r.method == method]
+            if mine:
+                seconds = sum(ev.number(epoch.get("seconds")) or 0.0
+                              for r in mine for epoch in r.run.manifest.get("epochs") or []
+                              if isinstance(epoch, dict))
+                rows.append({"stage": stage, "method": method, "runs": len(mine),
+                             "hours": seconds / 3600})
+    return rows
 
 
 def cross_framework(study: dict, methods: list[dict], pairs: list[dict]) -> list[dict]:

@@ -368,9 +368,10 @@ def test_runs_whose_manifest_records_another_commit_are_named(study_dir, tmp_pat
     assert sr.build_study_report(study_dir, tmp_path / "plain",
                                  bootstrap=BOOTSTRAP)["other_code"] == []
     copy = variant(study_dir, tmp_path, lambda study: None)
+    study_commit = "abcdef0123456789" * 2
     for run_dir, code in (("final/tf_full/seed_0", {"commit": "7d37ed76e53b" * 3, "dirty": False}),
-                          ("final/full/seed_0", {"commit": "abcdef0123456789" * 2, "dirty": True}),
-                          ("final/lora/seed_0", {"commit": "abcdef0123456789" * 2, "dirty": False})):
+                          ("final/full/seed_0", {"commit": study_commit, "dirty": True}),
+                          ("final/lora/seed_0", {"commit": study_commit, "dirty": False})):
         path = copy / run_dir / "manifest.json"
         manifest = json.loads(path.read_text())
         path.write_text(json.dumps({**manifest, "code": code}))
@@ -429,3 +430,25 @@ def test_cross_framework_check_places_the_copy_among_the_source_seeds(study_dir,
     [flipped] = sr.cross_framework(study, rows, [pair])
     assert flipped["paired"]["diff"] == pytest.approx(paired["diff"])
     assert flipped["paired"]["ci"] == pytest.approx(paired["ci"])
+
+
+def test_compute_used_sums_the_recorded_epoch_seconds(study_dir, tmp_path):
+    """Hours per stage and method are the sum of the finished runs' epoch seconds; a run with
+    no recorded epochs adds nothing, a failed run is not counted."""
+    copy = variant(study_dir, tmp_path, lambda study: None)
+    for run_dir, seconds in (("final/full/seed_0", [1800.0, 1800.0]),
+                             ("final/full/seed_1", [900.0]), ("select/full/lr_3e-05", [360.0])):
+        path = copy / run_dir / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["epochs"] = [{"epoch": i + 1, "seconds": s} for i, s in enumerate(seconds)]
+        path.write_text(json.dumps(manifest))
+    result = sr.build_study_report(copy, bootstrap=BOOTSTRAP)
+    hours = {(row["stage"], row["method"]): (row["runs"], row["hours"])
+             for row in result["compute"]}
+    assert hours[("final", "full")] == (3, pytest.approx(1.25))
+    assert hours[("select", "full")] == (3, pytest.approx(0.1))
+    assert hours[("final", "lora")] == (2, 0.0)   # seed 2 failed: 2 finished runs
+    markdown = (copy / "report" / "report.md").read_text()
+    assert md_line(markdown, "1.4 hours of training").startswith(
+        "1.4 hours of training in the finished selection trials and final runs")
+    assert "| final | full | 3 | 1.25 |" in markdown and AMD in markdown.split("## Compute")[1]
