@@ -245,15 +245,19 @@ def _per_language(result: dict) -> list[str]:
     methods = list(table["all"]["accuracy"])
     if not methods:
         return ["## Per-language accuracy", "", "No finished final run.", ""]
-    rows = [[row["language"], str(row["n"]), fmt_num(row["majority_accuracy"])] +
+    rows = [[row["language"], str(row["n"]), f"±{row['widest_half_width']:.3f}",
+             fmt_num(row["majority_accuracy"])] +
             [fmt_num(row["accuracy"][m]) for m in methods] for row in table["rows"]]
-    rows.append(["**all**", f"{table['all']['n']:,}", fmt_num(table["all"]["majority_accuracy"])] +
-                [fmt_num(table["all"]["accuracy"][m]) for m in methods])
+    rows.append(["**all**", f"{table['all']['n']:,}", "",
+                 fmt_num(table["all"]["majority_accuracy"])]
+                + [fmt_num(table["all"]["accuracy"][m]) for m in methods])
     return ["## Per-language accuracy", "",
             "Mean validation accuracy over each method's seeds, per language, beside the "
             "accuracy of always answering that language's most frequent label; chance is "
-            "0.3333 in every row.", ""] + md_table(
-        ["language", "n", "majority class"] + methods, rows)
+            "0.3333 in every row. “±” is the half-width of a 95 % interval of an accuracy "
+            "near 0.5 on that many rows (1.96·√(0.25/n), its widest): a language's accuracies "
+            "closer than that are not told apart by its rows.", ""] + md_table(
+        ["language", "n", "±", "majority class"] + methods, rows)
 
 
 def _premise(result: dict) -> list[str]:

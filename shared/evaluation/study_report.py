@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from shared.cli import exit_on_bad_input
@@ -359,11 +360,18 @@ def per_language(correct: dict, labels, languages, methods: list[dict]) -> dict:
         lambda part: ev.trivial_baselines(part.to_numpy())["majority"]["accuracy"])
     rows = [{"language": language, "n": int(sizes[language]),
              "majority_accuracy": float(majority[language]),
+             "widest_half_width": widest_half_width(int(sizes[language])),
              "accuracy": {m: float(v) for m, v in means.loc[language].items()}}
             for language in means.index]
     overall["accuracy"] = {row["method"]: row["accuracy"]["mean"] for row in methods
                            if row["method"] in correct}
     return {"rows": rows, "all": overall}
+
+
+def widest_half_width(n: int) -> float:
+    """Half-width of the normal 95 % interval of an accuracy near 0.5 on n rows (its widest):
+    how far apart two accuracies on this language's rows can be by chance alone."""
+    return float(norm.ppf(0.5 + stats.CONFIDENCE / 2) * math.sqrt(0.25 / n))
 
 
 def premise_table(finals: list[StudyRun], correct: dict, labels, data_dir) -> dict:

@@ -190,8 +190,8 @@ def test_baselines_are_rows_of_the_accuracy_tables(built, study_dir):
     assert result["baselines"]["majority"]["accuracy"] == pytest.approx(majority)
     assert f"| {majority:.4f} |" in md_line(markdown, "| *majority class (baseline)* |")
     assert "| 0.3333 |" in md_line(markdown, "| *chance (baseline)* |")
-    assert "| language | n | majority class | full | lora | tf_full |" in markdown
-    assert f"| **all** | 280 | {majority:.4f} |" in markdown
+    assert "| language | n | ± | majority class | full | lora | tf_full |" in markdown
+    assert f"| **all** | 280 |  | {majority:.4f} |" in markdown
     assert "majority class seen | majority class unseen |" in markdown
 
 
@@ -258,6 +258,8 @@ def test_per_language_and_premise_seen_are_means_over_seeds(built, study_dir):
     row = next(r for r in result["per_language"]["rows"] if r["language"] == "English")
     assert row["n"] == english.sum()
     assert row["accuracy"]["full"] == pytest.approx(np.mean([f[english].mean() for f in full]))
+    # ± at 0.5 from a printed table: z_0.975 = 1.96 (1.95996), half of it over √n.
+    assert row["widest_half_width"] == pytest.approx(0.979982 / math.sqrt(english.sum()))
     seen = data.val["premise"].isin(set(data.train["premise"])).to_numpy()
     assert seen.any()
     premise = next(r for r in result["premise"]["methods"] if r["method"] == "full")
