@@ -248,6 +248,11 @@ def _per_language(result: dict) -> list[str]:
     rows = [[row["language"], str(row["n"]), f"±{row['widest_half_width']:.3f}",
              fmt_num(row["majority_accuracy"])] +
             [fmt_num(row["accuracy"][m]) for m in methods] for row in table["rows"]]
+    other = table.get("non_english")
+    if other:
+        rows.append(["**all but English**", f"{other['n']:,}",
+                     f"±{other['widest_half_width']:.3f}", fmt_num(other["majority_accuracy"])]
+                    + [fmt_num(other["accuracy"][m]) for m in methods])
     rows.append(["**all**", f"{table['all']['n']:,}", "",
                  fmt_num(table["all"]["majority_accuracy"])]
                 + [fmt_num(table["all"]["accuracy"][m]) for m in methods])

@@ -365,7 +365,16 @@ def per_language(correct: dict, labels, languages, methods: list[dict]) -> dict:
             for language in means.index]
     overall["accuracy"] = {row["method"]: row["accuracy"]["mean"] for row in methods
                            if row["method"] in correct}
-    return {"rows": rows, "all": overall}
+    others = np.asarray(languages) != "English"
+    non_english = None
+    if others.any() and not others.all():  # MiniLM learned English: the rest, pooled
+        non_english = {"n": int(others.sum()),
+                       "widest_half_width": widest_half_width(int(others.sum())),
+                       "majority_accuracy": ev.trivial_baselines(
+                           np.asarray(labels)[others])["majority"]["accuracy"],
+                       "accuracy": {m: float(mean_right[m].to_numpy()[others].mean())
+                                    for m in mean_right.columns}}
+    return {"rows": rows, "non_english": non_english, "all": overall}
 
 
 def widest_half_width(n: int) -> float:

@@ -258,6 +258,9 @@ def test_per_language_and_premise_seen_are_means_over_seeds(built, study_dir):
     row = next(r for r in result["per_language"]["rows"] if r["language"] == "English")
     assert row["n"] == english.sum()
     assert row["accuracy"]["full"] == pytest.approx(np.mean([f[english].mean() for f in full]))
+    other = result["per_language"]["non_english"]
+    assert other["n"] == (~english).sum()
+    assert other["accuracy"]["full"] == pytest.approx(np.mean([f[~english].mean() for f in full]))
     # ± at 0.5 from a printed table: z_0.975 = 1.96 (1.95996), half of it over √n.
     assert row["widest_half_width"] == pytest.approx(0.979982 / math.sqrt(english.sum()))
     seen = data.val["premise"].isin(set(data.train["premise"])).to_numpy()
