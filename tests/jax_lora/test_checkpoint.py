@@ -10,41 +10,9 @@ from flax import nnx
 
 from jax_lora.adapter import ADAPTER_META, ADAPTER_WEIGHTS, load_adapter, save_adapter
 from jax_lora.checkpoint import CHECKPOINTS, Checkpoints, latest_meta, replace_arrays
-from jax_lora.config import TrainConfig
-from jax_lora.lora import LoraConfig, LoRALinear, trainable_filter
-from jax_lora.optim import make_optimizer, split_trainable, trainable_mask
+from jax_lora.lora import LoraConfig, trainable_filter
 from jax_lora.weights import load_pretrained
-
-
-class AdaptedLayer(nnx.Module):
-    """The parameter kinds a checkpoint holds: a frozen kernel with A/B, and a head."""
-
-    def __init__(self, rngs: nnx.Rngs):
-        self.layer = LoRALinear(8, 8, rank=2, rngs=rngs)
-        self.head = nnx.Linear(8, 3, rngs=rngs)
-
-
-def leaves_equal(a, b) -> bool:
-    return (jax.tree.structure(a) == jax.tree.structure(b) and
-            all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
-
-
-def trained_like_state():
-    """Trainable params and an optimizer state that are not at their initial values."""
-    lora = LoraConfig(rank=2)
-    params = nnx.state(AdaptedLayer(nnx.Rngs(0)))
-    tx = make_optimizer(TrainConfig(lora=lora), params,
-                        trainable_mask(params, trainable_filter(lora)), 10)
-
-    @jax.jit
-    def step(params):
-        grads = jax.tree.map(lambda p: jnp.sin(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape),
-                             params)
-        updates, opt_state = tx.update(grads, tx.init(params), params)
-        return jax.tree.map(lambda p, u: p + u, params, updates), opt_state
-
-    params, opt_state = step(params)
-    return split_trainable(params, trainable_filter(lora))[0], opt_state
+from tests.jax_lora.helpers import leaves_equal, trained_like_state
 
 
 def test_save_restore_is_exact_and_keeps_the_newest(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from jax_lora.checkpoint import (CHECKPOINTS, DAMAGED_SUFFIX, Checkpoints, _UnretrievedReadFilter,
                                  flat_arrays)
 from shared.runs.reuse import RunStateError
-from tests.jax_lora.test_checkpoint import leaves_equal, trained_like_state
+from tests.jax_lora.helpers import leaves_equal, trained_like_state
 
 # tensorstore's leftover reads must not leak "Event loop is closed" tracebacks.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")

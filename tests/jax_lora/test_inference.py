@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import h5py
@@ -15,8 +14,8 @@ import numpy as np
 import pytest
 
 from jax_lora.inference import RunLoadError, load_run, predict
-from shared.data.spec import DataSpec, load
-from shared.runs.run_dir import PROB_COLUMNS, read_run
+from shared.runs.run_dir import read_run
+from tests.jax_lora.helpers import recorded_gap
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = ("tf_full", "jax_lora", "jax_probe")
@@ -25,18 +24,6 @@ RUNS = ("tf_full", "jax_lora", "jax_probe")
 @pytest.fixture(scope="module")
 def runs(compare_runs):
     return compare_runs
-
-
-def recorded_gap(loaded, run) -> types.SimpleNamespace:
-    """`loaded` (inference.load_run) on its run's validation rows, rebuilt from the manifest's
-    data spec: gap = max |p - recorded p|, out = what predict returned, val, expected = the
-    recorded probabilities."""
-    val = load(DataSpec.from_dict(run.manifest["config"]["data"])).val
-    assert list(val["id"]) == list(run.predictions["id"])
-    out = predict(loaded, val["premise"].tolist(), val["hypothesis"].tolist(), batch_size=16)
-    expected = run.predictions[list(PROB_COLUMNS)].to_numpy()
-    return types.SimpleNamespace(gap=float(np.abs(out["probabilities"] - expected).max()),
-                                 out=out, val=val, expected=expected)
 
 
 @pytest.mark.parametrize("name", RUNS)

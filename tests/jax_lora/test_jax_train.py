@@ -30,8 +30,8 @@ from jax_lora.train import (TrainState, evaluate, main, make_eval_step, make_mes
 from shared.data.spec import DataSpec, load
 from shared.runs.presets import describe_preset
 from shared.runs.reuse import config_differences
-from shared.data.watson import SAMPLE_DATA_DIR
 from shared.runs.run_dir import MANIFEST, MANIFEST_KEYS, read_run
+from tests.jax_lora.trainer_process import RUN_FLAGS, STEPS_PER_EPOCH
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = BertConfig(vocab_size=60, hidden_dim=16, num_layers=2, num_heads=2, intermediate_dim=32,
@@ -189,12 +189,6 @@ def test_flags_map_onto_the_config():
 
 
 # ---------------------------------------------------------------- whole runs of train.py
-
-RUN_FLAGS = ["--data-dir", str(SAMPLE_DATA_DIR), "--limit", "60", "--batch-per-device", "4",
-             "--sequence-length", "32", "--epochs", "2", "--checkpoint-every", "2",
-             "--keep-checkpoints", "2", "--quiet"]
-STEPS_PER_EPOCH = 42 // 4  # --limit 60 -> 42 training rows (Kaggle split), remainder dropped
-
 
 def train_command(preset: Path, run_dir: Path) -> list[str]:
     return [sys.executable, str(REPO / "jax_lora" / "train.py"), "--preset", str(preset),

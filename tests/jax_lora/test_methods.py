@@ -25,36 +25,12 @@ from jax_lora.models import BertClassifier
 from jax_lora.optim import make_optimizer, param_counts, trainable_mask
 from jax_lora.train import TrainState, make_train_step
 from jax_lora.weights import keras_parameter_path, load_pretrained
-from shared.data.watson import SAMPLE_DATA_DIR
 from shared.runs.run_dir import MANIFEST, read_run
-from tests.jax_lora.trainer_process import run_trainer
+from tests.jax_lora.helpers import inputs, logits, randomize_adapters
+from tests.jax_lora.trainer_process import RUN_FLAGS, STEPS_PER_EPOCH, train
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_TARGETS = LoraConfig(rank=4, alpha=8.0, targets=LORA_TARGETS)
-
-
-def inputs(vocab_size: int, rows: int = 6, length: int = 24, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(6, length + 1, size=rows)
-    mask = np.arange(length)[None] < lengths[:, None]
-    segments = np.arange(length)[None] >= lengths[:, None] // 2
-    return {"token_ids": (rng.integers(5, vocab_size, (rows, length)) * mask).astype(np.int32),
-            "segment_ids": (segments & mask).astype(np.int32), "padding_mask": mask}
-
-
-def logits(model, batch) -> np.ndarray:
-    return np.asarray(model(batch["token_ids"], batch["segment_ids"], batch["padding_mask"]))
-
-
-def randomize_adapters(model, seed: int = 1) -> None:
-    """Trained adapters are not B = 0 and m = ‖W‖; these must not be either."""
-    for index, (_, module) in enumerate(nnx.iter_modules(model)):
-        if isinstance(module, LoRALinear) and module.rank:
-            key = jax.random.fold_in(jax.random.key(seed), index)
-            module.lora_b[...] = 0.3 * jax.random.normal(key, module.lora_b.shape)
-            if module.dora:
-                module.lora_magnitude[...] *= 1 + 0.2 * jax.random.normal(
-                    jax.random.fold_in(key, 1), module.lora_magnitude.shape)
 
 
 # ---------------------------------------------------------------- DoRA, rsLoRA
@@ -239,17 +215,6 @@ def test_mean_pooling_reads_the_mean_of_the_real_tokens(tiny_config):
 
 
 # ---------------------------------------------------------------- whole runs: LP→X, resume
-
-RUN_FLAGS = ["--data-dir", str(SAMPLE_DATA_DIR), "--limit", "60", "--batch-per-device", "4",
-             "--sequence-length", "32", "--epochs", "2", "--checkpoint-every", "2",
-             "--keep-checkpoints", "2", "--quiet"]
-STEPS_PER_EPOCH = 42 // 4
-
-
-def train(preset, run_dir, *flags, env, check=True) -> subprocess.CompletedProcess:
-    return run_trainer(preset, run_dir, *RUN_FLAGS, *flags, env=env, check=check)
-
-
 
 @pytest.fixture(scope="module")
 def probe_run(tiny_hf_preset, tmp_path_factory, run_env) -> Path:

@@ -27,7 +27,8 @@ from shared.runs.presets import PresetError, minilm_dir
 from shared.runs.run_dir import MANIFEST, PROB_COLUMNS, read_run
 
 from shared.data.spec import load
-from tests.jax_lora.test_methods import RUN_FLAGS, inputs, logits, randomize_adapters, train
+from tests.jax_lora.helpers import inputs, logits, randomize_adapters
+from tests.jax_lora.trainer_process import RUN_FLAGS, train
 
 
 HALF_GAP = float(np.diff(NF4_LEVELS).max()) / 2

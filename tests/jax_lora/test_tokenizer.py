@@ -13,6 +13,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from jax_lora.tokenizer import Tokenizer
 from shared.data.watson import load_test, load_train
 from shared.runs.tokenization import NORMALIZER_FILE, README_FILE, read_normalizer
+from tests.jax_lora.helpers import tokenizer_json_arrays
 
 FIELDS = ("token_ids", "segment_ids", "padding_mask")
 SAMPLE_LENGTHS = (512, 64, 16)  # as keras_reference.LENGTHS
@@ -41,26 +42,6 @@ def _assert_identical(tokenizer, reference, pairs, lengths):
                      _at(reference, length), pairs, f"length {length}")
     # Some rows must have been cut at the shortest length, or truncation went untested.
     assert (reference[f"padding_mask_{min(lengths)}"].sum(axis=1) == min(lengths)).any()
-
-
-def tokenizer_json_arrays(path, pairs: dict, length: int, pad_token: str = "[PAD]") -> dict:
-    """The pairs as the folder's own tokenizer.json encodes them (its own template: BERT's
-    [CLS] A [SEP] B [SEP], XLM-R's <s> A </s></s> B </s>), laid out as keras-hub's packer lays
-    them out (padded with `pad_token`, mask = not padding); fails when a pair would be cut."""
-    tokenizer = HFTokenizer.from_file(str(path))
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    encodings = tokenizer.encode_batch(list(zip(pairs["premise"], pairs["hypothesis"])))
-    longest = max(len(encoding.ids) for encoding in encodings)
-    assert longest <= length, f"a pair has {longest} tokens; compare at a length that cuts none"
-    pad = tokenizer.token_to_id(pad_token)
-    token_ids = np.full((len(encodings), length), pad, np.int32)
-    segment_ids = np.zeros((len(encodings), length), np.int32)
-    for row, encoding in enumerate(encodings):
-        token_ids[row, :len(encoding.ids)] = encoding.ids
-        segment_ids[row, :len(encoding.ids)] = encoding.type_ids
-    return {"token_ids": token_ids, "segment_ids": segment_ids,
-            "padding_mask": (token_ids != pad).astype(np.int32)}
 
 
 def _preset(keras_hub_reference, name):

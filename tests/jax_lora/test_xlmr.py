@@ -23,8 +23,7 @@ from jax_lora.weights import WeightsError, load_head, load_pretrained
 from jax_lora.xlmr_tokenizer import XLMRobertaTokenizer
 from shared.data.watson import SAMPLE_DATA_DIR, load_test, load_train
 from shared.runs.run_dir import read_run
-from tests.jax_lora.test_inference import recorded_gap
-from tests.jax_lora.test_tokenizer import tokenizer_json_arrays
+from tests.jax_lora.helpers import recorded_gap, tokenizer_json_arrays
 from tests.jax_lora.trainer_process import run_trainer
 from tests.xlmr_fixtures import TINY_XLMR_CONFIG, XLMR_RULE_GAPS
 

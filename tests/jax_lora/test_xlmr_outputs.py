@@ -27,7 +27,7 @@ from jax_lora.weights import load_head, load_pretrained
 from jax_lora.xlmr_tokenizer import XLMRobertaTokenizer
 from shared.data.watson import SAMPLE_DATA_DIR, load_train
 from shared.runs.run_dir import read_run
-from tests.jax_lora.test_inference import recorded_gap
+from tests.jax_lora.helpers import recorded_gap
 
 REPO = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-5  # |logit| differences between Flax and keras-hub, as the other parity tests

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from shared.data.watson import SAMPLE_DATA_DIR
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -16,3 +18,15 @@ def run_trainer(preset, run_dir, *flags, env, check=True) -> subprocess.Complete
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+# A short run on the embedded sample: --limit 60 -> 42 training rows (Kaggle split), the
+# remainder of a batch dropped.
+RUN_FLAGS = ["--data-dir", str(SAMPLE_DATA_DIR), "--limit", "60", "--batch-per-device", "4",
+             "--sequence-length", "32", "--epochs", "2", "--checkpoint-every", "2",
+             "--keep-checkpoints", "2", "--quiet"]
+STEPS_PER_EPOCH = 42 // 4
+
+
+def train(preset, run_dir, *flags, env, check=True) -> subprocess.CompletedProcess:
+    return run_trainer(preset, run_dir, *RUN_FLAGS, *flags, env=env, check=check)
