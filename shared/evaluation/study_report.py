@@ -367,7 +367,7 @@ def per_language(correct: dict, labels, languages, methods: list[dict]) -> dict:
                            if row["method"] in correct}
     others = np.asarray(languages) != "English"
     non_english = None
-    if others.any() and not others.all():  # MiniLM learned English: the rest, pooled
+    if others.any() and not others.all():  # the 14 languages beside English, pooled
         non_english = {"n": int(others.sum()),
                        "widest_half_width": widest_half_width(int(others.sum())),
                        "majority_accuracy": ev.trivial_baselines(
