@@ -192,7 +192,12 @@ def _selection(result: dict) -> list[str]:
         "part only (never the validation rows): its best dev accuracy, the dev loss at that "
         "step, and the steps it trained before stopping.", ""] + md_table(
         ["method", "learning rate", "seed", "best dev accuracy", "its dev loss", "best step",
-         "steps trained", "stopped by", "chosen"], rows) + _grid_edges(result["selection"])
+         "steps trained", "stopped by", "chosen"], rows) + _notes(
+        _grid_edges(result["selection"]) + _selection_checks(result.get("selection_checks")))
+
+
+def _notes(lines: list[str]) -> list[str]:
+    return lines + [""] if lines else []
 
 
 def _grid_edges(selection: list[dict]) -> list[str]:
@@ -208,7 +213,34 @@ def _grid_edges(selection: list[dict]) -> list[str]:
         lines.append(f"- **At the edge of its grid:** {method}'s chosen rate {_lr(chosen[0])} is "
                      f"the {side} it tried; its best rate may lie {beyond} it, and its figures "
                      "below may understate the method.")
-    return lines + [""] if lines else []
+    return lines
+
+
+def _selection_checks(checks: dict | None) -> list[str]:
+    """A line naming the methods whose trials did not separate the chosen rate from the
+    runner-up, and one for the trials still improving when the step budget stopped them."""
+    if not checks:
+        return []
+    close = [m for m in checks["margins"] if m["within_noise"]]
+    lines = []
+    for n in dict.fromkeys(m["dev_rows"] for m in close):  # one line per dev-part size
+        group = [m for m in close if m["dev_rows"] == n]
+        listed = "; ".join(f"{m['method']} {_lr(m['chosen_lr'])} vs {_lr(m['runner_up_lr'])}: "
+                           f"{fmt_signed(m['margin'])}" for m in group)
+        lines.append(f"- **Within dev noise:** the chosen rate's margin in best dev accuracy "
+                     f"over the runner-up ({listed}) is less than the 95 % half-width of one "
+                     f"accuracy on {fmt_count(n)} dev rows (up to ±"
+                     f"{group[0]['widest_half_width']:.3f}): the trials did not clearly "
+                     "separate these rates (the runs keep no per-row dev predictions for a "
+                     "paired test).")
+    rising = checks["still_rising"]
+    if rising:
+        lines.append(f"- **Still rising when the budget ended:** {len(rising)} of "
+                     f"{checks['trials']} trials had their best dev accuracy at their last "
+                     "step, where the step budget stopped them: their curves still rose. A "
+                     "budget this short favours rates that learn fast early over rates that "
+                     "would end higher.")
+    return lines
 
 
 def _time_to_target(result: dict) -> list[str]:

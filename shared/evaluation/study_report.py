@@ -174,6 +174,7 @@ def summarize(study: dict, runs: list[StudyRun], missing: list[dict], *, bootstr
     curves = {m: curve for m, curve in curves.items() if curve is not None}
     pairs = [pooled_pair(a, b, correct[a], correct[b], bootstrap, seed)
              for a, b in method_pairs([m for m in order if m in correct])]
+    selection = selection_rows(study, [r for r in runs if r.stage == "select"], order)
     return {
         "study": {"command": study.get("command"), "code": study.get("code") or {},
                   "settings": study["settings"], "timing": study.get("timing") or {}},
@@ -184,7 +185,8 @@ def summarize(study: dict, runs: list[StudyRun], missing: list[dict], *, bootstr
         "other_code": other_code(study, runs),
         "methods": methods,
         "pairs": pairs, "cross_framework": cross_framework(study, methods, pairs),
-        "selection": selection_rows(study, [r for r in runs if r.stage == "select"], order),
+        "selection": selection,
+        "selection_checks": selection_checks(selection),
         "curves": {m: curve.to_dict("records") for m, curve in curves.items()},
         "wall_clock": study_curves.wall_clock(study, list(curves)),
         "time_to_target": study_curves.time_to_target(study, methods, curves),
@@ -340,9 +342,45 @@ def selection_rows(study: dict, selects: list[StudyRun], order: list[str]) -> li
     for r in sorted(selects, key=lambda r: (order.index(r.method), r.lr or 0.0, r.seed)):
         chosen = study["methods"][r.method].get("chosen_lr")
         rows.append({"method": r.method, "lr": r.lr, "seed": r.seed, "run_dir": r.name,
-                     **manifest_numbers(r.run.manifest),
+                     **manifest_numbers(r.run.manifest), "dev_rows": dev_rows(r.run.manifest),
                      "chosen": None not in (chosen, r.lr) and math.isclose(r.lr, chosen)})
     return rows
+
+
+def dev_rows(manifest: dict) -> int | None:
+    """Rows of the run's dev part (manifest data.dev.n_dev); None without one."""
+    dev = (manifest.get("data") or {}).get("dev") or {}
+    n = dev.get("n_dev") if isinstance(dev, dict) else None
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def selection_checks(selection: list[dict]) -> dict:
+    """What the trials could not tell. Per method with two or more finished trials: the
+    chosen rate's best dev accuracy minus the best of its other rates, beside the widest 95 %
+    half-width of one accuracy on the dev rows; a smaller margin does not separate the two
+    rates. Over all trials: those whose best dev accuracy came at their last step when the
+    step budget stopped them, whose curves still rose: a short budget favours the rates that
+    learn fast early over those that end higher."""
+    margins = []
+    for method in dict.fromkeys(row["method"] for row in selection):
+        trials = [r for r in selection
+                  if r["method"] == method and r["best_dev_accuracy"] is not None]
+        chosen = [r for r in trials if r["chosen"]]
+        others = sorted((r for r in trials if not r["chosen"]),
+                        key=lambda r: r["best_dev_accuracy"], reverse=True)
+        if not chosen or not others:
+            continue
+        margin = chosen[0]["best_dev_accuracy"] - others[0]["best_dev_accuracy"]
+        n = chosen[0]["dev_rows"]
+        half = widest_half_width(n) if n else None
+        margins.append({"method": method, "chosen_lr": chosen[0]["lr"],
+                        "runner_up_lr": others[0]["lr"], "margin": margin, "dev_rows": n,
+                        "widest_half_width": half,
+                        "within_noise": None if half is None else bool(abs(margin) < half)})
+    rising = [r["run_dir"] for r in selection
+              if r["stopped"] == "max_steps" and r["best_step"] is not None
+              and r["best_step"] == r["steps"]]
+    return {"trials": len(selection), "still_rising": rising, "margins": margins}
 
 
 def per_language(correct: dict, labels, languages, methods: list[dict]) -> dict:

@@ -11,6 +11,7 @@ import pytest
 
 from shared.data.spec import DataSpec, load
 from shared.data.watson import SAMPLE_DATA_DIR
+from shared.evaluation import study_markdown as sm
 from shared.evaluation import study_report as sr
 from shared.runs.run_dir import EVAL_COLUMNS, RunDirError, RunWriter, predictions_frame
 
@@ -230,6 +231,45 @@ def test_selection_marks_the_chosen_rate(built):
     assert ("- **At the edge of its grid:** lora's chosen rate 0.001 is the highest it tried; "
             "its best rate may lie above it") in markdown
     assert "full's chosen rate" not in markdown
+
+
+def test_selection_says_what_its_trials_could_not_tell():
+    """The chosen rate's margin over the runner-up beside one accuracy's 95 % half-width on
+    the dev rows (the margin the study's full trials had), and the trials whose best step was
+    the last one the step budget allowed."""
+    def trial(method, lr, accuracy, *, chosen=False, best_step=300, stopped="max_steps",
+              dev_rows=1279):
+        return {"method": method, "lr": lr, "seed": 0, "run_dir": f"select/{method}/lr_{lr:.0e}",
+                "best_step": best_step, "best_dev_accuracy": accuracy, "best_dev_loss": 1.0,
+                "steps": 300, "stopped": stopped, "dev_rows": dev_rows, "chosen": chosen}
+    selection = [trial("full", 1e-5, 0.4222), trial("full", 3e-5, 0.4543, chosen=True),
+                 trial("full", 1e-4, 0.4394, best_step=250),
+                 trial("lora", 5e-4, 0.50, chosen=True), trial("lora", 2e-3, 0.40),
+                 trial("dora", 2e-3, 0.44, chosen=True, dev_rows=None, stopped="patience"),
+                 trial("dora", 5e-4, 0.43, dev_rows=None),
+                 trial("probe", 1e-3, 0.40, chosen=True)]
+    checks = sr.selection_checks(selection)
+    margins = {m["method"]: m for m in checks["margins"]}
+    assert list(margins) == ["full", "lora", "dora"]  # the probe has no other rate
+    half = 1.96 * math.sqrt(0.25 / 1279)               # 0.0274
+    assert margins["full"]["runner_up_lr"] == 1e-4
+    assert margins["full"]["margin"] == pytest.approx(0.0149)
+    assert margins["full"]["widest_half_width"] == pytest.approx(half, abs=1e-4)
+    assert [margins[m]["within_noise"] for m in margins] == [True, False, None]
+    # Rising: best step 300 of 300, stopped by the budget (not full 1e-4's 250, not dora's
+    # patience stop).
+    assert checks["still_rising"] == ["select/full/lr_1e-05", "select/full/lr_3e-05",
+                                      "select/lora/lr_5e-04", "select/lora/lr_2e-03",
+                                      "select/dora/lr_5e-04", "select/probe/lr_1e-03"]
+    lines = sm._selection_checks(checks)
+    assert len(lines) == 2
+    assert lines[0].startswith("- **Within dev noise:**")
+    assert "(full 3e-05 vs 0.0001: +0.0149) is less than" in lines[0]
+    assert "1,279 dev rows (up to ±0.027)" in lines[0] and "lora" not in lines[0]
+    assert lines[1].startswith("- **Still rising when the budget ended:** 6 of 8 trials")
+    # lora alone, stopped by patience: its margin 0.10 separates its rates; nothing to say.
+    patient = [dict(t, stopped="patience") for t in selection[3:5]]
+    assert sm._selection_checks(sr.selection_checks(patient)) == []
 
 
 def test_time_to_target_picks_the_first_step_of_the_mean_curve(built):
