@@ -1,4 +1,4 @@
-"""The probe learns on the real Watson data: one epoch of all-MiniLM-L6-v2 through the CLI.
+"""The probe learns on the real Watson data: all-MiniLM-L6-v2 through the CLI.
 Its own file (not test_methods.py) so that CI's workers, which take whole files, can run it
 beside that file's other slow tests."""
 
@@ -17,11 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_probe_learns_on_real_watson(watson_dir, tmp_path):
-    """--method probe at its default learning rate, one epoch of all-MiniLM-L6-v2 on the real
-    Kaggle training part, reading the mean pooling the model was trained with: validation
-    accuracy above the majority-class baseline (at 2e-4 through BERT's pooler the probe never
-    left chance, predicting "entailment" for 3,625 of 3,636 rows; through the pooler it stays
-    at chance at every rate tried, README "Choosing the probe's learning rate")."""
+    """--method probe at its default learning rate, one epoch of all-MiniLM-L6-v2 on 2,000
+    seeded rows of the real Kaggle training part (the study's trial size: 5,636 rows through
+    the encoder with validation, against 12,120 for the whole part), reading the mean pooling
+    the model was trained with: accuracy on all 3,636 validation rows above the majority-class
+    baseline (0.3892 against 0.3452 here, on the AMD EPYC VM; at 2e-4 through BERT's pooler
+    the probe never left chance, predicting "entailment" for 3,625 of 3,636 rows; through the
+    pooler it stays at chance at every rate tried, README "Choosing the probe's learning
+    rate")."""
     try:
         preset = minilm_dir()
     except PresetError:
@@ -29,8 +32,8 @@ def test_probe_learns_on_real_watson(watson_dir, tmp_path):
     run_dir = tmp_path / "probe"
     done = subprocess.run([sys.executable, str(REPO / "jax_lora" / "train.py"), "--preset",
                            str(preset), "--data-dir", str(watson_dir), "--method", "probe", "--pooling", "mean",
-                           "--epochs", "1", "--sequence-length", "128", "--run-dir",
-                           str(run_dir), "--quiet", "--no-predict-test"],
+                           "--epochs", "1", "--train-subset", "2000", "--sequence-length", "128",
+                           "--run-dir", str(run_dir), "--quiet", "--no-predict-test"],
                           # Optimised code (not run_env's fast compiles): an epoch of
                           # real data runs several times longer without LLVM's optimisations.
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},

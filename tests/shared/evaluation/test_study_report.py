@@ -217,6 +217,22 @@ def test_pooled_pair_pairs_seeds_by_value_and_resamples_rows(built, study_dir):
     np.testing.assert_allclose(twice, samples)
 
 
+def test_pairs_also_let_the_seeds_vary(built):
+    """Beside the row bootstrap (models fixed), the t-interval over the per-seed differences:
+    lora − full is +30/280 on seed 0 and −5/280 on seed 1; with 2 seeds t = 12.706."""
+    result, out = built
+    pair = result["pairs"][0]
+    assert pair["seed_diffs"] == pytest.approx([30 / 280, -5 / 280])
+    t = pair["seed_diff_t"]
+    half = 12.706 * (35 / 280 / math.sqrt(2)) / math.sqrt(2)   # t · sd / √n = 0.794
+    assert (t["n"], t["mean"]) == (2, pytest.approx(12.5 / 280))
+    assert t["ci"] == pytest.approx([12.5 / 280 - half, 12.5 / 280 + half], abs=1e-3)
+    markdown = (out / "report.md").read_text()
+    assert "| +0.1071, -0.0179; +0.0446 [-0.7495, +0.8388] |" in md_line(markdown,
+                                                                        "| lora vs full |")
+    assert "(1 seed, no interval) |" in md_line(markdown, "| tf_full vs full |")
+
+
 def test_selection_marks_the_chosen_rate(built):
     result, out = built
     chosen = [(row["method"], row["lr"]) for row in result["selection"] if row["chosen"]]
