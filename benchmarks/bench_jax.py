@@ -1,7 +1,7 @@
 """Configurations 3, 4, 6-10: jax_lora's own train step, one per `--method` and base dtype.
 
 The model comes from jax_lora.weights.load_pretrained, the optimizer from jax_lora.optim and the
-jitted step from jax_lora.train.make_train_step, with the recipe's TrainConfig for the
+jitted step from jax_lora.steps.make_train_step, with the recipe's TrainConfig for the
 configuration's method (JAX_METHODS) and the trainable rule train.py uses. Configuration 4
 (full) is the same Flax model without adapters and with every parameter trainable, which
 isolates what LoRA itself saves; 6 is DoRA on the same adapters, 7 the head alone on the frozen
@@ -33,7 +33,7 @@ from jax_lora.config import ADAPTER_METHODS, TrainConfig
 from jax_lora.lora import LoraConfig, trainable_filter
 from jax_lora.optim import make_optimizer, param_counts, trainable_mask
 from jax_lora.quant import stored_bytes
-from jax_lora.train import (DROPOUT_STREAM, TrainState, compiler_options, make_mesh,
+from jax_lora.steps import (DROPOUT_STREAM, TrainState, compiler_options, make_mesh,
                             make_train_step, replicate, shard_batch)
 from jax_lora.weights import load_pretrained
 
@@ -55,7 +55,7 @@ class JaxSetup:
     mesh: Mesh
     dropout_base: jax.Array
     remat: str  # the recipe's --remat, set on the model
-    options: dict  # XLA compiler options of the step (jax_lora.train.compiler_options)
+    options: dict  # XLA compiler options of the step (jax_lora.steps.compiler_options)
     method: str  # jax_lora's --method: what trains
     frozen_bytes: dict  # jax_lora.quant.stored_bytes: the frozen kernels, as stored and float32
 
@@ -133,7 +133,7 @@ def build(job: Job, config: Config, shape: Shape) -> Bench:
                   "remat": jax_setup.remat, "method": jax_setup.method,
                   "base_dtype": config.base_dtype, "frozen_kernel_bytes": jax_setup.frozen_bytes,
                   "real_rows_logits": logits,
-                  "step": "jax_lora.train.make_train_step (jit, state donated)"})
+                  "step": "jax_lora.steps.make_train_step (jit, state donated)"})
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from unittest import mock
 REPO = Path(__file__).resolve().parent.parent
 # name: (environment of the process, what the variant shows)
 VARIANTS = {
-    "recipe": ({}, "jax_lora.train.make_train_step, as the trainer runs it"),
+    "recipe": ({}, "jax_lora.steps.make_train_step, as the trainer runs it"),
     "no_dropout": ({}, "every dropout rate 0: what drawing the dropout masks costs"),
     "bernoulli_dropout": ({}, "dropout masks from jax.random.bernoulli (32-bit uniform floats, "
                               "JAX's default partitionable threefry): jax_lora's masks before "
@@ -69,7 +69,7 @@ def variant_step(name: str, jax_setup, batch, patches: contextlib.ExitStack):
 
     import jax_lora.lora
     import jax_lora.models
-    from jax_lora.train import TrainState, batch_metrics, make_train_step, memory_scheduler
+    from jax_lora.steps import TrainState, batch_metrics, make_train_step, memory_scheduler
 
     s = jax_setup
     if name == "bernoulli_dropout":
@@ -164,7 +164,7 @@ def to_bfloat16(jax_setup, patches: contextlib.ExitStack):
     import jax.numpy as jnp
 
     import jax_lora.models as models
-    from jax_lora.train import TrainState, replicate
+    from jax_lora.steps import TrainState, replicate
 
     class WeakFloat32:
         float32 = staticmethod(float)
@@ -186,7 +186,7 @@ def host_input_ms(jax_setup, shape, batch: int, seq_len: int) -> float:
 
     from benchmarks.worker import fake_batch
     from jax_lora.input_pipeline import Encoded, train_batches
-    from jax_lora.train import shard_batch
+    from jax_lora.steps import shard_batch
 
     rows = 64 * batch
     arrays = fake_batch(shape, rows, seq_len, seed=1)

@@ -97,7 +97,7 @@ def profile(shape_name: str, batch: int, seq_len: int, warmup: int, steps: int) 
     from benchmarks.run import weights
     from benchmarks.spec import get_shape
     from benchmarks.worker import Job
-    from jax_lora.train import make_train_step
+    from jax_lora.steps import make_train_step
 
     with tempfile.TemporaryDirectory(prefix="watson-trace-") as folder:
         job = Job("jax_lora", shape_name, batch, seq_len, steps, warmup,

@@ -217,7 +217,7 @@ def test_compiled_step_dots_match_the_formula(tmp_path, config_name):
     from benchmarks import random_preset, trace_jax
     from benchmarks.bench_jax import JAX_METHODS, setup
     from benchmarks.worker import Job
-    from jax_lora.train import make_train_step
+    from jax_lora.steps import make_train_step
 
     assert set(JAX_METHODS) == {c.name for c in CONFIGS if c.framework == "jax"}
     random_preset.write(TINY, tmp_path / "tiny")

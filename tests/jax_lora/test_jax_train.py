@@ -25,8 +25,9 @@ from jax_lora.input_pipeline import Encoded, encode
 from jax_lora.lora import LoraConfig, trainable_filter
 from jax_lora.models import BertClassifier, BertConfig
 from jax_lora.optim import make_optimizer, trainable_mask
-from jax_lora.train import (TrainState, evaluate, main, make_eval_step, make_mesh,
-                            make_train_step, prepare, replicate, shard_batch)
+from jax_lora.steps import (TrainState, evaluate, make_eval_step, make_mesh, make_train_step,
+                            replicate, shard_batch)
+from jax_lora.train import main, prepare
 from shared.data.spec import DataSpec, load
 from shared.runs.presets import describe_preset
 from shared.runs.reuse import config_differences
@@ -132,7 +133,7 @@ def test_two_devices_give_the_same_step_as_one():
         import json, jax, numpy as np
         from tests.jax_lora.test_jax_train import fresh_state, named, synthetic
         from jax_lora.lora import LoraConfig, trainable_filter
-        from jax_lora.train import make_mesh, make_train_step, replicate, shard_batch
+        from jax_lora.steps import make_mesh, make_train_step, replicate, shard_batch
         assert len(jax.devices()) == 2
         data, lora, results = synthetic(8, seed=5), LoraConfig(rank=4, dropout=0.1), []
         for devices in (jax.devices()[:1], jax.devices()):

@@ -23,7 +23,7 @@ from jax_lora.lora import (LORA_TARGETS, LoraConfig, LoraParam, LoRALinear, colu
                            merge_lora, trainable_filter)
 from jax_lora.models import BertClassifier
 from jax_lora.optim import make_optimizer, param_counts, trainable_mask
-from jax_lora.train import TrainState, make_train_step
+from jax_lora.steps import TrainState, make_train_step
 from jax_lora.weights import keras_parameter_path, load_pretrained
 from shared.runs.run_dir import MANIFEST, read_run
 from tests.jax_lora.helpers import inputs, logits, randomize_adapters

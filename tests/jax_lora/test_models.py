@@ -98,8 +98,8 @@ def test_rematerialised_layers_give_the_same_loss_and_gradients(tiny_config, tin
 
 def test_remat_with_the_memory_scheduler_needs_less_activation_memory():
     """XLA's temporary memory of a LoRA training step (compile only) on a small BERT: --remat
-    layers, compiled as train.py compiles it (train.compiler_options), needs less than none."""
-    from jax_lora.train import compiler_options
+    layers, compiled as train.py compiles it (steps.compiler_options), needs less than none."""
+    from jax_lora.steps import compiler_options
 
     config = BertConfig(vocab_size=64, hidden_dim=64, num_layers=4, num_heads=4,
                         intermediate_dim=256)

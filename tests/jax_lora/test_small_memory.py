@@ -20,7 +20,7 @@ from jax_lora.models import BertClassifier, set_compute_dtype
 from jax_lora.optim import make_optimizer, split_trainable, trainable_mask
 from jax_lora.quant import (NF4_BLOCK, NF4_LEVELS, QuantCodes, QuantScales, dequantize,
                             quantize, quantize_base, stored_bytes)
-from jax_lora.train import TrainState, make_accumulated_step, make_train_step
+from jax_lora.steps import TrainState, make_accumulated_step, make_train_step
 from jax_lora.weights import load_pretrained
 from shared.data.watson import SAMPLE_DATA_DIR, load_train
 from shared.runs.presets import PresetError, minilm_dir
