@@ -312,7 +312,23 @@ def _per_language(result: dict) -> list[str]:
             "0.3333 in every row. “±” is the half-width of a 95 % interval of an accuracy "
             "near 0.5 on that many rows (1.96·√(0.25/n), its widest): a language's accuracies "
             "closer than that are not told apart by its rows.", ""] + md_table(
-        ["language", "n", "±", "majority class"] + methods, rows)
+        ["language", "n", "±", "majority class"] + methods, rows) + _english_pairs(result)
+
+
+def _english_pairs(result: dict) -> list[str]:
+    """The paired comparisons against the target, on the English rows and on the rest."""
+    pairs = result.get("english_pairs") or []  # a report.json from before the table: none
+    if not pairs:
+        return []
+    rows = [[f"{pair['b']} vs {pair['a']}", pair["rows"], f"{pair['n']:,}",
+             ", ".join(map(str, pair["seeds"])),
+             f"{fmt_signed(pair['accuracy_diff'])} {fmt_ci(pair['accuracy_diff_ci'], True)}",
+             _seed_diffs(pair)] for pair in pairs if pair["seeds"]]
+    return ["", f"Each method against {pairs[0]['a']} on the English rows and on the rest, "
+            "paired and pooled as in the paired comparisons above (the same two intervals).",
+            ""] + md_table(["pair", "rows", "n", "seeds paired",
+                            "Δ accuracy [95 % row-bootstrap CI]",
+                            "Δ per seed; mean [95 % t-interval]"], rows)
 
 
 def _premise(result: dict) -> list[str]:

@@ -191,6 +191,7 @@ def summarize(study: dict, runs: list[StudyRun], missing: list[dict], *, bootstr
         "wall_clock": study_curves.wall_clock(study, list(curves)),
         "time_to_target": study_curves.time_to_target(study, methods, curves),
         "per_language": per_language(correct, labels, languages, methods),
+        "english_pairs": english_pairs(correct, languages, bootstrap, seed),
         "premise": premise_table(finals, correct, labels, data_dir),
         "compute": compute_used(runs, order)}
 
@@ -418,6 +419,24 @@ def per_language(correct: dict, labels, languages, methods: list[dict]) -> dict:
                        "accuracy": {m: float(mean_right[m].to_numpy()[others].mean())
                                     for m in mean_right.columns}}
     return {"rows": rows, "non_english": non_english, "all": overall}
+
+
+def english_pairs(correct: dict, languages, resamples: int, seed: int) -> list[dict]:
+    """Each method against the target (the first), as the pooled pairs, on the English rows
+    and on the rest: an English model's gap can sit in one part of the rows alone."""
+    english = np.asarray(languages) == "English"
+    if len(correct) < 2 or english.all() or not english.any():
+        return []
+    target, *others = correct
+    rows = []
+    for method in others:
+        for part, keep in (("English", english), ("all but English", ~english)):
+            subset = {m: {s: right[keep] for s, right in correct[m].items()}
+                      for m in (target, method)}
+            rows.append({"rows": part, "n": int(keep.sum()),
+                         **pooled_pair(target, method, subset[target], subset[method],
+                                       resamples, seed)})
+    return rows
 
 
 def widest_half_width(n: int) -> float:

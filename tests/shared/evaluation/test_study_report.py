@@ -327,6 +327,26 @@ def test_per_language_and_premise_seen_are_means_over_seeds(built, study_dir):
     assert premise["n_seen"] == [int(seen.sum())]
 
 
+def test_each_method_against_the_target_on_english_and_the_rest(built, study_dir):
+    """lora − full on the English rows and on the others, seeds 0 and 1 (lora's 2 failed)."""
+    result, out = built
+    english = (sample_data().val["language"] == "English").to_numpy()
+    right = {(m, s): right_of(study_dir, f"final/{m}/seed_{s}") for m in ("full", "lora")
+             for s in (0, 1)}
+    pairs = [p for p in result["english_pairs"] if p["b"] == "lora"]
+    assert [(p["rows"], p["n"], p["seeds"]) for p in pairs] == [
+        ("English", english.sum(), [0, 1]), ("all but English", (~english).sum(), [0, 1])]
+    for pair, keep in zip(pairs, (english, ~english)):
+        diffs = [right["lora", s][keep].mean() - right["full", s][keep].mean() for s in (0, 1)]
+        assert pair["seed_diffs"] == pytest.approx(diffs)
+        assert pair["accuracy_diff"] == pytest.approx(np.mean(diffs))
+        low, high = pair["accuracy_diff_ci"]
+        assert low <= pair["accuracy_diff"] <= high
+    assert [p["b"] for p in result["english_pairs"]] == ["lora", "lora", "tf_full", "tf_full"]
+    line = md_line((out / "report.md").read_text(), "| lora vs full | all but English |")
+    assert f"| {(~english).sum():,} | 0, 1 | {sm.fmt_signed(pairs[1]['accuracy_diff'])} [" in line
+
+
 def test_wall_clock_figure_is_refused_across_machines(study_dir, tmp_path):
     copy = variant(study_dir, tmp_path,
                    lambda study: study["timing"]["lora"].update(machine="Intel Xeon (4 cores)"))
