@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
-from scipy.stats import t as student_t
 
 from shared.cli import exit_on_bad_input
 from shared.evaluation import evaluate as ev
 from shared.evaluation import report, stats, study_curves, study_figures, study_markdown
+from shared.evaluation.study_pairs import (cross_framework, english_pairs, mean_of,
+                                           method_pairs, pooled_pair, t_interval)
 from shared.runs.run_dir import Run, atomic_write_bytes, atomic_write_text, read_run
 
 STUDY_JSON = "study.json"
@@ -225,9 +226,9 @@ def method_row(study: dict, method: str, finals: list[StudyRun], labels: np.ndar
             "seeds": [r.seed for r in finals],
             "trainable_params": ev.resources(first)["trainable_params"],
             "per_seed": per_seed, "accuracy": t_interval(scores["accuracy"]),
-            "macro_f1_mean": _mean(scores["macro_f1"]),
-            "best_step_mean": _mean(scores["best_step"]),
-            "best_dev_accuracy_mean": _mean(scores["best_dev_accuracy"])}
+            "macro_f1_mean": mean_of(scores["macro_f1"]),
+            "best_step_mean": mean_of(scores["best_step"]),
+            "best_dev_accuracy_mean": mean_of(scores["best_dev_accuracy"])}
 
 
 def compute_used(runs: list[StudyRun], order: list[str]) -> list[dict]:
@@ -245,102 +246,6 @@ def compute_used(runs: list[StudyRun], order: list[str]) -> list[dict]:
                 rows.append({"stage": stage, "method": method, "runs": len(mine),
                              "hours": seconds / 3600})
     return rows
-
-
-def cross_framework(study: dict, methods: list[dict], pairs: list[dict]) -> list[dict]:
-    """Each method that trains at another's recipe (study.json `recipe_from`: tf_full_tuned is
-    the TF replica at JAX full's chosen rate and epochs) against that method's seeds: is each of
-    its runs inside their min–max and their t-interval, and what is the paired difference
-    (this method − the source) over the seeds both finished."""
-    rows = {row["method"]: row for row in methods}
-    checks = []
-    for method, spec in study["methods"].items():
-        source = spec.get("recipe_from")
-        if not source or method not in rows or source not in rows:
-            continue
-        spread = rows[source]["accuracy"]
-        runs = []
-        for run in rows[method]["per_seed"]:
-            accuracy = run["accuracy"]
-            runs.append({"seed": run["seed"], "accuracy": accuracy,
-                         "in_range": None if spread["n"] < 2
-                         else spread["min"] <= accuracy <= spread["max"],
-                         "in_interval": None if spread["ci"] is None
-                         else spread["ci"][0] <= accuracy <= spread["ci"][1]})
-        pair = next((p for p in pairs if {p["a"], p["b"]} == {method, source}), None)
-        difference = None
-        if pair is not None and pair["seeds"]:
-            sign = 1 if pair["b"] == method else -1
-            low, high = (sign * x for x in pair["accuracy_diff_ci"])
-            difference = {"seeds": pair["seeds"], "diff": sign * pair["accuracy_diff"],
-                          "ci": [min(low, high), max(low, high)]}
-        checks.append({"method": method, "trainer": rows[method]["trainer"], "source": source,
-                       "source_trainer": rows[source]["trainer"], "source_accuracy": spread,
-                       "runs": runs, "paired": difference})
-    return checks
-
-
-def t_interval(values: pd.Series) -> dict:
-    """Mean over seeds with a Student-t interval, mean ± t·sd/√n: with a handful of seeds the
-    normal 1.96 would be far too narrow (t = 4.30 for 3 seeds). One seed: no interval."""
-    values = values.dropna()
-    n = len(values)
-    out = {"n": n, "mean": _mean(values), "min": None, "max": None, "sd": None, "t": None,
-           "half_width": None, "ci": None}
-    if n == 0:
-        return out
-    out.update(min=float(values.min()), max=float(values.max()))
-    if n >= 2:
-        sd = float(values.std(ddof=1))
-        t = float(student_t.ppf(0.5 + stats.CONFIDENCE / 2, n - 1))
-        half = t * sd / math.sqrt(n)
-        out.update(sd=sd, t=t, half_width=half, ci=[out["mean"] - half, out["mean"] + half])
-    return out
-
-
-def method_pairs(methods: list[str]) -> list[tuple[str, str]]:
-    """Every pair once, A listed before B: the target method (first) against each, then the
-    rest."""
-    return [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
-
-
-def pooled_pair(a: str, b: str, correct_a: dict, correct_b: dict, resamples: int,
-                seed: int) -> dict:
-    """B − A over the seeds both finished, seed s of A paired with seed s of B, the validation
-    rows of every pair pooled. Two intervals: the row bootstrap holds the trained models fixed
-    (how sure the validation rows make their difference); the t-interval over the per-seed
-    differences lets the seeds vary (how sure the seeds make the methods' difference)."""
-    seeds = sorted(set(correct_a) & set(correct_b))
-    if not seeds:
-        return {"a": a, "b": b, "seeds": [], "accuracy_a": None, "accuracy_b": None,
-                "accuracy_diff": None, "accuracy_diff_ci": None, "seed_diffs": [],
-                "seed_diff_t": None, "mcnemar": None}
-    right_a = np.stack([correct_a[s] for s in seeds])
-    right_b = np.stack([correct_b[s] for s in seeds])
-    samples = pooled_difference_samples(right_a, right_b, resamples, seed)
-    seed_diffs = [float(d) for d in right_b.mean(axis=1) - right_a.mean(axis=1)]
-    return {"a": a, "b": b, "seeds": seeds, "accuracy_a": float(right_a.mean()),
-            "accuracy_b": float(right_b.mean()),
-            "accuracy_diff": float(right_b.mean() - right_a.mean()),
-            "accuracy_diff_ci": stats.percentile_ci(samples),
-            "seed_diffs": seed_diffs, "seed_diff_t": t_interval(pd.Series(seed_diffs)),
-            "mcnemar": stats.mcnemar_exact(right_a.ravel(), right_b.ravel())}
-
-
-def pooled_difference_samples(right_a: np.ndarray, right_b: np.ndarray, resamples: int,
-                              seed: int) -> np.ndarray:
-    """Paired bootstrap of the pooled accuracy difference from [seeds, rows] correctness.
-
-    Validation rows are resampled, each with all its seed pairs: the seeds of one row share its
-    text and err together, so row × seed cells are not independent draws and resampling them
-    would narrow the interval by up to √seeds."""
-    per_row = (right_b.astype(float) - right_a).mean(axis=0)
-    rng = np.random.default_rng(seed)
-    chunks = []
-    for start in range(0, resamples, stats.BOOTSTRAP_CHUNK):
-        size = min(stats.BOOTSTRAP_CHUNK, resamples - start)
-        chunks.append(per_row[rng.integers(0, len(per_row), (size, len(per_row)))].mean(axis=1))
-    return np.concatenate(chunks)
 
 
 def selection_rows(study: dict, selects: list[StudyRun], order: list[str]) -> list[dict]:
@@ -421,24 +326,6 @@ def per_language(correct: dict, labels, languages, methods: list[dict]) -> dict:
     return {"rows": rows, "non_english": non_english, "all": overall}
 
 
-def english_pairs(correct: dict, languages, resamples: int, seed: int) -> list[dict]:
-    """Each method against the target (the first), as the pooled pairs, on the English rows
-    and on the rest: an English model's gap can sit in one part of the rows alone."""
-    english = np.asarray(languages) == "English"
-    if len(correct) < 2 or english.all() or not english.any():
-        return []
-    target, *others = correct
-    rows = []
-    for method in others:
-        for part, keep in (("English", english), ("all but English", ~english)):
-            subset = {m: {s: right[keep] for s, right in correct[m].items()}
-                      for m in (target, method)}
-            rows.append({"rows": part, "n": int(keep.sum()),
-                         **pooled_pair(target, method, subset[target], subset[method],
-                                       resamples, seed)})
-    return rows
-
-
 def widest_half_width(n: int) -> float:
     """Half-width of the normal 95 % interval of an accuracy near 0.5 on n rows (its widest):
     how far apart two accuracies on this language's rows can be by chance alone."""
@@ -466,7 +353,7 @@ def premise_table(finals: list[StudyRun], correct: dict, labels, data_dir) -> di
     for method, by_seed in correct.items():
         parts = pd.DataFrame([_seen_scores(right, masks[method, s], labels)
                               for s, right in by_seed.items()])
-        row = {part: _mean(parts[part]) for part in
+        row = {part: mean_of(parts[part]) for part in
                ("seen", "unseen", "majority_seen", "majority_unseen")}
         gap = None if None in (row["seen"], row["unseen"]) else row["seen"] - row["unseen"]
         rows.append({"method": method, "n_seen": sorted({int(n) for n in parts["n_seen"]}),
@@ -481,11 +368,6 @@ def _seen_scores(right: np.ndarray, seen: np.ndarray, labels: np.ndarray) -> dic
         scores[f"majority_{part}"] = (ev.trivial_baselines(labels[mask])["majority"]["accuracy"]
                                       if mask.any() else np.nan)
     return scores
-
-
-def _mean(values: pd.Series) -> float | None:
-    values = values.dropna()
-    return float(values.mean()) if len(values) else None
 
 
 # ---- writing ----------------------------------------------------------------------------

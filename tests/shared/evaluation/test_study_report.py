@@ -12,6 +12,7 @@ import pytest
 from shared.data.spec import DataSpec, load
 from shared.data.watson import SAMPLE_DATA_DIR
 from shared.evaluation import study_markdown as sm
+from shared.evaluation import study_pairs as sp
 from shared.evaluation import study_report as sr
 from shared.runs.run_dir import EVAL_COLUMNS, RunDirError, RunWriter, predictions_frame
 
@@ -211,9 +212,9 @@ def test_pooled_pair_pairs_seeds_by_value_and_resamples_rows(built, study_dir):
     assert pair["mcnemar"]["only_b"] == int((~full & lora).sum())
     # The bootstrap's point estimate is the pooled difference, and rows are the unit: a
     # second seed identical to the first adds no information, so nothing changes.
-    samples = sr.pooled_difference_samples(full[:1], lora[:1], 4000, 0)
+    samples = sp.pooled_difference_samples(full[:1], lora[:1], 4000, 0)
     assert samples.mean() == pytest.approx((lora[0].mean() - full[0].mean()), abs=0.005)
-    twice = sr.pooled_difference_samples(full[[0, 0]], lora[[0, 0]], 4000, 0)
+    twice = sp.pooled_difference_samples(full[[0, 0]], lora[[0, 0]], 4000, 0)
     np.testing.assert_allclose(twice, samples)
 
 
@@ -508,7 +509,7 @@ def test_cross_framework_check_places_the_copy_among_the_source_seeds(study_dir,
             "accuracy_diff_ci": [-paired["ci"][1], -paired["ci"][0]]}
     study = json.loads((copy / "study.json").read_text())
     rows = sr.build_study_report(copy, bootstrap=BOOTSTRAP)["methods"]
-    [flipped] = sr.cross_framework(study, rows, [pair])
+    [flipped] = sp.cross_framework(study, rows, [pair])
     assert flipped["paired"]["diff"] == pytest.approx(paired["diff"])
     assert flipped["paired"]["ci"] == pytest.approx(paired["ci"])
 
