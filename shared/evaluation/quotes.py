@@ -2,7 +2,8 @@
 
 A block between `<!-- begin PATH -->` and `<!-- end PATH -->` in a Markdown document quotes
 the file PATH (relative to the document's folder; its headings one level down, so that they nest
-under the document's). The check holds when (1) each block equals its file, and (2) a quoted
+under the document's, and its relative links and images pointed at the same files from the
+document's folder). The check holds when (1) each block equals its file, and (2) a quoted
 study report.md (shared/evaluation/study_report.py) equals what its sibling report.json renders
 to, so a hand edit of either the document or the report shows. (The evaluator's older
 report.json files predate their renderer's current fields; their blocks are checked against
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import posixpath
 import re
 import sys
 from pathlib import Path
@@ -27,10 +29,20 @@ BLOCK = re.compile(r"<!-- begin (?P<path>\S+) -->\n(?P<body>.*?)\n?<!-- end (?P=
                    re.DOTALL)
 
 
-def quoted(markdown: str) -> str:
-    """A file's text as a document quotes it: headings one level down, no trailing newline."""
-    return "\n".join("#" + line if line.startswith("#") else line
-                     for line in markdown.strip("\n").splitlines())
+# A Markdown link or image target relative to its file: no scheme, not absolute, not an anchor.
+RELATIVE_LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:|/|#)(?P<target>[^)\s]+)\)")
+
+
+def quoted(markdown: str, folder: str = "") -> str:
+    """A file's text as a document quotes it: headings one level down, links relative to the
+    quoted file made relative to the document (`folder`: the file's folder from the
+    document's), no trailing newline."""
+    lines = ("#" + line if line.startswith("#") else line
+             for line in markdown.strip("\n").splitlines())
+    text = "\n".join(lines)
+    if not folder:
+        return text
+    return RELATIVE_LINK.sub(lambda m: f"]({folder}/{m['target']})", text)
 
 
 def replace_block(text: str, path: str, markdown: str) -> str:
@@ -39,7 +51,8 @@ def replace_block(text: str, path: str, markdown: str) -> str:
     if begin not in text or end not in text:
         return text
     head, rest = text.split(begin, 1)
-    return f"{head}{begin}\n{quoted(markdown)}\n{end}{rest.split(end, 1)[1]}"
+    block = quoted(markdown, posixpath.dirname(path))
+    return f"{head}{begin}\n{block}\n{end}{rest.split(end, 1)[1]}"
 
 
 def rendered(report_md: Path) -> str | None:
@@ -62,7 +75,8 @@ def problems(document: Path) -> list[str]:
         if not path.is_file():
             found.append(f"{where}: the file is missing; commit it or drop the block")
             continue
-        if match["body"].strip("\n") != quoted(path.read_text()):
+        if match["body"].strip("\n") != quoted(path.read_text(),
+                                                 posixpath.dirname(match["path"])):
             found.append(f"{where}: differs from the file; run python -m "
                          f"shared.evaluation.quotes {document} --write")
         expected = rendered(path)

@@ -52,3 +52,25 @@ def test_a_study_report_must_be_what_its_json_renders_to(tmp_path, monkeypatch):
     assert quotes.problems(document) == [
         f"{folder / 'report.md'}: differs from what report.json beside it renders to; "
         f"rebuild the report instead of editing it"]
+
+
+def test_a_quoted_reports_figures_and_links_still_point_at_its_files(tmp_path):
+    """report.md's `fig.png` is `results/study/report/fig.png` from RESULTS.md; links with a
+    scheme, absolute paths and anchors stay as they are."""
+    folder = tmp_path / "results" / "study" / "report"
+    folder.mkdir(parents=True)
+    (folder / "report.md").write_text(
+        "# Study\n\n![Dev accuracy](dev_accuracy.png)\n\nSee [the runs](../final/runs.md), "
+        "[PEFT](https://github.com/huggingface/peft), [top](#study) and [root](/README.md).\n")
+    document = tmp_path / "RESULTS.md"
+    path = "results/study/report/report.md"
+    document.write_text(f"<!-- begin {path} -->\n<!-- end {path} -->\n")
+    quotes.write(document)
+    text = document.read_text()
+    assert "![Dev accuracy](results/study/report/dev_accuracy.png)" in text
+    assert "[the runs](results/study/report/../final/runs.md)" in text
+    assert ("[PEFT](https://github.com/huggingface/peft), [top](#study) and "
+            "[root](/README.md)") in text
+    assert quotes.problems(document) == []
+    document.write_text(text.replace("](results/study/report/dev", "](dev"))  # unpointed
+    assert "differs from the file" in quotes.problems(document)[0]
