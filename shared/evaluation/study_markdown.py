@@ -317,13 +317,14 @@ def _per_language(result: dict) -> list[str]:
 
 def _english_pairs(result: dict) -> list[str]:
     """The paired comparisons against the target, on the English rows and on the rest."""
-    pairs = result.get("english_pairs") or []  # a report.json from before the table: none
+    # A report.json from before the table has none; a pair without common seeds has no row.
+    pairs = [pair for pair in result.get("english_pairs") or [] if pair["seeds"]]
     if not pairs:
         return []
     rows = [[f"{pair['b']} vs {pair['a']}", pair["rows"], f"{pair['n']:,}",
              ", ".join(map(str, pair["seeds"])),
              f"{fmt_signed(pair['accuracy_diff'])} {fmt_ci(pair['accuracy_diff_ci'], True)}",
-             _seed_diffs(pair)] for pair in pairs if pair["seeds"]]
+             _seed_diffs(pair)] for pair in pairs]
     return ["", f"Each method against {pairs[0]['a']} on the English rows and on the rest, "
             "paired and pooled as in the paired comparisons above (the same two intervals).",
             ""] + md_table(["pair", "rows", "n", "seeds paired",

@@ -133,4 +133,3 @@ def mean_of(values: pd.Series) -> float | None:
     """The mean of the values present; None when there is none."""
     values = values.dropna()
     return float(values.mean()) if len(values) else None
-
