@@ -25,10 +25,13 @@ SAMPLE_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
 # something other than a sentence pair ended up in the file.
 DEFAULT_MAX_TEXT_CHARS = 10_000
 # Control characters no text holds: NUL, the C0 controls but tab, newline and carriage return
-# (which a quoted CSV field may hold), and DEL, a control character too (category Cc, no glyph,
-# no use in text). In a field they mean a binary or corrupt file; the BERT tokenizers would drop
-# them silently, so a corrupt row would train as a shorter, different text.
-CONTROL_CHARACTERS = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+# (which a quoted CSV field may hold), DEL, and the C1 controls U+0080-U+009F (category Cc too:
+# no glyph, no use in text). In a field they mean a binary or corrupt file (C1 in UTF-8 text is
+# mostly mojibake: UTF-8 read as Latin-1 and saved again turns "“" into "â\x80\x9c"); the BERT
+# tokenizers would drop them silently, so a corrupt row would train as a shorter, different
+# text. Rejected, not removed: removing would keep the rest of the mojibake ("â") and break
+# the rule that texts are kept as the file holds them. The real Watson files hold none.
+CONTROL_CHARACTERS = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 
 
 class DataError(ValueError):
@@ -122,10 +125,12 @@ def _validate(path: Path, frame: pd.DataFrame, max_text_chars: int) -> None:
         if control.any():
             index = int(control.to_numpy().argmax())
             match = re.search(CONTROL_CHARACTERS, frame[field].iat[index])
-            fail(index, field, f"holds control character U+{ord(match.group()):04X} at "
-                               f"character {match.start() + 1}, which no text contains (a "
-                               f"corrupt or binary file?); fix or remove the row, or re-export "
-                               f"the file as plain UTF-8 text")
+            code = ord(match.group())
+            cause = ("text decoded as Latin-1 and saved again?" if code >= 0x80
+                     else "a corrupt or binary file?")
+            fail(index, field, f"holds control character U+{code:04X} at character "
+                               f"{match.start() + 1}, which no text contains ({cause}); fix or "
+                               f"remove the row, or re-export the file as plain UTF-8 text")
     for field in frame.columns:
         empty = frame[field].str.strip() == ""
         if empty.any():

@@ -122,6 +122,12 @@ def test_real_watson_data(watson_dir):
     ("a9,p,h\x0c,en,English,0", r"field 'hypothesis': holds control character U\+000C"),
     ("a9,p,h,en\x01,English,0", r"field 'lang_abv': holds control character U\+0001"),
     ("a9,p,h,en,Engl\x7fish,0", r"field 'language': holds control character U\+007F"),
+    # C1 controls as C0: mojibake of “ (UTF-8 read as Latin-1), and U+0085 (NEL)
+    ("a9,p,\u00e2\x80\x9cquoted,en,English,0",
+     r"field 'hypothesis': holds control character U\+0080 at character 2, which no text "
+     r"contains \(text decoded as Latin-1 and saved again\?\)"),
+    ("a9,p\x85,h,en,English,0", r"field 'premise': holds control character U\+0085"),
+    ("a9,p,h,en,English\x9f,0", r"field 'language': holds control character U\+009F"),
     ("a\x009,p,h,en,English,0",
      r"row 4 \(id 'a\\x009'\), field 'id': holds control character U\+0000"),
 ])
@@ -132,6 +138,14 @@ def test_control_characters_are_rejected(tmp_path, row, expected):
     message = str(info.value)
     assert "\n" not in message and "\x00" not in message and "train.csv" in message
     assert "fix or remove the row" in message
+
+
+def test_latin1_letters_and_format_characters_are_text(tmp_path):
+    # Next to the C1 range: U+00A0..U+00FF are letters and signs; the real Watson rows hold
+    # U+00AD (soft hyphen), U+200B and U+200F (format characters, not controls).
+    write(tmp_path, "train.csv", [HEADER] + GOOD_ROWS
+          + ["a9,caf\u00e9\u00a0\u00ff,soft\u00adhy\u200bph\u200fen,en,English,0"])
+    assert load_train(tmp_path)["hypothesis"].iat[3] == "soft\u00adhy\u200bph\u200fen"
 
 
 def test_tab_newline_and_carriage_return_in_quoted_fields_are_text(tmp_path):
