@@ -20,13 +20,14 @@ from jax_lora.models import POOLING, REMAT
 from jax_lora.quant import BASE_DTYPES
 from shared.cli import add_config_flags, check_fields, config_from_flags, config_to_dict
 from shared.data.spec import DataSpec
+from shared.runs.encoder import encoder_numbers
 from shared.runs.presets import KAGGLE_PRESET
 from shared.runs.tokenization import MIN_SEQUENCE_LENGTH
 
 SCHEDULES = ("constant", "linear")
 MAX_SEQUENCE_LENGTH = 512  # BERT's position table, and the baseline's maximum
-# LoraConfig fields whose bare name would be ambiguous on the command line.
-LORA_FLAG_NAMES = {"dropout": "lora-dropout"}
+# Fields whose bare name would be ambiguous on the command line, by their path in TrainConfig.
+LORA_FLAG_NAMES = {"lora.dropout": "lora-dropout"}
 # What trains: lora = adapters A·B on --targets + head; dora = the same, weight-decomposed
 # (plus a magnitude per output); full = every parameter (the JAX twin of tf_baseline);
 # probe = the head alone on the frozen encoder (linear probe).
@@ -44,11 +45,12 @@ METHOD_DEFAULTS = {"lora": {"lr": 2e-4, "adam_epsilon": 1e-8, "keras_epsilon": F
 
 @dataclass(frozen=True)
 class TrainConfig:
-    preset: str = KAGGLE_PRESET  # keras-hub preset name or folder, or Hugging Face BERT folder
+    preset: str = KAGGLE_PRESET  # keras-hub preset name or folder, or Hugging Face BERT folder; or the offline models scripts/setup.sh installs, by name: all-minilm-l6-v2, multilingual-e5-small
     run_dir: Path = Path("runs/jax_lora")  # run directory; rerunning the same command resumes it
     epochs: int = 3  # passes over the training split (the baseline's 3)
     method: str = "lora"  # what trains: lora, dora (adapters + head), full (everything), probe (head alone)
-    pooling: str = "cls"  # what the head reads: cls (BERT's pooler, as keras-hub) or mean (mean of the last layer, as sentence-transformers)
+    pooling: str | None = None  # what the head reads: cls (BERT's pooler, as keras-hub) or mean (mean of the last layer, as sentence-transformers) [default: cls, or mean for a model without a pooler such as multilingual-e5]
+    dropout: float | None = None  # the encoder's dropout rate at every site (and the BERT head's) [default: the preset's: config.json's hidden_dropout_prob, keras-hub's 0.1]
     init_from: Path | None = None  # a finished jax_lora run whose head (and adapters, where both runs have them) this run starts from: linear probe first, then LoRA or full (LP->X) [default: none]
     batch_per_device: int = 16  # rows per device per step (per micro-batch with --accumulate); the global batch is this x devices
     accumulate: int = 1  # gradient accumulation: the optimizer steps every K micro-batches, on the gradient of their union (effective batch = K x global batch)
@@ -83,7 +85,9 @@ class TrainConfig:
         check_fields(self, [("method", self.method in METHODS, f"choose one of {', '.join(METHODS)}")])
         self._resolve_method()
         checks = [
-            ("pooling", self.pooling in POOLING, f"choose one of {', '.join(POOLING)}"),
+            ("pooling", self.pooling is None or self.pooling in POOLING,
+             f"choose one of {', '.join(POOLING)}"),
+            ("dropout", self.dropout is None or 0 <= self.dropout < 1, "must lie in [0, 1)"),
             ("lora-plus-ratio", self.lora_plus_ratio > 0, "must be > 0"),
             ("lora-plus-ratio", self.lora_plus_ratio == 1.0 or self.method in ADAPTER_METHODS,
              f"LoRA+ needs adapters; --method {self.method} has none"),
@@ -156,6 +160,13 @@ class TrainConfig:
         longer = self.epochs >= recorded.get("epochs", self.epochs + 1) and (
             self.max_steps == 0 or 0 < recorded.get("max_steps", -1) <= self.max_steps)
         return longer
+
+    def with_preset_defaults(self) -> "TrainConfig":
+        """The config with the defaults that depend on the preset filled in (the pooling:
+        shared.runs.encoder's default_pooling), as the manifest records it."""
+        if self.pooling is not None:
+            return self
+        return dataclasses.replace(self, pooling=encoder_numbers(self.preset).default_pooling)
 
     @property
     def full(self) -> bool:

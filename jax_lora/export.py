@@ -56,6 +56,12 @@ def export_preset(model: BertClassifier, tokenizer: Tokenizer | XLMRobertaTokeni
         raise ExportError(f"the model classifies from --pooling {model.pooling}; keras-hub's "
                           f"{classifier_name} classifies from {head_reads} and would predict "
                           f"differently, so no preset is written")
+    fixed_gelu = config.architecture == "bert"  # BertBackbone's gelu_approximate (tanh)
+    if config.approximate_gelu != fixed_gelu:
+        raise ExportError(f"the model's FFN uses {'tanh' if config.approximate_gelu else 'exact'}"
+                          f" GELU; keras-hub's {classifier_name} hard-codes "
+                          f"{'tanh' if fixed_gelu else 'exact'} GELU and has no option for it, "
+                          f"so no preset is written")
     epsilon = KERAS_HUB_LAYER_NORM_EPSILON[config.architecture]
     if config.layer_norm_epsilon != epsilon:
         raise ExportError(f"layer_norm_epsilon={config.layer_norm_epsilon}: keras-hub's "

@@ -23,6 +23,7 @@ from jax_lora.models import BertClassifier, set_compute_dtype
 from jax_lora.tokenizer import Tokenizer
 from jax_lora.weights import load_head, load_pretrained, read_keras_head
 from jax_lora.xlmr_tokenizer import XLMRobertaTokenizer
+from shared.runs.encoder import encoder_numbers
 from shared.runs.presets import PresetError
 from shared.runs.reuse import RunStateError, read_manifest
 from shared.runs.run_dir import MANIFEST
@@ -105,9 +106,10 @@ def _load_tf_baseline(run_dir: Path) -> tuple[BertClassifier, TextTokenizer, str
     try:
         # The logits layer (Dense "logits", BERT's and XLM-R's alike) gives the classes.
         classes = read_keras_head(preset / "task.weights.h5")["bias"].shape[0]
-        # keras-hub's classifiers read BERT's pooler or XLM-R's <s>: cls pooling.
+        # keras-hub's classifiers read BERT's pooler or XLM-R's <s> (cls pooling); a BERT
+        # without a pooler (multilingual-e5) the mean of the last layer.
         pretrained = load_pretrained(str(preset), LoraConfig(targets=()), num_classes=classes,
-                                     pooling="cls")
+                                     pooling=encoder_numbers(str(preset)).default_pooling)
         load_head(pretrained.model, str(preset))  # every head layer, shapes checked
     except (ValueError, OSError) as err:  # WeightsError, PresetError, an unreadable file
         raise RunLoadError(f"{preset}: cannot be loaded ({err}); pick another run") from None

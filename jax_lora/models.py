@@ -38,6 +38,7 @@ REMAT = {"none": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_s
 POOLING = ("cls", "mean")
 # keras-hub backbones reproduced: BertBackbone, XLMRobertaBackbone (= RobertaBackbone).
 ARCHITECTURES = ("bert", "xlm_roberta")
+GELUS = ("gelu", "gelu_tanh")  # exact (erf) and tanh-approximate, shared.runs.encoder's names
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,12 @@ class BertConfig:
     num_segments: int = 2  # rows of the segment embedding; 0: none (XLM-R)
     dropout: float = 0.1  # every encoder dropout site, as keras-hub uses one rate throughout
     layer_norm_epsilon: float = 1e-12  # keras-hub BERT hard-codes 1e-12, RoBERTa 1e-5
-    architecture: str = "bert"  # one of ARCHITECTURES: decides the GELU and the head
+    architecture: str = "bert"  # one of ARCHITECTURES: decides the head
     head_dropout: float | None = None  # the head's dropout; None: `dropout` (as BERT's)
+    # The FFN's GELU: "gelu" (erf) or "gelu_tanh"; None: keras-hub's for the architecture
+    # (BertBackbone tanh, RobertaBackbone erf). shared.runs.encoder decides it per preset.
+    activation: str | None = None
+    pooler: bool = True  # BERT's pooler exists (multilingual-e5 has none: mean pooling only)
 
     def __post_init__(self):
         if self.hidden_dim % self.num_heads:
@@ -61,6 +66,16 @@ class BertConfig:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"BertConfig architecture={self.architecture!r}: choose one of "
                              f"{', '.join(ARCHITECTURES)}")
+        if self.activation is None:
+            object.__setattr__(self, "activation",
+                               "gelu_tanh" if self.architecture == "bert" else "gelu")
+        if self.activation not in GELUS:
+            raise ValueError(f"BertConfig activation={self.activation!r}: choose one of "
+                             f"{', '.join(GELUS)}")
+
+    @property
+    def approximate_gelu(self) -> bool:
+        return self.activation == "gelu_tanh"
 
     @property
     def head_rate(self) -> float:
@@ -180,8 +195,8 @@ class TransformerLayer(nnx.Module):
         self.ffn_layer_norm = _layer_norm(config, rngs)
         self.rate = config.dropout
         # keras-hub's BertBackbone passes gelu_approximate (tanh), RobertaBackbone "gelu"
-        # (keras' default approximate=False: erf, as Hugging Face's XLM-R).
-        self.approximate_gelu = config.architecture == "bert"
+        # (keras' default approximate=False: erf, as Hugging Face's XLM-R and e5).
+        self.approximate_gelu = config.approximate_gelu
 
     def __call__(self, x, padding_mask, dropout_key, *, cls_only: bool = False):
         """[B, T, H] -> [B, T, H]; cls_only -> [B, 1, H], the [CLS] row alone (it still attends
@@ -252,9 +267,14 @@ class BertClassifier(nnx.Module):
                                  "dense layer trains with the head): drop --train-pooler")
             self.head = ClassificationHead(config, num_classes, rngs=rngs)
         else:
-            # A LoRALinear without adapters (a plain dense) so --base-dtype can store it too.
-            self.pooler = _linear(config.hidden_dim, config.hidden_dim, "pooler", lora, rngs)
-            rngs.params()  # the key nnx.Linear drew for its zero bias: the head's init as before
+            if not config.pooler and (pooling == "cls" or lora.train_pooler):
+                raise ValueError("this BERT has no pooler (as multilingual-e5): its head reads "
+                                 "the mean of the last layer; use --pooling mean and drop "
+                                 "--train-pooler")
+            if config.pooler:
+                # A LoRALinear without adapters (a plain dense) so --base-dtype can store it.
+                self.pooler = _linear(config.hidden_dim, config.hidden_dim, "pooler", lora, rngs)
+                rngs.params()  # the key nnx.Linear drew for its zero bias: the head's init as before
             self.head = nnx.Linear(config.hidden_dim, num_classes, kernel_init=BERT_KERNEL_INIT,
                                    rngs=rngs)
 

@@ -154,6 +154,7 @@ def prepare(config: TrainConfig) -> Setup | None:
     None when nothing is left to do: a --check, or this very run found finished in the run
     directory (shared/runs/reuse.py)."""
     distributed.initialize(config.processes)
+    config = config.with_preset_defaults()
     plan = plan_run(TRAINER, config)
     # Every process has read the run directory before process 0 changes it (run).
     distributed.sync("run directory read")
@@ -178,7 +179,7 @@ def prepare(config: TrainConfig) -> Setup | None:
     # The pooler stays float32 when it is not the base's: it trains, or comes from the parent.
     own_pooler = config.lora.train_pooler or (parent is not None and parent["pooler"])
     pretrained = load_pretrained(config.preset, config.lora, seed=config.seed,
-                                 pooling=config.pooling, source=weights,
+                                 pooling=config.pooling, source=weights, dropout=config.dropout,
                                  base_dtype=config.base_dtype, quantize_pooler=not own_pooler)
     if config.sequence_length > pretrained.config.max_sequence_length:
         raise ValueError(f"--sequence-length {config.sequence_length}: {config.preset} has "
@@ -250,6 +251,8 @@ def run(setup: Setup) -> Path:
     best = None if dev is None else BestCheckpoint(config.run_dir)
     if best is not None:
         best.forget_after(step)
+        with exit_on_bad_input():
+            best.check(trainable_params)
 
     writer = RunWriter(config.run_dir) if distributed.is_main() else distributed.Silent()
     writer.start(trainer=TRAINER, config=config.to_dict(), weights=setup.pretrained.source,

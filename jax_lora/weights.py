@@ -29,6 +29,7 @@ from jax_lora.models import BertClassifier, BertConfig
 from jax_lora.quant import quantize, quantized_linears
 from jax_lora.tokenizer import Tokenizer
 from jax_lora.xlmr_tokenizer import XLMRobertaTokenizer
+from shared.runs.encoder import EncoderNumbers, encoder_numbers
 from shared.runs.presets import (HF_MODEL_TYPES, KERAS_BACKBONES, describe_preset,
                                  preset_dir)
 
@@ -131,11 +132,19 @@ HF_FORMATS = {"bert": (HF_NAMES, HF_IGNORED, "bert."),
               "xlm_roberta": (HF_XLMR_NAMES, HF_XLMR_IGNORED, "roberta.")}
 KERAS_FORMATS = {"bert": KERAS_NAMES, "xlm_roberta": KERAS_XLMR_NAMES}
 # What keras-hub's RobertaBackbone and XLMRobertaTextClassifier fix instead of reading from a
-# config: no segment embedding, LayerNorm eps 1e-5, and the classifier's dropout default 0.0
-# (Hugging Face's classification head drops with hidden_dropout_prob, 0.1).
-XLMR_FIXED = {"num_segments": 0, "layer_norm_epsilon": 1e-5, "architecture": "xlm_roberta",
-              "head_dropout": 0.0}
-TOKENIZERS = {"bert": Tokenizer, "xlm_roberta": XLMRobertaTokenizer}
+# config: no segment embedding, and the classifier's dropout default 0.0 (Hugging Face's
+# classification head drops with hidden_dropout_prob, 0.1). The GELU and LayerNorm epsilon
+# come from shared.runs.encoder, as for BERT.
+XLMR_FIXED = {"num_segments": 0, "architecture": "xlm_roberta", "head_dropout": 0.0}
+# By tokenizer family (shared.runs.encoder): BERT's WordPiece, or XLM-R's SentencePiece, which
+# BERTs such as multilingual-e5 use too.
+TOKENIZERS = {"wordpiece": Tokenizer, "sentencepiece": XLMRobertaTokenizer}
+
+
+def _numbers_fields(numbers: EncoderNumbers) -> dict:
+    """BertConfig's fields that shared.runs.encoder decides for both trainers."""
+    return {"activation": numbers.activation, "layer_norm_epsilon": numbers.layer_norm_epsilon,
+            "dropout": numbers.dropout, "pooler": numbers.pooler}
 
 # Parameters that start fresh instead of coming from the checkpoint.
 FRESH = nnx.Any(LoraParam, nnx.PathContains("head"))
@@ -157,22 +166,27 @@ class Pretrained:
 
 def load_pretrained(preset: str, lora: LoraConfig, *, num_classes: int = 3, seed: int = 0,
                     pooling: str = "cls", source: dict | None = None,
-                    base_dtype: str = "float32", quantize_pooler: bool = True) -> Pretrained:
+                    base_dtype: str = "float32", quantize_pooler: bool = True,
+                    dropout: float | None = None) -> Pretrained:
     """The model with pretrained encoder + pooler, a fresh head and fresh LoRA factors (from
     `seed`; DoRA magnitudes = the pretrained kernels' column norms), its tokenizer, and where
     the weights came from (shared.runs.presets.describe_preset, the same record tf_baseline
     writes; pass `source` when it is already computed). `base_dtype` (jax_lora.quant): the
     encoder's kernels, and the pooler's when `quantize_pooler`, are stored quantized as they
-    are read, so the float32 kernels are never all in memory at once."""
+    are read, so the float32 kernels are never all in memory at once. `dropout` replaces the
+    preset's rate at every encoder site (and BERT's head)."""
     directory, file_kind = preset_dir(preset)
     read = read_hf if file_kind == "hf" else read_keras
     config, tensors, weights_file = read(directory)
+    if dropout is not None:
+        config = dataclasses.replace(config, dropout=dropout)
     source = source or describe_preset(preset)
     model = _fresh_model(config, num_classes, lora, seed, pooling)
     assign(model, tensors, weights_file, base_dtype=base_dtype,
            stored={path for path, _ in quantized_linears(model, pooler=quantize_pooler)})
     init_dora_magnitudes(model)
-    tokenizer = TOKENIZERS[config.architecture].from_preset_dir(directory, file_kind)
+    tokenizer = TOKENIZERS[encoder_numbers(str(directory)).tokenizer].from_preset_dir(
+        directory, file_kind)
     return Pretrained(model=model, config=config, tokenizer=tokenizer, source=source)
 
 
@@ -190,7 +204,9 @@ def _fresh_model(config: BertConfig, num_classes: int, lora: LoraConfig, seed: i
 def _fresh_state(config: BertConfig, num_classes: int, lora: LoraConfig, key: jax.Array):
     # XLA drops the random init of everything not returned, so mBERT's 180M pretrained
     # parameters are never drawn; jit caches the program per (config, num_classes, lora).
-    model = BertClassifier(config, num_classes=num_classes, lora=lora, rngs=nnx.Rngs(key))
+    # The pooling decides no parameter; a model without a pooler only takes mean pooling.
+    model = BertClassifier(config, num_classes=num_classes, lora=lora, rngs=nnx.Rngs(key),
+                           pooling="cls" if config.pooler else "mean")
     return nnx.state(model, FRESH)
 
 
@@ -206,17 +222,13 @@ def read_hf(directory: Path) -> tuple[BertConfig, Iterator[Tensor], Path]:
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise WeightsError(f"{config_file}: position_embedding_type="
                            f"{hf['position_embedding_type']!r}; only 'absolute' is supported")
-    # hidden_act is not read: keras-hub runs every BERT with tanh-GELU (HF's "gelu" is erf)
-    # and every XLM-R with erf-GELU, and keras-hub is what the TF baseline and our parity
-    # tests use.
+    numbers = encoder_numbers(str(directory))
     common = dict(vocab_size=hf["vocab_size"], hidden_dim=hf["hidden_size"],
                   num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
-                  intermediate_dim=hf["intermediate_size"],
-                  dropout=hf.get("hidden_dropout_prob", 0.1))
+                  intermediate_dim=hf["intermediate_size"], **_numbers_fields(numbers))
     if architecture == "bert":
         config = BertConfig(**common, max_sequence_length=hf["max_position_embeddings"],
-                            num_segments=hf.get("type_vocab_size", 2),
-                            layer_norm_epsilon=hf.get("layer_norm_eps", 1e-12))
+                            num_segments=hf.get("type_vocab_size", 2))
     else:
         if hf.get("pad_token_id", 1) != 1:
             raise WeightsError(f"{config_file}: pad_token_id={hf['pad_token_id']!r}; only 1 "
@@ -279,10 +291,15 @@ def read_keras(directory: Path) -> tuple[BertConfig, Iterator[Tensor], Path]:
                   num_layers=keras["num_layers"], num_heads=keras["num_heads"],
                   intermediate_dim=keras["intermediate_dim"],
                   max_sequence_length=keras.get("max_sequence_length", 512),
-                  dropout=keras.get("dropout", 0.1))
+                  **_numbers_fields(encoder_numbers(str(directory))))
     config = (BertConfig(**common, num_segments=keras.get("num_segments", 2))
               if architecture == "bert" else BertConfig(**common, **XLMR_FIXED))
-    return config, _keras_tensors(weights_file, KERAS_FORMATS[architecture]), weights_file
+    tensors = _keras_tensors(weights_file, KERAS_FORMATS[architecture])
+    if not config.pooler:
+        # keras-hub's BertBackbone always builds pooled_dense; a model saved from one without
+        # a pooler (encoder_numbers.json says so) holds an unused one.
+        tensors = (tensor for tensor in tensors if tensor[0][0] != "pooler")
+    return config, tensors, weights_file
 
 
 def _keras_tensors(weights_file: Path, names: WeightNames) -> Iterator[Tensor]:

@@ -55,11 +55,12 @@ def check_fields(config, checks) -> None:
 # ---------------------------------------------------------------- config dataclasses as flags
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, *, title: str,
-                     rename: dict | None = None) -> None:
+                     rename: dict | None = None, section: str = "") -> None:
     """One flag per dataclass field: --field-name, typed by the annotation, help = the comment
     after the field, so a config's documentation and its --help cannot drift apart. A field
     holding a dataclass (a config section, e.g. `data: DataSpec`) gets its own group; a field
-    with metadata {"flag": False} gets none (another flag sets it)."""
+    with metadata {"flag": False} gets none (another flag sets it). `rename` maps a field's
+    dotted path in the config (`lora.dropout`) to its flag name."""
     rename = rename or {}
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
@@ -70,7 +71,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, title: str,
             continue
         if dataclasses.is_dataclass(kind):
             add_config_flags(parser, kind, title=SECTION_TITLES.get(field.name, field.name),
-                             rename=rename)
+                             rename=rename, section=section + field.name + ".")
             continue
         default = (field.default_factory() if field.default is dataclasses.MISSING
                    else field.default)
@@ -87,10 +88,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, title: str,
             options["type"], options["metavar"] = _comma_list, "A,B"
         else:
             options["type"], options["metavar"] = kind, METAVARS.get(kind, field.name.upper())
-        group.add_argument("--" + flag_dest(field.name, rename).replace("_", "-"), **options)
+        group.add_argument("--" + flag_dest(section + field.name, rename).replace("_", "-"),
+                           **options)
 
 
-def config_from_flags(cls, values: dict, *, rename: dict | None = None):
+def config_from_flags(cls, values: dict, *, rename: dict | None = None, section: str = ""):
     """The dataclass `cls` (sections included) from parsed flags (`vars(namespace)`); raises
     the config's own one-line ValueError on a bad value."""
     rename = rename or {}
@@ -100,9 +102,10 @@ def config_from_flags(cls, values: dict, *, rename: dict | None = None):
         kind = hints[field.name]
         if not field.metadata.get("flag", True):
             continue  # its default; the config derives it from other fields
-        fields[field.name] = (config_from_flags(kind, values, rename=rename)
+        fields[field.name] = (config_from_flags(kind, values, rename=rename,
+                                                section=section + field.name + ".")
                               if dataclasses.is_dataclass(kind)
-                              else values[flag_dest(field.name, rename)])
+                              else values[flag_dest(section + field.name, rename)])
     return cls(**fields)
 
 
@@ -126,9 +129,9 @@ def config_flags(config) -> list[str]:
     return flags
 
 
-def flag_dest(name: str, rename: dict) -> str:
-    """The argparse destination of a field's flag."""
-    return rename.get(name, name).replace("-", "_")
+def flag_dest(path: str, rename: dict) -> str:
+    """The argparse destination of the flag of the field at dotted `path`."""
+    return rename.get(path, path.rpartition(".")[2]).replace("-", "_")
 
 
 def config_to_dict(config) -> dict:

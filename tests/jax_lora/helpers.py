@@ -90,6 +90,20 @@ def recorded_gap(loaded, run) -> types.SimpleNamespace:
                                  out=out, val=val, expected=expected)
 
 
+def assert_reloads_to_its_predictions(run_dir, tolerance: float) -> dict:
+    """The run finished, and loads back (base preset + adapter) to reproduce its validation
+    predictions within `tolerance`, predictions that are not all alike; its manifest."""
+    from jax_lora.inference import load_run
+    from shared.runs.run_dir import read_run
+
+    run = read_run(run_dir)
+    assert run.manifest["status"] == "finished"
+    reproduced = recorded_gap(load_run(run_dir), run)
+    assert reproduced.gap <= tolerance
+    assert np.ptp(reproduced.expected, axis=0).max() > 1e-3
+    return run.manifest
+
+
 # ---------------------------------------------------------------- a folder's tokenizer.json
 
 def tokenizer_json_arrays(path, pairs: dict, length: int, pad_token: str = "[PAD]") -> dict:

@@ -1,0 +1,163 @@
+"""A BERT with a SentencePiece tokenizer and no pooler (the multilingual-e5-small family, issue
+#30) in jax_lora, on the tiny folder of tests/e5_fixtures.py: the numbers read from config.json
+(exact GELU, its LayerNorm epsilon, its dropout), the tokenizer.json's ids, Hugging Face's
+forward in float64 numpy, mean pooling by default, and every method through the CLI."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from jax_lora.adapter import read_adapter_meta
+from jax_lora.config import parse_config
+from jax_lora.lora import LoraConfig
+from jax_lora.weights import load_pretrained
+from jax_lora.xlmr_tokenizer import XLMRobertaTokenizer
+from shared.data.watson import SAMPLE_DATA_DIR, load_test, load_train
+from shared.runs.encoder import encoder_numbers
+from shared.runs.reuse import read_manifest
+from tests.e5_fixtures import write_tiny_e5_hf
+from tests.jax_lora.helpers import assert_reloads_to_its_predictions, tokenizer_json_arrays
+from tests.jax_lora.trainer_process import run_trainer
+from tests.xlmr_fixtures import train_sentencepiece
+
+CLI = ["--data-dir", str(SAMPLE_DATA_DIR), "--limit", "60", "--batch-per-device", "4",
+       "--sequence-length", "32", "--quiet", "--no-predict-test"]
+
+
+@pytest.fixture(scope="module")
+def e5(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_e5")
+    return write_tiny_e5_hf(root / "hf", train_sentencepiece(root / "sample.spm"))
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    frames = [load_train(SAMPLE_DATA_DIR), load_test(SAMPLE_DATA_DIR)]
+    return {field: [text for frame in frames for text in frame[field]]
+            for field in ("premise", "hypothesis")}
+
+
+def reference_pooled(folder, batch) -> np.ndarray:
+    """Hugging Face's BertModel forward in float64 from the folder's own files, as
+    transformers computes it for this config: embeddings (token, position, token type 0),
+    post-LayerNorm layers with config.json's epsilon and exact GELU; then the mean of the last
+    layer over the mask (sentence-transformers' pooling, e5's)."""
+    config = json.loads((folder / "config.json").read_text())
+    w = {k: v.astype(np.float64) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    eps, heads = config["layer_norm_eps"], config["num_attention_heads"]
+
+    def norm(x, name):
+        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + eps) * w[f"{name}.weight"] + w[f"{name}.bias"]
+
+    def dense(x, name):
+        return x @ w[f"{name}.weight"].T + w[f"{name}.bias"]
+
+    ids, mask = batch["token_ids"], batch["padding_mask"].astype(bool)
+    steps = ids.shape[1]
+    x = (w["embeddings.word_embeddings.weight"][ids]
+         + w["embeddings.position_embeddings.weight"][:steps][None]
+         + w["embeddings.token_type_embeddings.weight"][batch["segment_ids"]])
+    x = norm(x, "embeddings.LayerNorm")
+    gelu = np.vectorize(lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))))
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}"
+
+        def split(t):
+            return t.reshape(*t.shape[:2], heads, -1).transpose(0, 2, 1, 3)
+
+        q, k, v = (split(dense(x, f"{p}.attention.self.{n}")) for n in ("query", "key", "value"))
+        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])
+        scores = np.where(mask[:, None, None, :], scores, -np.inf)
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        context = (probs @ v).transpose(0, 2, 1, 3).reshape(x.shape)
+        x = norm(x + dense(context, f"{p}.attention.output.dense"),
+                 f"{p}.attention.output.LayerNorm")
+        x = norm(x + dense(gelu(dense(x, f"{p}.intermediate.dense")), f"{p}.output.dense"),
+                 f"{p}.output.LayerNorm")
+    weights = mask[..., None].astype(np.float64)
+    return (x * weights).sum(1) / weights.sum(1)
+
+
+def test_the_numbers_come_from_config_json(e5, tmp_path):
+    numbers = encoder_numbers(str(e5))
+    assert (numbers.architecture, numbers.tokenizer, numbers.activation, numbers.pooler,
+            numbers.layer_norm_epsilon, numbers.default_pooling) == (
+        "bert", "sentencepiece", "gelu", False, 1e-7, "mean")
+    tanh = write_tiny_e5_hf(tmp_path / "tanh", e5 / "sentencepiece.bpe.model",
+                            hidden_act="gelu_new", hidden_dropout_prob=0.2)
+    config = load_pretrained(str(tanh), LoraConfig(), pooling="mean").config
+    assert (config.approximate_gelu, config.dropout, config.pooler) == (True, 0.2, False)
+    config = load_pretrained(str(tanh), LoraConfig(), pooling="mean", dropout=0.05).config
+    assert config.dropout == 0.05
+
+
+def test_ids_equal_the_folders_tokenizer_json(e5, pairs):
+    tokenizer = load_pretrained(str(e5), LoraConfig(), pooling="mean").tokenizer
+    assert isinstance(tokenizer, XLMRobertaTokenizer)
+    theirs = tokenizer_json_arrays(e5 / "tokenizer.json", pairs, 512, "<pad>")
+    ours = tokenizer(pairs["premise"], pairs["hypothesis"], 512)
+    for name in ("token_ids", "segment_ids", "padding_mask"):
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+    assert not ours["segment_ids"].any()  # XLM-R's tokenizer: token type 0 throughout
+
+
+def test_forward_equals_hugging_faces_in_float64(e5, pairs):
+    pretrained = load_pretrained(str(e5), LoraConfig(), pooling="mean")
+    batch = pretrained.tokenizer(pairs["premise"][:12], pairs["hypothesis"][:12], 48)
+    out = pretrained.model.encode(batch["token_ids"], batch["segment_ids"],
+                                  batch["padding_mask"])
+    expected = reference_pooled(e5, batch)
+    np.testing.assert_allclose(np.asarray(out["pooled_output"]), expected, atol=1e-5)
+    # A reader that ignored the epsilon (BERT's 1e-12) or the GELU (tanh) would be caught.
+    assert np.abs(expected).max() > 0.1
+    head = pretrained.model.head
+    logits = expected @ np.asarray(head.kernel[...]) + np.asarray(head.bias[...])
+    np.testing.assert_allclose(np.asarray(out["logits"]), logits, atol=1e-5)
+
+
+def test_cls_pooling_without_a_pooler_fails_in_one_line(e5):
+    with pytest.raises(ValueError, match="no pooler.*--pooling mean"):
+        load_pretrained(str(e5), LoraConfig(), pooling="cls")
+
+
+def test_the_default_pooling_follows_the_preset(e5, tiny_hf_preset):
+    assert parse_config(["--preset", str(e5)]).with_preset_defaults().pooling == "mean"
+    assert parse_config(["--preset", str(tiny_hf_preset)]).with_preset_defaults().pooling == "cls"
+    assert parse_config(["--preset", str(e5), "--pooling", "mean", "--dropout", "0"]).dropout == 0
+    with pytest.raises(ValueError, match="dropout"):
+        parse_config(["--preset", str(e5), "--dropout", "1.5"])
+
+
+def test_every_method_trains_on_the_tiny_e5_through_the_cli(e5, run_env, tmp_path):
+    """lora, dora, full, probe, NF4-LoRA and LP->LoRA (from the probe's run), a few steps each:
+    each run finishes with mean pooling recorded, and reloads to its own predictions."""
+    runs = {"probe": ["--method", "probe"], "lora": [], "dora": ["--method", "dora"],
+            "full": ["--method", "full"], "qlora_nf4": ["--base-dtype", "nf4"],
+            "lp_lora": ["--init-from", str(tmp_path / "probe")]}
+    for name, flags in runs.items():
+        run_trainer(e5, tmp_path / name, *CLI, "--max-steps", "3", *flags, env=run_env)
+        manifest = assert_reloads_to_its_predictions(tmp_path / name, 1e-5)
+        assert manifest["preprocessing"]["tokenizer"] == "sentencepiece"
+        assert manifest["model"]["pooling"] == "mean"
+        assert manifest["config"]["pooling"] == "mean"
+    assert read_adapter_meta(tmp_path / "lora" / "adapter")["pooling"] == "mean"
+    # Resume: the same command on a finished run keeps it.
+    done = run_trainer(e5, tmp_path / "lora", *CLI, "--max-steps", "3", env=run_env)
+    assert "finished" in done.stdout + done.stderr
+    assert read_manifest(tmp_path / "lora")["config"]["dropout"] is None
+
+
+def test_a_moved_folder_is_the_same_preset(e5, tmp_path):
+    """The checksums recorded in manifests cover the SentencePiece and tokenizer files."""
+    from shared.runs.presets import describe_preset
+
+    copy = shutil.copytree(e5, tmp_path / "copy")
+    assert describe_preset(str(copy))["sha256"] == describe_preset(str(e5))["sha256"]
+    assert {"sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json"} <= set(
+        describe_preset(str(e5))["files"])
