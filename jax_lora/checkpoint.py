@@ -4,9 +4,12 @@ run_dir/checkpoints/<step>/  trainable parameters + optimizer state + JSON progr
     weights are not in it: they are reloaded from the preset; the run manifest records their
     checksum and a resume with other weights is refused (shared/runs/reuse.py).
     Orbax writes into a temporary folder and renames it when complete, so a run killed
-    mid-save leaves no checkpoint that looks whole; only the newest `keep` are kept. A
-    checkpoint damaged later (a file cut short or garbled: a full disk, a broken copy) is
-    moved aside to <step>.damaged by restore_latest, which resumes from the one before it.
+    mid-save leaves no checkpoint that looks whole; only the newest `keep` are kept. Then
+    <step>/sha256.json records the checksum of each of its files (shared/runs/checksums.py).
+    A checkpoint damaged later (a file cut short or garbled: a full disk, a broken copy, a
+    flipped bit) no longer matches it and is moved aside to <step>.damaged by restore_latest,
+    which resumes from the one before it. One without the record (a kill between the save and
+    the record, or an older run) is judged by whether orbax can read it.
 The run's trained weights as an artifact (run_dir/adapter/) are jax_lora/adapter.py's.
 """
 
@@ -17,6 +20,7 @@ import logging
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -24,16 +28,20 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jax_lora import distributed
+from shared.runs.checksums import mismatches, read_record, write_record
 from shared.runs.reuse import RunStateError
 
 CHECKPOINTS = "checkpoints"
 DAMAGED_SUFFIX = ".damaged"
+CHECKSUMS = "sha256.json"  # in each checkpoint folder, written once orbax has finished it
 # What orbax 0.12 / tensorstore 0.1 raise for a checkpoint whose files are cut short, garbled
 # or missing (tests/jax_lora/test_checkpoint_damage.py makes each kind): a tensorstore read
 # error is a plain ValueError whose message starts with its status code; a cut or garbled JSON
 # file (state/_METADATA, state/array_metadatas/, meta/metadata) json.JSONDecodeError or
 # UnicodeDecodeError; a missing file FileNotFoundError; a missing item folder (state/, meta/)
-# KeyError. Other ValueErrors (a tree or shape that does not match) are not damage.
+# KeyError. Orbax raises some of these from a bare Exception ("Encountered error while reading
+# array index ..."), so the whole chain of causes is read. Other errors (a tree or shape that
+# does not match) are not damage.
 _TENSORSTORE_DAMAGE = re.compile(r"(DATA_LOSS|OUT_OF_RANGE|NOT_FOUND): ")
 
 
@@ -68,16 +76,27 @@ class Checkpoints:
         # on disk, which is what a kill -9 test (and a preempted job) needs.
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(Path(run_dir).resolve() / folder,
-                                             options=options)
+        directory = Path(run_dir).resolve() / folder
+        self._complaints = _MetadataComplaintFilter(str(directory))
+        logging.getLogger("absl").addFilter(self._complaints)  # before orbax reads the steps
+        self.manager = ocp.CheckpointManager(directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def folder(self, step: int) -> Path:
+        return Path(self.manager.directory) / str(step)
+
     def save(self, step: int, trainable: nnx.State, opt_state, meta: dict) -> None:
         arrays = {"trainable": flat_arrays(trainable), "opt_state": jax.tree.leaves(opt_state)}
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),
-                                                        meta=ocp.args.JsonSave(meta)))
+        saved = self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
+        # Synchronous: every process's files are in place when save returns.
+        if saved and distributed.is_main():
+            folder = self.folder(step)
+            write_record(folder / CHECKSUMS, {
+                str(path.relative_to(folder)): path for path in sorted(folder.rglob("*"))
+                if path.is_file() and path.name != CHECKSUMS})
 
     def restore(self, trainable: nnx.State, opt_state):
         """(trainable, opt_state, meta) of the newest checkpoint; the arguments give the tree
@@ -92,42 +111,69 @@ class Checkpoints:
         """(step, trainable, opt_state, meta) of the newest checkpoint that restores, None when
         there is no checkpoint. A damaged checkpoint is moved aside to <step>.damaged (so that
         training saves that step afresh) with one warning line on stderr, and the one before it
-        is tried. RunStateError, changing nothing, when checkpoints exist but none restores."""
-        _drop_leftover_read_noise(self.manager.directory)
+        is tried. RunStateError (one line naming the damaged files), changing nothing, when
+        checkpoints exist but none restores."""
         damaged = []  # (folder, reason), newest first
         for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                restored = self._restore_arrays(step, trainable, opt_state)
-            except (ValueError, OSError, KeyError) as err:
-                folder = Path(self.manager.directory) / str(step)
-                reason = _damage(err, folder)
-                if reason is None:
-                    raise
-                damaged.append((folder, " ".join(reason.split())))  # one line
+            folder = self.folder(step)
+            reason, restored = self._try_restore(step, trainable, opt_state)
+            if reason is not None:
+                damaged.append((folder, reason))
                 continue
-            for folder, reason in damaged:
-                aside = folder.with_name(folder.name + DAMAGED_SUFFIX)
+            for bad, reason in damaged:
+                aside = bad.with_name(bad.name + DAMAGED_SUFFIX)
                 if distributed.is_main():  # one process moves what every process found
                     if aside.exists():  # from an earlier damage at the same step
                         shutil.rmtree(aside)
-                    folder.rename(aside)
-                print(f"warning: checkpoint {folder} is damaged ({reason}); moved it to "
+                    bad.rename(aside)
+                print(f"warning: checkpoint {bad} is damaged ({reason}); moved it to "
                       f"{aside.name} and resuming from step {step}", file=sys.stderr, flush=True)
             if damaged:
                 distributed.sync("damaged checkpoints moved aside")
                 self.manager.reload()  # forget the moved steps: their numbers are saved again
             arrays, meta = restored
             opt_state = jax.tree.unflatten(jax.tree.structure(opt_state), arrays["opt_state"])
-            folder = str(Path(self.manager.directory) / str(step))
-            return step, replace_arrays(trainable, arrays["trainable"], folder), opt_state, meta
+            trainable = replace_arrays(trainable, arrays["trainable"], str(folder))
+            return step, trainable, opt_state, meta
         if not damaged:
             return None
-        for folder, reason in damaged:
-            print(f"warning: checkpoint {folder} is damaged ({reason})", file=sys.stderr,
-                  flush=True)
         raise RunStateError(f"no checkpoint of the run can be restored, all are damaged: "
-                            f"{', '.join(str(folder) for folder, _ in damaged)}; rerun with "
-                            f"--restart to train from scratch (or delete the run directory)")
+                            + "; ".join(f"{folder} ({reason})" for folder, reason in damaged)
+                            + "; rerun with --restart to train from scratch (or delete the run "
+                            "directory)")
+
+    def check_latest(self, trainable: nnx.State, opt_state=()) -> None:
+        """RunStateError (one line naming the damaged files and --restart) when the newest
+        checkpoint is damaged; for a checkpoint with no older one to fall back to (run_dir/best
+        keeps one step)."""
+        step = self.latest_step()
+        reason = None if step is None else self._try_restore(step, trainable, opt_state)[0]
+        if reason is not None:
+            raise RunStateError(f"checkpoint {self.folder(step)} is damaged ({reason}); rerun "
+                                f"with --restart to train from scratch (or delete the run "
+                                f"directory)")
+
+    def _try_restore(self, step: int, trainable, opt_state) -> tuple[str | None, tuple | None]:
+        """(None, (arrays, meta)), or (a one-line account of the damage, None). Files that
+        differ from the checksums recorded at save are damage before anything is read; without
+        a record, what orbax raises decides (_damage), and anything else propagates."""
+        folder = self.folder(step)
+        try:
+            recorded = read_record(folder / CHECKSUMS)
+        except ValueError as err:
+            return str(err).replace(f"{folder}/", ""), None
+        if recorded is not None:
+            changed = mismatches(recorded, {name: folder / name for name in recorded})
+            if changed:
+                return "; ".join(changed), None
+        _drop_leftover_read_noise(self.manager.directory)
+        try:
+            return None, self._restore_arrays(step, trainable, opt_state)
+        except Exception as err:  # noqa: BLE001 -- classified, and raised again unless damage
+            reason = _damage(err, folder)
+            if reason is None:
+                raise
+            return " ".join(reason.split()), None  # one line
 
     def _restore_arrays(self, step: int, trainable: nnx.State, opt_state) -> tuple[dict, dict]:
         like = {"trainable": flat_arrays(trainable), "opt_state": jax.tree.leaves(opt_state)}
@@ -139,11 +185,23 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+        logging.getLogger("absl").removeFilter(self._complaints)
 
 
 def _damage(err: BaseException, folder: Path) -> str | None:
-    """A one-line account of `err` if it says checkpoint `folder`'s files are damaged, else
-    None."""
+    """An account of `err`, or of an error it was raised from, if it says checkpoint `folder`'s
+    files are damaged, else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        reason = _damage_of(err, folder)
+        if reason is not None:
+            return reason
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _damage_of(err: BaseException, folder: Path) -> str | None:
     if isinstance(err, (json.JSONDecodeError, UnicodeDecodeError)):
         return f"a JSON file is cut short or garbled: {err}"
     if isinstance(err, OSError):
@@ -166,21 +224,55 @@ def _damage(err: BaseException, folder: Path) -> str | None:
 
 def _drop_leftover_read_noise(directory) -> None:
     """Keep a damaged checkpoint to one warning line. When one read fails, orbax closes its
-    event loop while tensorstore's other reads are still in flight; as they finish they report
-    RuntimeError('Event loop is closed') through sys.unraisablehook (a dozen tracebacks), and
-    asyncio may log their futures' and tasks' errors as 'never retrieved' (with a traceback).
-    Drops exactly those."""
+    event loop while tensorstore's other reads are still in flight or not yet started; as they
+    finish or are collected they report RuntimeError('Event loop is closed') or their own read
+    error through sys.unraisablehook (a dozen tracebacks), Python warns that orbax's read
+    coroutine was never awaited, and asyncio may log their futures' and tasks' errors as
+    'never retrieved' (with a traceback). Drops exactly those (the read errors and asyncio's
+    records only when they name this run's checkpoints)."""
+    _QUIET_DIRECTORIES.add(str(directory))
     previous = sys.unraisablehook
-    if not getattr(previous, "drops_closed_loop_noise", False):
+    if not getattr(previous, "drops_failed_read_noise", False):
         def hook(unraisable):
-            if not (isinstance(unraisable.exc_value, RuntimeError)
-                    and str(unraisable.exc_value) == "Event loop is closed"):
+            if not _is_failed_read(unraisable.exc_value):
                 previous(unraisable)
-        hook.drops_closed_loop_noise = True
+        hook.drops_failed_read_noise = True
         sys.unraisablehook = hook
+    warnings.filterwarnings("ignore", category=RuntimeWarning,
+                            message=f"coroutine '{_ORBAX_READ}' was never awaited")
     logger = logging.getLogger("asyncio")
     if not any(getattr(f, "directory", None) == str(directory) for f in logger.filters):
         logger.addFilter(_UnretrievedReadFilter(str(directory)))
+
+
+_QUIET_DIRECTORIES: set[str] = set()
+_ORBAX_READ = "_read_array_index_and_device_put"  # orbax's coroutine that reads one array
+
+
+def _is_failed_read(err: BaseException | None) -> bool:
+    if isinstance(err, RuntimeError) and str(err) == "Event loop is closed":
+        return True
+    seen = set()
+    while err is not None and id(err) not in seen:  # the chain of causes, as _damage reads it
+        seen.add(id(err))
+        if any(directory in str(err) for directory in _QUIET_DIRECTORIES):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+class _MetadataComplaintFilter(logging.Filter):
+    """Orbax logs (absl, ERROR) each step's _CHECKPOINT_METADATA it cannot read or parse, and
+    goes on without it (a commit timestamp); the damage is restore_latest's to report, once."""
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (record.levelno >= logging.WARNING and "Metadata file" in message
+                    and self.directory in message)
 
 
 class _UnretrievedReadFilter(logging.Filter):

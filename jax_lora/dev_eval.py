@@ -72,6 +72,11 @@ class BestCheckpoint:
             if saved > step:
                 self.checkpoints.manager.delete(saved)
 
+    def check(self, trainable) -> None:
+        """RunStateError (one line, says --restart) when the kept step is damaged: with no
+        older one to fall back to, a resume stops here rather than at the run's end."""
+        self.checkpoints.check_latest(trainable)
+
     def save(self, step: int, trainable) -> None:
         if self.checkpoints.latest_step() != step:  # a resumed run re-evaluating the same step
             self.checkpoints.save(step, trainable, (), {"step": step})

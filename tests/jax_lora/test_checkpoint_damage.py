@@ -1,5 +1,6 @@
 """A resume survives a damaged checkpoint: restore_latest falls back to the newest one that
-restores, with one warning line, or says to --restart when none does; never a traceback."""
+restores, with one warning line, or says to --restart when none does; never a traceback.
+The fuzz over every file of a checkpoint is test_checkpoint_fuzz.py."""
 
 import gc
 import logging
@@ -10,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jax_lora.checkpoint import (CHECKPOINTS, DAMAGED_SUFFIX, Checkpoints, _UnretrievedReadFilter,
-                                 flat_arrays)
+from jax_lora.checkpoint import (CHECKPOINTS, CHECKSUMS, DAMAGED_SUFFIX, Checkpoints,
+                                 _damage, _UnretrievedReadFilter, flat_arrays)
+from jax_lora.dev_eval import BEST, BestCheckpoint
 from shared.runs.reuse import RunStateError
 from tests.jax_lora.helpers import leaves_equal, trained_like_state
 
@@ -131,6 +133,9 @@ def test_damaged_newest_falls_back_to_the_previous(saved, run_dir, damage, capfd
 
 
 def test_two_damaged_fall_back_two_steps_with_a_line_each(saved, run_dir, capfd):
+    # Without checksum records (an older run): what orbax raises is classified.
+    for record in (run_dir / CHECKPOINTS).glob(f"*/{CHECKSUMS}"):
+        record.unlink()
     truncate_data(run_dir / CHECKPOINTS / "3")
     truncate_meta(run_dir / CHECKPOINTS / "2")
     capfd.readouterr()
@@ -151,10 +156,32 @@ def test_all_damaged_says_restart_and_changes_nothing(saved, run_dir, capfd):
         restore_latest(run_dir, saved[1])
     message = str(info.value)
     assert "\n" not in message and "--restart" in message
-    assert all(str(folder) in message for folder in folders)
+    # Each checkpoint with its damaged files, in the one line.
+    assert f"{folders[1]} (meta/metadata (5 bytes) differs from its recorded checksum)" in message
+    assert all(f"{folder} (state/" in message for folder in (folders[0], folders[2]))
     assert all(folder.is_dir() for folder in folders)  # nothing moved: --restart clears them
-    lines = capfd.readouterr().err.strip().splitlines()
-    assert len(lines) == 3 and all(line.startswith("warning: checkpoint ") for line in lines)
+    assert capfd.readouterr().err == ""
+
+
+def test_an_error_raised_from_a_read_error_is_damage(tmp_path):
+    """Orbax raises a bare Exception from tensorstore's error when an array's data file is cut
+    (the issue-31 traceback); the cause chain says what happened."""
+    folder = tmp_path / CHECKPOINTS / "20"
+    read = ValueError(f'OUT_OF_RANGE: Error reading "trainable.kernel/0.0" in OCDBT database at '
+                      f'local file "{folder}/state/": Requested byte range [0, 331489) is not '
+                      f'valid for value of size 100 [tensorstore_spec=...]')
+    try:
+        try:
+            raise read
+        except ValueError as err:
+            raise Exception("Encountered error while reading array index: ...") from err
+    except Exception as err:  # noqa: BLE001
+        wrapped = err
+    assert _damage(wrapped, folder) == (
+        "OUT_OF_RANGE: Requested byte range [0, 331489) is not valid for value of size 100 "
+        "(file state/)")
+    assert _damage(Exception("a bug"), folder) is None
+    assert _damage(RuntimeError("x"), folder) is None
 
 
 def test_a_tree_mismatch_is_not_damage(saved, run_dir):
@@ -186,3 +213,22 @@ def test_asyncio_never_retrieved_reads_of_the_run_are_dropped_others_kept(kind, 
     assert not keep.filter(record(ours))
     assert keep.filter(record(ours.replace(str(tmp_path), "/elsewhere")))
     assert keep.filter(record(f"Unclosed client session: {tmp_path / CHECKPOINTS}"))
+
+
+def test_a_damaged_best_step_stops_the_resume_in_one_line(tmp_path, capfd):
+    """run_dir/best keeps one step, so there is nothing to fall back to: the resume stops at
+    its start (train.py calls check), not after training, when the outputs are made from it."""
+    trainable, _ = trained_like_state()
+    best = BestCheckpoint(tmp_path)
+    best.save(4, trainable)
+    best.check(trainable)  # intact: nothing to say
+    manifest = tmp_path / BEST / "4" / "state" / "manifest.ocdbt"
+    manifest.write_bytes(manifest.read_bytes()[:10])
+    with pytest.raises(RunStateError) as info:
+        best.check(trainable)
+    best.close()
+    message = str(info.value)
+    assert message.startswith(f"checkpoint {tmp_path / BEST / '4'} is damaged (state/"
+                              f"manifest.ocdbt (10 bytes) differs from its recorded checksum); "
+                              f"rerun with --restart")
+    assert "\n" not in message and capfd.readouterr().err == ""

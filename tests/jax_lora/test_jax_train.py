@@ -19,7 +19,7 @@ import safetensors.numpy
 from flax import nnx
 
 from jax_lora.adapter import ADAPTER, ADAPTER_WEIGHTS, load_adapter
-from jax_lora.checkpoint import CHECKPOINTS
+from jax_lora.checkpoint import CHECKPOINTS, CHECKSUMS
 from jax_lora.config import TrainConfig, build_parser, parse_config
 from jax_lora.input_pipeline import Encoded, encode
 from jax_lora.lora import LoraConfig, trainable_filter
@@ -373,30 +373,30 @@ def test_remat_run_trains_the_same_adapters(finished_run, tiny_hf_preset, tmp_pa
                                read_run(finished_run).predictions[columns], atol=1e-5)
 
 
-def truncate_data(checkpoint: Path) -> None:
-    """Cut every OCDBT data file of a checkpoint in half (as a crash mid-copy would)."""
-    files = [p for p in (checkpoint / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
-    assert files, f"no data files under {checkpoint}/state: orbax's layout changed"
-    for path in files:
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
 def test_damaged_checkpoint_resumes_from_the_previous_one(finished_run, tiny_hf_preset,
                                                           tmp_path, run_env):
-    """Truncated data files of the newest checkpoint: the rerun says so in one line, resumes
-    from the checkpoint before it and ends exactly where the uninterrupted run ended."""
+    """Issue 31's case: the data files under the newest checkpoint's ocdbt.process_0/d/ cut to
+    100 bytes, and no checksum record (a run from before it): orbax's bare Exception is
+    classified by its cause, the rerun says so in one line, resumes from the checkpoint before
+    and ends exactly where the uninterrupted run ended."""
     run_dir = tmp_path / "damaged"
     shutil.copytree(finished_run, run_dir)
     manifest = json.loads((run_dir / MANIFEST).read_text())
     (run_dir / MANIFEST).write_text(json.dumps({**manifest, "status": "running"}))
     newest, previous = 2 * STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH - 2
-    truncate_data(run_dir / CHECKPOINTS / str(newest))
+    (run_dir / CHECKPOINTS / str(newest) / CHECKSUMS).unlink()
+    data = list((run_dir / CHECKPOINTS / str(newest) / "state" / "ocdbt.process_0" / "d")
+                .iterdir())
+    assert data, "no data files under ocdbt.process_0/d: orbax's layout changed"
+    for path in data:
+        path.write_bytes(path.read_bytes()[:100])
     command = train_command(tiny_hf_preset, run_dir)
     rerun = subprocess.run(command, cwd=REPO, env=run_env, capture_output=True, text=True,
                            timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    warnings = [line for line in rerun.stderr.splitlines() if line.startswith("warning: ")]
-    assert len(warnings) == 1 and f"checkpoints/{newest}" in warnings[0], rerun.stderr[-2000:]
+    lines = rerun.stderr.splitlines()  # nothing else: no leftover reads, no orbax log
+    assert len(lines) == 1 and lines[0].startswith(
+        f"warning: checkpoint {run_dir / CHECKPOINTS / str(newest)} is damaged ("), rerun.stderr
     assert f"resumed from step {previous}" in rerun.stdout
     resumed = safetensors.numpy.load_file(str(run_dir / ADAPTER / ADAPTER_WEIGHTS))
     reference = safetensors.numpy.load_file(str(finished_run / ADAPTER / ADAPTER_WEIGHTS))
@@ -405,11 +405,12 @@ def test_damaged_checkpoint_resumes_from_the_previous_one(finished_run, tiny_hf_
 
     # Nothing restores: one line naming the damage and the way out, no traceback.
     (run_dir / MANIFEST).write_text(json.dumps({**manifest, "status": "running"}))
-    for folder in (run_dir / CHECKPOINTS).iterdir():
-        if folder.name.isdigit():
-            truncate_data(folder)
+    for record in (run_dir / CHECKPOINTS).glob(f"*/{CHECKSUMS}"):  # one garbled byte each
+        record.write_bytes(record.read_bytes().replace(b'"sha256"', b'"sha255"'))
     hopeless = subprocess.run(command, cwd=REPO, env=run_env, capture_output=True, text=True,
                               timeout=300)
-    errors = [line for line in hopeless.stderr.splitlines() if line.startswith("error: ")]
-    assert hopeless.returncode == 2 and "Traceback" not in hopeless.stderr
-    assert len(errors) == 1 and "--restart" in errors[0] and "checkpoints" in errors[0]
+    lines = hopeless.stderr.splitlines()
+    assert hopeless.returncode == 2 and len(lines) == 1, hopeless.stderr[-3000:]
+    assert lines[0].startswith("error: no checkpoint of the run can be restored")
+    assert "--restart" in lines[0]
+    assert f"{CHECKSUMS} (the checksum record) cannot be read" in lines[0]
