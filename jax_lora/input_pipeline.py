@@ -6,8 +6,8 @@ rounded up to a bucket length, which bounds the number of distinct shapes (one c
 at len(BUCKETS). Padding positions are masked in attention and BERT's positions are absolute,
 so a shorter pad changes no real token's value beyond float rounding.
 
-Training batches: a permutation per epoch seeded by (seed, epoch), remainder dropped (like the
-baseline), and addressable by step so a resumed run sees the same batches. With length grouping
+Training batches: a permutation per epoch seeded by (seed, epoch), the rows that fill no whole
+optimizer step dropped (like the baseline's remainder), and addressable by step so a resumed run sees the same batches. With length grouping
 (after Hugging Face Trainer's group_by_length) the kept rows are then sorted by length within
 chunks of GROUP_CHUNK_BATCHES batches and the batches shuffled — Hugging Face's sampler leaves
 each chunk's batches sorted, longest first (benchmarks/torch_epoch.py --batch-order): a batch holds rows of similar length,
@@ -80,8 +80,11 @@ def padded_length(data: Encoded, rows: np.ndarray, dynamic: bool) -> int:
     return bucket_length(int(data.lengths[rows].max()), sequence_length)
 
 
-def steps_per_epoch(rows: int, global_batch: int) -> int:
-    return rows // global_batch
+def micro_batches_per_epoch(rows: int, global_batch: int, accumulate: int = 1) -> int:
+    """Batches of `global_batch` rows per epoch: whole optimizer steps of `accumulate` of them,
+    the rows that do not fill one dropped. One rule for the last partial batch whatever the
+    split into micro-batches: 16 x 1 and 8 x 2 take the same steps on the same rows."""
+    return rows // (global_batch * accumulate) * accumulate
 
 
 def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
@@ -90,26 +93,31 @@ def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def epoch_batches(lengths: np.ndarray, global_batch: int, *, seed: int, epoch: int,
-                  group_by_length: bool) -> np.ndarray:
-    """Row indices [steps, global_batch] of this epoch's batches, from (seed, epoch) and the
-    rows' token lengths only, so a resume repeats them. The same rows are dropped with and
-    without grouping: the end of the epoch's permutation."""
-    steps = steps_per_epoch(len(lengths), global_batch)
-    order = epoch_order(len(lengths), seed, epoch)[:steps * global_batch]
-    if not group_by_length:
-        return order.reshape(steps, global_batch)
-    chunk = GROUP_CHUNK_BATCHES * global_batch  # a multiple of the batch: no batch spans chunks
-    chunks = np.split(order, range(chunk, len(order), chunk))
-    grouped = np.concatenate([rows[np.argsort(lengths[rows], kind="stable")] for rows in chunks])
-    batch_order = np.random.default_rng([seed, epoch, BATCH_ORDER_STREAM]).permutation(steps)
-    return grouped.reshape(steps, global_batch)[batch_order]
+                  group_by_length: bool, accumulate: int = 1) -> np.ndarray:
+    """Row indices [micro-batches, global_batch] of this epoch's batches, from (seed, epoch)
+    and the rows' token lengths only, so a resume repeats them. Formed as batches of the
+    effective size (global_batch x accumulate), each then cut into `accumulate` consecutive
+    micro-batches: the optimizer sees the same rows per step however the batch is split. The
+    same rows are dropped with and without grouping: the end of the epoch's permutation."""
+    effective = global_batch * accumulate
+    steps = micro_batches_per_epoch(len(lengths), global_batch, accumulate) // accumulate
+    order = epoch_order(len(lengths), seed, epoch)[:steps * effective]
+    if group_by_length:
+        chunk = GROUP_CHUNK_BATCHES * effective  # a multiple of the batch: none spans chunks
+        chunks = np.split(order, range(chunk, len(order), chunk))
+        grouped = np.concatenate([rows[np.argsort(lengths[rows], kind="stable")]
+                                  for rows in chunks])
+        batch_order = np.random.default_rng([seed, epoch, BATCH_ORDER_STREAM]).permutation(steps)
+        order = grouped.reshape(steps, effective)[batch_order]
+    return order.reshape(steps * accumulate, global_batch)
 
 
 def train_batches(data: Encoded, global_batch: int, *, seed: int, epoch: int, dynamic: bool,
-                  group_by_length: bool = False, start: int = 0) -> Iterator[dict]:
-    """Batches `start`, `start`+1, ... of `epoch`; the incomplete last batch is dropped."""
+                  group_by_length: bool = False, start: int = 0,
+                  accumulate: int = 1) -> Iterator[dict]:
+    """Micro-batches `start`, `start`+1, ... of `epoch` (epoch_batches)."""
     batches = epoch_batches(data.lengths, global_batch, seed=seed, epoch=epoch,
-                            group_by_length=group_by_length)
+                            group_by_length=group_by_length, accumulate=accumulate)
     for rows in batches[start:]:
         yield data.batch(rows, padded_length(data, rows, dynamic))
 

@@ -44,7 +44,7 @@ from jax_lora.adapter import ADAPTER, init_from_parent, read_parent, save_adapte
 from jax_lora.checkpoint import Checkpoints
 from jax_lora.config import TrainConfig, parse_config
 from jax_lora.dev_eval import BestCheckpoint, DevTracker
-from jax_lora.input_pipeline import encode, steps_per_epoch, train_batches
+from jax_lora.input_pipeline import encode, micro_batches_per_epoch, train_batches
 from jax_lora.lora import trainable_filter
 from jax_lora.models import set_compute_dtype
 from jax_lora.optim import make_optimizer, param_counts, split_trainable, trainable_mask
@@ -82,9 +82,9 @@ class Setup:
 
     @property
     def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch: one per --accumulate micro-batches, the last one on
-        what is left."""
-        return -(-self.micro_batches // self.config.accumulate)
+        """Optimizer steps per epoch: one per --accumulate micro-batches (a whole number:
+        input_pipeline.micro_batches_per_epoch)."""
+        return self.micro_batches // self.config.accumulate
 
     @property
     def total_steps(self) -> int:
@@ -94,19 +94,14 @@ class Setup:
 
     def examples_at(self, step: int) -> int:
         """Training rows seen after `step` optimizer steps."""
-        epoch, index = divmod(step, self.steps_per_epoch)
-        micro = epoch * self.micro_batches + min(index * self.config.accumulate,
-                                                 self.micro_batches)
-        return micro * self.global_batch
+        return step * self.config.accumulate * self.global_batch
 
 
 # ---------------------------------------------------------------- the epoch loop
 
 def micro_batches_of(setup: Setup, *, epoch: int, start: int) -> list[int]:
     """How many micro-batches each optimizer step from `start` of `epoch` takes."""
-    k = setup.config.accumulate
-    return [min(k, setup.micro_batches - step * k)
-            for step in range(start, setup.steps_per_epoch)]
+    return [setup.config.accumulate] * (setup.steps_per_epoch - start)
 
 
 def train_epoch(setup: Setup, train_step, state: TrainState, *, epoch: int, start: int,
@@ -124,7 +119,7 @@ def train_epoch(setup: Setup, train_step, state: TrainState, *, epoch: int, star
         batches = train_batches(setup.encoded["train"], setup.global_batch, seed=config.seed,
                                 epoch=epoch, dynamic=config.dynamic_padding,
                                 group_by_length=config.group_by_length,
-                                start=start * config.accumulate)
+                                start=start * config.accumulate, accumulate=config.accumulate)
         rows, stopped = 0, False
         for index, size in enumerate(micro_batches_of(setup, epoch=epoch, start=start),
                                      start=start + 1):
@@ -163,12 +158,13 @@ def prepare(config: TrainConfig) -> Setup | None:
     data, weights, state = plan
     mesh = make_mesh()
     global_batch = config.batch_per_device * mesh.size
-    micro_batches = steps_per_epoch(len(data.train), global_batch)
+    micro_batches = micro_batches_per_epoch(len(data.train), global_batch, config.accumulate)
     if micro_batches == 0:
         raise ValueError(f"--batch-per-device {config.batch_per_device}: global batch "
-                         f"{global_batch} ({mesh.size} device(s)) exceeds the "
-                         f"{len(data.train)} training rows; lower it or use more rows")
-    steps = -(-micro_batches // config.accumulate) * config.epochs
+                         f"{global_batch} x --accumulate {config.accumulate} "
+                         f"({mesh.size} device(s)) exceeds the {len(data.train)} training "
+                         f"rows; lower them or use more rows")
+    steps = micro_batches // config.accumulate * config.epochs
     steps = min(steps, config.max_steps) if config.max_steps else steps
     if config.warmup_steps > steps:
         raise ValueError(f"--warmup-steps {config.warmup_steps}: longer than the whole run "

@@ -6,8 +6,8 @@ import pytest
 
 from jax_lora.config import TrainConfig
 from jax_lora.input_pipeline import (GROUP_CHUNK_BATCHES, Encoded, bucket_length, encode,
-                                     epoch_batches, epoch_order, eval_batches, steps_per_epoch,
-                                     train_batches)
+                                     epoch_batches, epoch_order, eval_batches,
+                                     micro_batches_per_epoch, train_batches)
 from jax_lora.tokenizer import Tokenizer
 from shared.data.spec import DataSpec, load
 from shared.data.watson import SAMPLE_DATA_DIR
@@ -32,7 +32,7 @@ def test_bucket_length(longest, sequence_length, expected):
 
 def test_train_batches_drop_remainder_and_reshuffle_per_epoch():
     data = fake_encoded(np.arange(1, 11) * 10)  # 10 rows, lengths 10..100
-    assert steps_per_epoch(len(data), 4) == 2
+    assert micro_batches_per_epoch(len(data), 4) == 2
     epochs = []
     for epoch in range(3):
         batches = list(train_batches(data, 4, seed=7, epoch=epoch, dynamic=True))
@@ -43,6 +43,19 @@ def test_train_batches_drop_remainder_and_reshuffle_per_epoch():
     assert all(epochs[i] != epochs[j] for i in range(3) for j in range(i + 1, 3))
     assert np.array_equal(epoch_order(10, 7, 1), epoch_order(10, 7, 1))
     assert not np.array_equal(epoch_order(10, 7, 1), epoch_order(10, 8, 1))
+
+
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_accumulated_micro_batches_split_the_same_batches(group_by_length):
+    """One rule for the last partial batch: 16 x 1 and 8 x 2 take the same rows in the same
+    optimizer steps (each 16-row batch cut in two), and drop the same rows."""
+    lengths = np.random.default_rng(1).integers(3, 120, 653)  # the sample's 653 training rows
+    assert micro_batches_per_epoch(653, 16) == 40 and micro_batches_per_epoch(653, 8, 2) == 80
+    assert micro_batches_per_epoch(653, 4, 3) == 54 * 3  # whole steps of 12 rows only
+    whole = epoch_batches(lengths, 16, seed=2, epoch=1, group_by_length=group_by_length)
+    halves = epoch_batches(lengths, 8, seed=2, epoch=1, group_by_length=group_by_length,
+                           accumulate=2)
+    np.testing.assert_array_equal(halves.reshape(40, 16), whole)
 
 
 @pytest.mark.parametrize("group_by_length", [False, True])
@@ -61,7 +74,7 @@ def test_resumed_epoch_yields_the_same_batches(group_by_length):
 def test_grouped_batches_keep_every_row_once_and_follow_seed_and_epoch():
     batch, rows = 8, 2 * GROUP_CHUNK_BATCHES * 8 + 25 * 8 + 5  # 2.5 chunks, remainder of 5
     lengths = np.random.default_rng(0).integers(3, 200, rows)
-    steps = steps_per_epoch(rows, batch)
+    steps = micro_batches_per_epoch(rows, batch)
 
     def batches(seed=3, epoch=1, group_by_length=True):
         return epoch_batches(lengths, batch, seed=seed, epoch=epoch,

@@ -263,7 +263,7 @@ def test_init_from_refuses_another_split_or_pooling(probe_run, tiny_hf_preset, t
                          ids=["dora", "full", "nf4-accumulate"])
 def test_kill_9_then_rerun_ends_bitwise_equal(flags, tiny_hf_preset, tmp_path, run_env):
     config = parse_config(flags)
-    kill_at = -(-STEPS_PER_EPOCH // config.accumulate) + 2  # a checkpoint inside epoch 2
+    kill_at = STEPS_PER_EPOCH // config.accumulate + 2  # a checkpoint inside epoch 2
     reference = tmp_path / "reference"
     train(tiny_hf_preset, reference, *flags, env=run_env)
     run_dir = tmp_path / "killed"

@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import safetensors.numpy
 from flax import nnx
 
-from jax_lora.adapter import ADAPTER, load_adapter
+from jax_lora.adapter import ADAPTER, ADAPTER_WEIGHTS, load_adapter
 from jax_lora.config import TrainConfig, parse_config
 from jax_lora.input_pipeline import encode
 from jax_lora.lora import (LORA_TARGETS, LoraConfig, LoRALinear, init_dora_magnitudes, is_plain,
@@ -271,7 +272,7 @@ def test_qlora_run_records_its_levers_and_its_adapter_reloads_on_nf4(tiny_hf_pre
     assert frozen["stored"] < 0.15 * frozen["float32"]
     assert (manifest["accumulate"], manifest["global_batch"], manifest["effective_batch"]) == (
         3, 4, 12)
-    assert manifest["steps"] == -(-(42 // 4) // 3)  # 10 micro-batches: 3 + 3 + 3 + 1
+    assert manifest["steps"] == 42 // 12  # whole steps of 3 x 4 rows; 6 rows dropped
     pretrained = load_adapter(run_dir / ADAPTER)
     set_compute_dtype(pretrained.model, "bfloat16")
     val = load(parse_config(["--preset", str(tiny_hf_preset), *RUN_FLAGS]).data).val
@@ -280,6 +281,28 @@ def test_qlora_run_records_its_levers_and_its_adapter_reloads_on_nf4(tiny_hf_pre
         name: getattr(encoded, name) for name in ("token_ids", "segment_ids", "padding_mask")}))
     recorded = read_run(run_dir).predictions[list(PROB_COLUMNS)].to_numpy()
     np.testing.assert_allclose(ours, recorded, atol=2e-3)  # bfloat16: other batch shapes
+
+
+def test_accumulating_two_halves_equals_the_whole_batch(tiny_hf_preset, tmp_path, run_env):
+    """From the command line, without dropout (whose masks depend on the micro-batch):
+    --batch-per-device 2 --accumulate 2 trains the same steps on the same rows as
+    --batch-per-device 4, to float rounding."""
+    flags = ["--dropout", "0", "--epochs", "1", "--checkpoint-every", "0"]
+    train(tiny_hf_preset, tmp_path / "whole", *flags, env=run_env)
+    train(tiny_hf_preset, tmp_path / "halves", *flags, "--batch-per-device", "2",
+          "--accumulate", "2", env=run_env)
+    runs = {name: json.loads((tmp_path / name / MANIFEST).read_text())
+            for name in ("whole", "halves")}
+    assert runs["whole"]["steps"] == runs["halves"]["steps"] == 42 // 4
+    weights = {name: safetensors.numpy.load_file(str(tmp_path / name / ADAPTER /
+                                                     ADAPTER_WEIGHTS))
+               for name in runs}
+    assert weights["whole"].keys() == weights["halves"].keys()
+    moved = 0.0
+    for name, whole in weights["whole"].items():
+        np.testing.assert_allclose(weights["halves"][name], whole, atol=2e-5, err_msg=name)
+        moved = max(moved, float(np.abs(whole).max()))
+    assert moved > 0  # the adapters trained
 
 
 @pytest.mark.parametrize("child", ["lora", "dora"])
