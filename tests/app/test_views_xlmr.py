@@ -12,16 +12,21 @@ from app import views
 from jax_lora.lora import LoraConfig
 from jax_lora.weights import load_pretrained
 from shared.data.watson import SAMPLE_DATA_DIR, load_train
+from tests.e5_fixtures import write_tiny_e5_hf
 from tests.xlmr_fixtures import train_sentencepiece, write_tiny_xlmr_hf
 
 
 @pytest.fixture(scope="module")
 def tokenizers(tiny_hf_preset, tmp_path_factory) -> dict:
-    """{'xlmr': the tiny XLM-R folder's tokenizer, 'bert': the tiny BERT folder's}."""
+    """{'xlmr': the tiny XLM-R folder's tokenizer, 'bert': the tiny BERT folder's, 'e5': the
+    tiny BERT-with-SentencePiece folder's (the multilingual-e5 family)}."""
     root = tmp_path_factory.mktemp("xlmr_views")
-    xlmr = write_tiny_xlmr_hf(root / "hf", train_sentencepiece(root / "sample.spm"))
-    return {name: load_pretrained(str(folder), LoraConfig(targets=())).tokenizer
-            for name, folder in (("xlmr", xlmr), ("bert", tiny_hf_preset))}
+    spm = train_sentencepiece(root / "sample.spm")
+    xlmr = write_tiny_xlmr_hf(root / "hf", spm)
+    e5 = write_tiny_e5_hf(root / "e5", spm)
+    return {name: load_pretrained(str(folder), LoraConfig(targets=()), pooling=pooling).tokenizer
+            for name, folder, pooling in (("xlmr", xlmr, "cls"), ("bert", tiny_hf_preset, "cls"),
+                                          ("e5", e5, "mean"))}
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +39,13 @@ def test_special_tokens_come_from_the_tokenizers_own_packing(tokenizers):
     spelled = {name: [tokenizer.vocabulary[i] for i in views.pair_specials(tokenizer)]
                for name, tokenizer in tokenizers.items()}
     assert spelled == {"xlmr": ["<s>", "</s>", "</s>", "</s>"],
-                       "bert": ["[CLS]", "[SEP]", "[SEP]"]}
+                       "bert": ["[CLS]", "[SEP]", "[SEP]"],
+                       "e5": ["<s>", "</s>", "</s>", "</s>"]}
     assert views.unknown_token(tokenizers["xlmr"]) == "<unk>"
     assert views.unknown_token(tokenizers["bert"]) == "[UNK]"
 
 
-@pytest.mark.parametrize("name", ["xlmr", "bert"])
+@pytest.mark.parametrize("name", ["xlmr", "bert", "e5"])
 def test_pair_length_is_the_packed_length_and_says_when_a_pair_is_cut(tokenizers, pairs, name):
     tokenizer = tokenizers[name]
     lengths = np.array([views.pair_length(tokenizer, p, h) for p, h in zip(*pairs)])
