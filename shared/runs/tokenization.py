@@ -192,10 +192,11 @@ def normalizer_for(directory: str | Path, kind: str) -> TextNormalizer | None:
 
 def load_normalizer(preset: str | Path) -> TextNormalizer | None:
     """normalizer_for a --preset value; a keras-hub preset name keeps keras-hub's rules."""
-    from shared.runs.presets import preset_kind
+    from shared.runs.presets import preset_dir, preset_kind
 
-    kind = preset_kind(str(preset))
-    return None if kind == "name" else normalizer_for(preset, kind)
+    if preset_kind(str(preset)) == "name":
+        return None
+    return normalizer_for(*preset_dir(str(preset)))  # an alias names a folder
 
 
 def read_normalizer(preset_dir: str | Path) -> TextNormalizer | None:
