@@ -163,7 +163,8 @@ class Checkpoints:
         except ValueError as err:
             return str(err).replace(f"{folder}/", ""), None
         if recorded is not None:
-            changed = mismatches(recorded, {name: folder / name for name in recorded})
+            changed = mismatches(folder / CHECKSUMS, recorded,
+                                 {name: folder / name for name in recorded}, folder)
             if changed:
                 return "; ".join(changed), None
         _drop_leftover_read_noise(self.manager.directory)

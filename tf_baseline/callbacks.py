@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from shared.runs.checksums import mismatches, read_record, write_record
 from shared.runs.reuse import RunStateError
 from shared.runs.run_dir import RunWriter, atomic_write_bytes, peak_host_rss_mb
 
@@ -133,6 +134,9 @@ def _layer_path(variable) -> str:
 # (double_checkpoint=True).
 KERAS_WEIGHTS, KERAS_METADATA = "latest.weights.h5", "training_metadata.json"
 KERAS_PREVIOUS = ".bkp"
+# The optimizer's step count in Keras' weight file (its first variable, `iterations`).
+KERAS_ITERATIONS = "optimizer/vars/0"
+CHECKSUM_DIR = "checksums"  # BackupChecksums' records: epoch_<N>.json
 # What a cut, garbled or missing file raises when read (found by damaging each kind): h5py
 # OSError ('truncated file', 'file signature not found'), RuntimeError or KeyError from a
 # damaged object header; np.load zipfile.BadZipFile (cut, bad CRC-32), EOFError (empty),
@@ -141,28 +145,81 @@ _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
 _NPZ_ERRORS = (OSError, zipfile.BadZipFile, EOFError, ValueError, KeyError)
 
 
-def check_backup(backup_dir: Path) -> None:
+def backup_callbacks(backup_dir: Path) -> list[keras.callbacks.Callback]:
+    """The callbacks that write the resume state in backup_dir, in their order: ExactResume's
+    state of an epoch exists before Keras' backup of it, and BackupChecksums records both."""
+    backup_dir = Path(backup_dir)
+    return [ExactResume(backup_dir / "exact"),
+            keras.callbacks.BackupAndRestore(str(backup_dir / "keras"), double_checkpoint=True,
+                                             delete_checkpoint=False),
+            BackupChecksums(backup_dir)]
+
+
+class BackupChecksums(keras.callbacks.Callback):
+    """After Keras has backed up epoch N: checksums/epoch_N.json, the sha256 of its weights,
+    its metadata and ExactResume's state (shared/runs/checksums.py), the last two epochs kept
+    (Keras keeps two pairs). check_backup compares a pair with the record of the epoch its
+    metadata names, so a garbled byte in a weight array (which HDF5 reads without complaint)
+    is found, as is a kill between Keras' weight and metadata writes."""
+
+    def __init__(self, backup_dir: Path):
+        super().__init__()
+        self.backup_dir = Path(backup_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        record_backup(self.backup_dir, epoch + 1)
+
+
+def record_backup(backup_dir: Path, epoch: int) -> None:
+    """BackupChecksums' record of Keras' newest pair, backed up after `epoch`."""
+    keras_dir = backup_dir / "keras"
+    write_record(_record_path(backup_dir, epoch), _pair_files(
+        backup_dir, keras_dir / KERAS_WEIGHTS, keras_dir / KERAS_METADATA, epoch))
+    _record_path(backup_dir, epoch - 2).unlink(missing_ok=True)
+
+
+def _record_path(backup_dir: Path, epoch: int) -> Path:
+    return backup_dir / CHECKSUM_DIR / f"epoch_{epoch}.json"
+
+
+def _pair_files(backup_dir: Path, weights: Path, metadata: Path, epoch: int) -> dict:
+    """A backed-up epoch's files by their part: Keras' pair and ExactResume's state."""
+    return {"weights": weights, "metadata": metadata,
+            "exact": backup_dir / "exact" / f"epoch_{epoch}.npz"}  # ExactResume._path
+
+
+def check_backup(backup_dir: Path, steps_per_epoch: int) -> None:
     """Make sure a resume from `backup_dir` can load, repairing it if Keras keeps a good
     previous backup; RunStateError (one line, says --restart) when it cannot.
 
-    `backup_dir` holds keras/ (BackupAndRestore with double_checkpoint=True) and exact/
-    (ExactResume). Keras resumes from keras/latest.weights.h5 + training_metadata.json and
-    falls back to its .bkp pair only when opening the weights raises OSError; a cut metadata
-    file, or a missing or cut exact/epoch_<N>.npz for the epoch N to resume, stops every later
-    fit with a traceback. Here each file of the newest pair and its .npz is read; if one is
-    damaged and the previous pair (one epoch older; ExactResume keeps that epoch's .npz too)
-    reads, it is copied over the newest with one warning line on stderr. Garbled weight
-    values are not detected (HDF5 keeps no checksums)."""
-    keras_dir, exact_dir = Path(backup_dir) / "keras", Path(backup_dir) / "exact"
+    `backup_dir` holds keras/ (BackupAndRestore with double_checkpoint=True), exact/
+    (ExactResume) and checksums/ (BackupChecksums). Keras resumes from keras/latest.weights.h5
+    + training_metadata.json and falls back to its .bkp pair only when opening the weights
+    raises OSError; a cut metadata file, or a missing or cut exact/epoch_<N>.npz for the epoch
+    N to resume, stops every later fit with a traceback; weights saved after epoch N+1 under
+    metadata still naming N (a kill between Keras' two writes) silently train epoch N+1 twice.
+    Here each file of the newest pair and its .npz is compared with the checksums recorded for
+    that epoch (read whole when there is no record), and the optimizer's step count in the
+    weights with the epoch the metadata names (`steps_per_epoch` steps each). Weights one
+    epoch ahead of their metadata that read whole, with ExactResume's state of that epoch,
+    are the two-write window: the metadata is rewritten to name their epoch (resuming at the
+    right step), with one warning line. Otherwise, if a file is wrong and the previous pair
+    (one epoch older; ExactResume keeps that epoch's .npz too) is right, it is copied over the
+    newest with one warning line on stderr."""
+    keras_dir = Path(backup_dir) / "keras"
     latest = (keras_dir / KERAS_WEIGHTS, keras_dir / KERAS_METADATA)
     previous = tuple(path.with_name(path.name + KERAS_PREVIOUS) for path in latest)
     if not any(path.exists() for path in latest + previous):
         return  # killed before the first backup: the run starts from epoch 1
-    problems, _ = _backup_problems(*latest, exact_dir)
+    problems, _ = _backup_problems(Path(backup_dir), *latest, steps_per_epoch)
     if not problems:
         return
+    unfinished = _finish_interrupted_backup(Path(backup_dir), steps_per_epoch)
+    if unfinished == []:
+        return
+    problems += [problem for problem in unfinished or [] if problem not in problems]
     if any(path.exists() for path in previous):
-        previous_problems, epoch = _backup_problems(*previous, exact_dir)
+        previous_problems, epoch = _backup_problems(Path(backup_dir), *previous, steps_per_epoch)
         if not previous_problems:
             # Metadata first out, last in: a kill during the repair leaves no metadata, which
             # counts as damaged, so the next attempt repairs again.
@@ -179,16 +236,10 @@ def check_backup(backup_dir: Path) -> None:
                         f"state)")
 
 
-def _backup_problems(weights: Path, metadata: Path,
-                     exact_dir: Path) -> tuple[list[str], int | None]:
+def _backup_problems(backup_dir: Path, weights: Path, metadata: Path,
+                     steps_per_epoch: int) -> tuple[list[str], int | None]:
     """('path: what is wrong' for each damaged file of a backup pair, the epoch it resumes)."""
     problems, epoch = [], None
-    try:
-        with h5py.File(weights, "r") as handle:  # every array, not only the header
-            handle.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset)
-                              else None)
-    except _H5_ERRORS as err:
-        problems.append(_problem(weights, err))
     try:
         epoch = json.loads(metadata.read_bytes())["epoch"]
         if type(epoch) is not int or epoch < 0:
@@ -196,15 +247,89 @@ def _backup_problems(weights: Path, metadata: Path,
     except (OSError, ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
         problems.append(_problem(metadata, err))
         epoch = None
-    if epoch:  # ExactResume restores the state saved at the end of that epoch
-        state = exact_dir / f"epoch_{epoch}.npz"  # ExactResume._path
+    files = _pair_files(backup_dir, weights, metadata, epoch or 0)
+    if not epoch:  # nothing of ExactResume's to restore
+        del files["exact"]
+    recorded, record = None, _record_path(backup_dir, epoch or 0)
+    if epoch is not None:
         try:
-            with np.load(state) as saved:
+            recorded = read_record(record)
+        except ValueError as err:
+            problems.append(str(err))
+    if recorded is not None:
+        problems += mismatches(record, recorded, files)
+    else:  # older backups, or a kill before the record: read every file whole
+        problems += _read_problems(files)
+    # Keras reads a missing metadata file as epoch 0.
+    named = epoch if epoch is not None else None if metadata.exists() else 0
+    steps = _optimizer_steps(weights)
+    if named is not None and steps is not None and steps != named * steps_per_epoch:
+        if steps == (named + 1) * steps_per_epoch:
+            problems.append(f"{weights} holds the weights after epoch {named + 1} ({steps} "
+                            f"optimizer steps) but {metadata} names epoch {named}: killed "
+                            f"between Keras' two writes, which would train epoch {named + 1} "
+                            f"twice")
+        else:
+            problems.append(f"{weights} holds {steps} optimizer steps, not the "
+                            f"{named * steps_per_epoch} of epoch {named} that {metadata} names")
+    return problems, epoch
+
+
+def _finish_interrupted_backup(backup_dir: Path, steps_per_epoch: int) -> list[str] | None:
+    """Complete Keras' newest backup if a kill came between its weights and its metadata
+    (see check_backup): [] when it did so, the files that keep it from doing so, or None when
+    the backup is not one interrupted there."""
+    weights, metadata = backup_dir / "keras" / KERAS_WEIGHTS, backup_dir / "keras" / KERAS_METADATA
+    try:  # Keras reads a missing metadata file as epoch 0
+        named = json.loads(metadata.read_bytes())["epoch"] if metadata.exists() else 0
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    epoch = named + 1 if type(named) is int else None
+    if epoch is None or _optimizer_steps(weights) != epoch * steps_per_epoch:
+        return None
+    files = _pair_files(backup_dir, weights, metadata, epoch)
+    del files["metadata"]
+    unreadable = _read_problems(files)
+    if unreadable:
+        return unreadable
+    # Keras' own form; then the record BackupChecksums would have written.
+    atomic_write_bytes(metadata, json.dumps({"epoch": epoch, "batch": 0}).encode())
+    record_backup(backup_dir, epoch)
+    print(f"warning: resume state: {weights} holds the weights after epoch {epoch} but "
+          f"{metadata} named epoch {named} (killed between Keras' two writes); it now names "
+          f"epoch {epoch}, so that epoch is not trained twice", file=sys.stderr, flush=True)
+    return []
+
+
+def _read_problems(files: dict) -> list[str]:
+    """The files of a backup pair that cannot be read whole."""
+    problems = []
+    weights = files["weights"]
+    try:
+        with h5py.File(weights, "r") as handle:  # every array, not only the header
+            handle.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset)
+                              else None)
+    except _H5_ERRORS as err:
+        problems.append(_problem(weights, err))
+    if "exact" in files:
+        try:
+            with np.load(files["exact"]) as saved:
                 for name in ("paths", *saved.files):
                     saved[name]
         except _NPZ_ERRORS as err:
-            problems.append(_problem(state, err))
-    return problems, epoch
+            problems.append(_problem(files["exact"], err))
+    return problems
+
+
+def _optimizer_steps(weights: Path) -> int | None:
+    """The optimizer's step count saved in Keras' weight file; None when it cannot be read
+    (the file's other checks report why)."""
+    try:
+        with h5py.File(weights, "r") as handle:
+            steps = handle[KERAS_ITERATIONS][()]
+        return int(steps) if np.ndim(steps) == 0 else None
+    except (*_H5_ERRORS, TypeError):
+        return None
 
 
 def _problem(path: Path, err: BaseException) -> str:

@@ -41,7 +41,7 @@ from shared.data.spec import Data  # noqa: E402
 from shared.runs.reuse import NEW, RESUME, clear_run_dir, code_version, plan_run  # noqa: E402
 from shared.runs.run_dir import (HISTORY_COLUMNS, RunWriter, library_versions,  # noqa: E402
                                  peak_host_rss_mb, predictions_frame, softmax, submission_frame)
-from tf_baseline.callbacks import (EpochRecorder, ExactResume, check_backup,  # noqa: E402
+from tf_baseline.callbacks import (EpochRecorder, backup_callbacks, check_backup,  # noqa: E402
                                    peak_gpu_memory_mb)
 from tf_baseline.config import TrainConfig, parse_config  # noqa: E402
 from tf_baseline.data import text_dataset  # noqa: E402
@@ -81,8 +81,6 @@ def prepare(config: TrainConfig) -> Setup | None:
     if plan is None:
         return None
     data, weights, state = plan
-    if state == RESUME:  # a damaged backup: Keras' previous one, or one line and --restart
-        check_backup(Path(config.run_dir) / BACKUP_DIR)
     keras.backend.clear_session()  # fresh layer names, so a resumed run's state paths match
     keras.utils.set_random_seed(config.seed)  # head init and dropout
     strategy = make_strategy(config.cpu_replicas)
@@ -96,6 +94,8 @@ def prepare(config: TrainConfig) -> Setup | None:
             raise ValueError(f"--batch-per-replica {config.batch_per_replica}: a global batch "
                              f"of {setup.global_batch} rows exceeds the {len(frame)} {part} "
                              f"rows; use more rows or a smaller batch")
+    if state == RESUME:  # a damaged backup: Keras' previous one, or one line and --restart
+        check_backup(Path(config.run_dir) / BACKUP_DIR, len(data.train) // setup.global_batch)
     return setup
 
 
@@ -145,11 +145,7 @@ def run(setup: Setup, callbacks=()) -> Path:
     classifier.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
                    verbose=0 if config.quiet else "auto",
                    callbacks=[EpochRecorder(writer, steps * setup.global_batch),
-                              ExactResume(backup / "exact"),
-                              keras.callbacks.BackupAndRestore(str(backup / "keras"),
-                                                               double_checkpoint=True,
-                                                               delete_checkpoint=False),
-                              *callbacks])
+                              *backup_callbacks(backup), *callbacks])
 
     # Outputs: predictions cover every validation and test row.
     save_preset(classifier, setup.preprocessor, run_dir / PRESET_DIR)

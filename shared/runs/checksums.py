@@ -40,15 +40,20 @@ def read_record(path: Path) -> dict[str, str] | None:
                          ) from None
 
 
-def mismatches(recorded: dict[str, str], files: dict[str, Path]) -> list[str]:
-    """'NAME is missing' / 'NAME (N bytes) differs from its recorded checksum' for each of
-    `files` (name -> path) whose content is not the recorded one; a name without a record
-    counts as differing."""
+def mismatches(record: Path, recorded: dict[str, str], files: dict[str, Path],
+               relative_to: Path | None = None) -> list[str]:
+    """'PATH is missing' / 'PATH (N bytes) differs from its checksum in RECORD' for each of
+    `files` (name in the record -> path) whose content is not what `record` holds (`recorded`,
+    as read_record gave it); a name without a record counts as differing. Paths are shown
+    relative to `relative_to` when given. Either file may be the damaged one: both are named."""
+    def shown(path: Path) -> Path:
+        return path.relative_to(relative_to) if relative_to is not None else path
+
     found = []
     for name, path in sorted(files.items()):
         if not path.is_file():
-            found.append(f"{name} is missing")
+            found.append(f"{shown(path)} is missing")
         elif recorded.get(name) != file_sha256(path):
-            found.append(f"{name} ({path.stat().st_size} bytes) differs from its recorded "
-                         f"checksum")
+            found.append(f"{shown(path)} ({path.stat().st_size} bytes) differs from its "
+                         f"checksum in {shown(Path(record))}")
     return found

@@ -157,7 +157,8 @@ def test_all_damaged_says_restart_and_changes_nothing(saved, run_dir, capfd):
     message = str(info.value)
     assert "\n" not in message and "--restart" in message
     # Each checkpoint with its damaged files, in the one line.
-    assert f"{folders[1]} (meta/metadata (5 bytes) differs from its recorded checksum)" in message
+    assert (f"{folders[1]} (meta/metadata (5 bytes) differs from its checksum in {CHECKSUMS})"
+            in message)
     assert all(f"{folder} (state/" in message for folder in (folders[0], folders[2]))
     assert all(folder.is_dir() for folder in folders)  # nothing moved: --restart clears them
     assert capfd.readouterr().err == ""
@@ -229,6 +230,7 @@ def test_a_damaged_best_step_stops_the_resume_in_one_line(tmp_path, capfd):
     best.close()
     message = str(info.value)
     assert message.startswith(f"checkpoint {tmp_path / BEST / '4'} is damaged (state/"
-                              f"manifest.ocdbt (10 bytes) differs from its recorded checksum); "
+                              f"manifest.ocdbt (10 bytes) differs from its checksum in "
+                              f"{CHECKSUMS}); "
                               f"rerun with --restart")
     assert "\n" not in message and capfd.readouterr().err == ""

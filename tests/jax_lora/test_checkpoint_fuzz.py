@@ -173,7 +173,7 @@ def test_damage_anywhere_falls_back_or_stops_in_one_line(saved, mode, tmp_path, 
         else:
             counts["stops"] += 1
             ok = (mode == "alone" and lines == [] and "\n" not in what
-                  and "--restart" in what and f"{checkpoints / '2'} ({name} " in what)
+                  and "--restart" in what and f"{checkpoints / '2'} (" in what and name in what)
         if not ok:
             failures.append(f"{case}: {outcome} {what!r}, stderr {lines}")
     print(f"\nfuzz {mode}: {counts} over {len(sample(files))} of {len(files)} files")

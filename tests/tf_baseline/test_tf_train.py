@@ -4,6 +4,9 @@ the bool padding-mask workaround, kill -9 and resume, and bad input."""
 import json
 import shutil
 import signal
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -17,7 +20,7 @@ from shared.runs.run_dir import (EMBEDDINGS, HISTORY, MANIFEST, PREDICTIONS, PRO
                                  SUBMISSION, read_run)
 from tf_baseline.config import TrainConfig, parse_config
 from tf_baseline.train import BACKUP_DIR, main, predict
-from tests.tf_baseline.conftest import TINY_FLAGS
+from tests.tf_baseline.conftest import REPO, TINY_FLAGS
 
 TINY_DATA = DataSpec(limit=160)  # the rows the tiny runs use
 
@@ -117,6 +120,61 @@ def test_killed_run_resumes_to_the_uninterrupted_result(mirrored_runs, run_train
     np.testing.assert_array_equal(np.load(run_dir / EMBEDDINGS),
                                   np.load(mirrored_runs.clean / EMBEDDINGS))
     assert not (run_dir / BACKUP_DIR).exists()
+
+
+# Runs train.py's `train`, SIGKILLed when Keras' BackupAndRestore, having written the weights
+# after epoch 1, opens its metadata file for writing: the two-write window (issue 31).
+KILL_BETWEEN_KERAS_WRITES = textwrap.dedent("""
+    import os, signal, sys
+    import keras.src.callbacks.backup_and_restore as backup_and_restore
+    from tf_baseline.config import parse_config
+    from tf_baseline.train import train
+
+    keras_file = backup_and_restore.file_utils.File
+
+    def file(path, mode="r"):
+        if mode == "w" and str(path).endswith("training_metadata.json"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return keras_file(path, mode)
+
+    backup_and_restore.file_utils.File = file
+    train(parse_config(sys.argv[1:]))
+""")
+
+
+def test_kill_between_keras_two_writes_resumes_at_the_right_epoch(mirrored_runs, run_train,
+                                                                  tmp_path):
+    """Keras alone would load epoch 1's weights, find no metadata, and train epoch 1 again on
+    them. The rerun says what happened in one line and ends as the uninterrupted run; the same
+    state with ExactResume's file cut stops in one line naming it."""
+    run_dir = tmp_path / "window"
+    killed = subprocess.run([sys.executable, "-c", KILL_BETWEEN_KERAS_WRITES,
+                             *map(str, mirrored_runs.flags), "--run-dir", str(run_dir)],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    keras_dir = run_dir / BACKUP_DIR / "keras"
+    assert sorted(p.name for p in keras_dir.iterdir()) == ["latest.weights.h5"]
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    npz = broken / BACKUP_DIR / "exact" / "epoch_1.npz"
+    npz.write_bytes(npz.read_bytes()[:100])
+    stopped = run_train(mirrored_runs.flags + ["--run-dir", broken], check=False)
+    errors = [line for line in stopped.stderr.splitlines() if line.startswith("error: ")]
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+    assert len(errors) == 1 and f"{npz} cannot be read" in errors[0] and "--restart" in errors[0]
+    assert "killed between Keras' two writes" in errors[0]
+
+    resumed = run_train(mirrored_runs.flags + ["--run-dir", run_dir])
+    warnings = [line for line in resumed.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "Traceback" not in resumed.stderr, resumed.stderr[-2000:]
+    assert warnings[0].startswith(f"warning: resume state: {keras_dir / 'latest.weights.h5'} "
+                                  f"holds the weights after epoch 1 but ")
+    assert "named epoch 0 (killed between Keras' two writes)" in warnings[0]
+    epochs = json.loads((run_dir / MANIFEST).read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    for name in (PREDICTIONS, HISTORY, SUBMISSION):
+        assert (run_dir / name).read_text() == (mirrored_runs.clean / name).read_text(), name
 
 
 def test_rerunning_a_finished_run_keeps_it_and_check_writes_nothing(mirrored_runs, run_train):
