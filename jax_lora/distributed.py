@@ -10,23 +10,33 @@ spans every process's devices; every process builds the same global batches (sam
 order) and hands its own devices only their rows, so the batches and the global batch are
 those of one process with all the devices. Evaluation outputs are gathered to every process,
 so all of them take the same decisions (best step, early stop). Orbax checkpoints are written
-by all processes (orbax coordinates them); the run files by process 0 alone. With one process
-nothing here changes what the trainer computes.
+by all processes (orbax coordinates them); the run files by process 0 alone. At start the processes compare their configs through JAX's
+coordination service and stop in one line naming the fields that differ, instead of waiting
+for a collective that never comes. With one process nothing here changes what the trainer
+computes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
 import jax
 import numpy as np
+from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 
 from shared.cli import check_fields
+from shared.runs.reuse import flatten
 
 # JAX's own variable: set, it makes jax.distributed.initialize() read the coordinator from it.
 COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
+# How long a process waits for another's config once all have joined: each publishes its own
+# right after joining.
+EXCHANGE_TIMEOUT_MS = 30 * 60 * 1000
+# Config fields the processes of one run may differ in (--process-id is not a config field).
+PER_PROCESS_FIELDS = ("quiet",)
 
 
 @dataclass(frozen=True)
@@ -56,9 +66,10 @@ class ProcessConfig:
                 or COORDINATOR_ENV in os.environ)
 
 
-def initialize(processes: ProcessConfig) -> None:
+def initialize(processes: ProcessConfig, config: dict) -> None:
     """Join the run's other processes when `processes` says there are any; before any other
-    JAX call, since the backend then sees every process's devices."""
+    JAX call, since the backend then sees every process's devices. Then check that all were
+    given the same `config` (a config's to_dict())."""
     if not processes.joins or jax.distributed.is_initialized():
         return
     if processes.num_processes > 1 and not (processes.coordinator_address
@@ -72,6 +83,31 @@ def initialize(processes: ProcessConfig) -> None:
     jax.distributed.initialize(
         processes.coordinator_address,
         processes.num_processes if processes.num_processes > 1 else None, processes.process_id)
+    check_same_config(config)
+
+
+def check_same_config(config: dict) -> None:
+    """ValueError, in every process, naming each field whose value differs between this
+    process and another (flags given differently on two hosts), before any collective."""
+    if jax.process_count() == 1:
+        return
+    client, me = jax_distributed.global_state.client, jax.process_index()
+    mine = {k: v for k, v in flatten(config).items() if k not in PER_PROCESS_FIELDS}
+    client.key_value_set(f"watson_peft/config/{me}", json.dumps(mine, sort_keys=True))
+    differences = []
+    for other in range(jax.process_count()):
+        if other == me:
+            continue
+        theirs = json.loads(client.blocking_key_value_get(f"watson_peft/config/{other}",
+                                                          EXCHANGE_TIMEOUT_MS))
+        differences += [f"{key} {mine.get(key, '(none)')!r} here, "
+                        f"{theirs.get(key, '(none)')!r} in process {other}"
+                        for key in sorted(set(mine) | set(theirs))
+                        if mine.get(key) != theirs.get(key)]
+    if differences:
+        raise ValueError(f"process {me} of {jax.process_count()} was given other flags than the "
+                         f"others: {'; '.join(differences)}; start every process with the same "
+                         f"flags (only --process-id differs)")
 
 
 def is_main() -> bool:

@@ -148,7 +148,7 @@ def prepare(config: TrainConfig) -> Setup | None:
     """Load and check everything; raises ValueError/DataError/FileNotFoundError on bad input.
     None when nothing is left to do: a --check, or this very run found finished in the run
     directory (shared/runs/reuse.py)."""
-    distributed.initialize(config.processes)
+    distributed.initialize(config.processes, config.to_dict())
     config = config.with_preset_defaults()
     plan = plan_run(TRAINER, config)
     # Every process has read the run directory before process 0 changes it (run).

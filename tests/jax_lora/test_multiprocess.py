@@ -54,7 +54,7 @@ def test_bad_process_flags_are_one_line_errors(flags, message):
 def test_several_processes_need_a_coordinator(monkeypatch):
     monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
     with pytest.raises(ValueError, match="--num-processes 2: needs --coordinator-address"):
-        initialize(ProcessConfig(num_processes=2, process_id=0))
+        initialize(ProcessConfig(num_processes=2, process_id=0), {})
 
 
 def test_the_process_layout_is_not_a_hyperparameter():
@@ -78,9 +78,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def two_processes(preset: Path, run_dir: Path, env: dict, logs: Path):
-    """Processes 0 and 1 of one run, one CPU device each; whatever still runs on exit is
-    killed."""
+def two_processes(preset: Path, run_dir: Path, env: dict, logs: Path, flags=((), ())):
+    """Processes 0 and 1 of one run, one CPU device each (`flags`: each one's own extra
+    flags); whatever still runs on exit is killed."""
     command = [sys.executable, str(REPO / "jax_lora" / "train.py"), "--preset", str(preset),
                "--run-dir", str(run_dir), *FLAGS, "--coordinator-address",
                f"127.0.0.1:{free_port()}", "--num-processes", "2"]
@@ -88,7 +88,8 @@ def two_processes(preset: Path, run_dir: Path, env: dict, logs: Path):
     try:
         for index in range(2):
             log = (logs / f"process{index}.log").open("w")
-            started.append(subprocess.Popen(command + ["--process-id", str(index)], cwd=REPO,
+            started.append(subprocess.Popen(command + [*flags[index], "--process-id", str(index)],
+                                            cwd=REPO,
                                             env=device_flags(env, 1), stdout=log,
                                             stderr=subprocess.STDOUT, text=True))
             log.close()
@@ -172,3 +173,27 @@ def test_both_killed_mid_run_then_rerun_end_the_same(one_process_two_devices, ti
     assert all("resumed from step" in output for output in outputs), outputs[0][-2000:]
     assert "resumed_at" in read_run(run_dir).manifest
     assert_same_run(run_dir, one_process_two_devices)
+
+
+def test_processes_given_other_flags_stop_in_one_line_naming_them(tiny_hf_preset, tmp_path,
+                                                                  run_env):
+    """Before any collective: each process names the fields that differ, and exits 2 within
+    seconds, not after JAX's timeouts. A flag only one process gives counts too; --quiet may
+    differ."""
+    flags = (["--lr", "1e-3", "--no-quiet"], ["--lr", "2e-3", "--rank", "8"])
+    began = time.monotonic()
+    with two_processes(tiny_hf_preset, tmp_path / "run", run_env, tmp_path, flags) as started:
+        for process in started:
+            process.wait(timeout=120)
+    outputs = [(tmp_path / f"process{index}.log").read_text() for index in range(2)]
+    assert [p.returncode for p in started] == [2, 2], outputs
+    for me, other in ((0, 1), (1, 0)):
+        errors = [line for line in outputs[me].splitlines() if line.startswith("error: ")]
+        assert errors == [f"error: process {me} of 2 was given other flags than the others: "
+                          f"lora.rank {(16, 8)[me]} here, {(16, 8)[other]} in process {other}; "
+                          f"lr {(0.001, 0.002)[me]} here, {(0.001, 0.002)[other]} in process "
+                          f"{other}; start every process with the same flags (only "
+                          f"--process-id differs)"], outputs[me][-2000:]
+        assert "Traceback" not in outputs[me]
+    assert time.monotonic() - began < 120
+    assert not (tmp_path / "run").exists()  # nothing written
