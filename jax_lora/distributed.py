@@ -10,7 +10,8 @@ spans every process's devices; every process builds the same global batches (sam
 order) and hands its own devices only their rows, so the batches and the global batch are
 those of one process with all the devices. Evaluation outputs are gathered to every process,
 so all of them take the same decisions (best step, early stop). Orbax checkpoints are written
-by all processes (orbax coordinates them); the run files by process 0 alone. At start the processes compare their configs through JAX's
+by all processes (orbax coordinates them); the run files by process 0 alone, which also holds
+the run directory's lock. At start the processes compare their configs through JAX's
 coordination service and stop in one line naming the fields that differ, instead of waiting
 for a collective that never comes. With one process nothing here changes what the trainer
 computes.
@@ -28,12 +29,13 @@ from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 
 from shared.cli import check_fields
+from shared.runs.lock import RunLockError
 from shared.runs.reuse import flatten
 
 # JAX's own variable: set, it makes jax.distributed.initialize() read the coordinator from it.
 COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
-# How long a process waits for another's config once all have joined: each publishes its own
-# right after joining.
+# How long a process waits for another's config or lock outcome once all have joined: they
+# publish it right after joining (the lock after loading and checking the data and weights).
 EXCHANGE_TIMEOUT_MS = 30 * 60 * 1000
 # Config fields the processes of one run may differ in (--process-id is not a config field).
 PER_PROCESS_FIELDS = ("quiet",)
@@ -108,6 +110,27 @@ def check_same_config(config: dict) -> None:
         raise ValueError(f"process {me} of {jax.process_count()} was given other flags than the "
                          f"others: {'; '.join(differences)}; start every process with the same "
                          f"flags (only --process-id differs)")
+
+
+def on_main_process(name: str, action) -> None:
+    """`action()` on process 0 alone (taking the run directory's lock); a RunLockError it
+    raises is raised in every process, so that none waits for process 0 until JAX's
+    timeouts."""
+    if jax.process_count() == 1:
+        action()
+        return
+    client, key = jax_distributed.global_state.client, f"watson_peft/{name}"
+    if is_main():
+        try:
+            action()
+        except RunLockError as err:
+            client.key_value_set(key, str(err))
+            raise
+        client.key_value_set(key, "")
+    else:
+        refusal = client.blocking_key_value_get(key, EXCHANGE_TIMEOUT_MS)
+        if refusal:
+            raise RunLockError(refusal)
 
 
 def is_main() -> bool:

@@ -56,6 +56,7 @@ from jax_lora.steps import (DROPOUT_STREAM, METRICS, TrainState, compile_clock,
 from jax_lora.weights import Pretrained, load_pretrained
 from shared.cli import exit_on_bad_input, trainer_main
 from shared.data.spec import Data
+from shared.runs.lock import lock_run_dir, unlock_run_dir
 from shared.runs.reuse import NEW, clear_run_dir, code_version, plan_run
 from shared.runs.run_dir import (EVAL_COLUMNS, HISTORY_COLUMNS, RunWriter, library_versions,
                                  predictions_frame, softmax, submission_frame)
@@ -189,6 +190,10 @@ def prepare(config: TrainConfig) -> Setup | None:
 
 def run(setup: Setup) -> Path:
     config, mesh = setup.config, setup.mesh
+    # From here on this run writes the run directory: process 0 holds its lock for all.
+    with exit_on_bad_input():
+        distributed.on_main_process("run directory locked",
+                                    lambda: lock_run_dir(config.run_dir))
     total_steps = setup.total_steps
     print(f"{TRAINER}: {len(setup.data.train)} train / {len(setup.data.val)} val rows"
           + (f" / {len(setup.data.dev)} dev" if setup.data.dev is not None else "")
@@ -405,6 +410,7 @@ def run(setup: Setup) -> Path:
                   global_batch=setup.global_batch, accumulate=config.accumulate,
                   effective_batch=setup.global_batch * config.accumulate, adapter=ADAPTER,
                   best=tracker.summary(), stopped=ended)
+    unlock_run_dir(config.run_dir)
     return Path(config.run_dir)
 
 

@@ -28,12 +28,13 @@ SECTION_TITLES = {"data": "data and split", "lora": "LoRA"}
 
 @contextlib.contextmanager
 def exit_on_bad_input():
-    """Turn bad-input exceptions into a one-line `error:` on stderr and exit code 2."""
+    """Turn bad-input exceptions into a one-line `error:` on stderr and exit code 2 (or the
+    error's own `exit_code`: 3 for a run directory another process holds)."""
     try:
         yield
     except (DataError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        sys.exit(getattr(err, "exit_code", EXIT_BAD_INPUT))
 
 
 def trainer_main(parse_config, prepare, run, argv=None) -> None:

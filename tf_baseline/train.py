@@ -38,6 +38,7 @@ import tensorflow as tf  # noqa: E402
 
 from shared.cli import trainer_main  # noqa: E402
 from shared.data.spec import Data  # noqa: E402
+from shared.runs.lock import lock_run_dir, unlock_run_dir  # noqa: E402
 from shared.runs.reuse import NEW, RESUME, clear_run_dir, code_version, plan_run  # noqa: E402
 from shared.runs.run_dir import (HISTORY_COLUMNS, RunWriter, library_versions,  # noqa: E402
                                  peak_host_rss_mb, predictions_frame, softmax, submission_frame)
@@ -94,6 +95,7 @@ def prepare(config: TrainConfig) -> Setup | None:
             raise ValueError(f"--batch-per-replica {config.batch_per_replica}: a global batch "
                              f"of {setup.global_batch} rows exceeds the {len(frame)} {part} "
                              f"rows; use more rows or a smaller batch")
+    lock_run_dir(config.run_dir)  # every check passed: from here on this process writes it
     if state == RESUME:  # a damaged backup: Keras' previous one, or one line and --restart
         check_backup(Path(config.run_dir) / BACKUP_DIR, len(data.train) // setup.global_batch)
     return setup
@@ -166,6 +168,7 @@ def run(setup: Setup, callbacks=()) -> Path:
                   peak_accelerator_mem_mb=_peak(epochs, "peak_accelerator_mem_mb",
                                                 peak_gpu_memory_mb()))
     shutil.rmtree(backup, ignore_errors=True)
+    unlock_run_dir(run_dir)
     accuracy = float((probs.argmax(axis=1) == data.val["label"].to_numpy()).mean())
     print(f"validation accuracy {accuracy:.4f} on all {len(data.val)} rows "
           f"(last epoch {epochs[-1]['seconds']:.1f} s); run directory {run_dir}")

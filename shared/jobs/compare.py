@@ -9,7 +9,8 @@ Rerunning the command keeps a finished run and resumes an unfinished one when it
 the same inputs (config, weights, data; shared/runs/reuse.py); a run directory made with other
 inputs stops the command before anything trains, with one line naming what differs, unless
 --rerun is given (then those runs train again from scratch). A failing trainer is reported and
-does not stop or touch the other runs.
+does not stop or touch the other runs; so is one whose run directory another process is
+using (shared/runs/lock.py: another compare on the same --out, say), which it leaves alone.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from shared.cli import (add_config_flags, config_flags, config_from_flags, error
                         exit_on_bad_input)
 from shared.data.spec import DataSpec, load
 from shared.data.watson import KAGGLE_DATA_DIR
+from shared.runs.lock import EXIT_LOCKED
 from shared.runs.presets import KAGGLE_PRESET, minilm_dir, preset_kind
 from shared.runs.run_dir import MANIFEST
 
@@ -161,6 +163,11 @@ def run_trainers(commands: dict[str, list[str]], out: Path) -> dict[str, str]:
         if code == 0 and is_finished(run_dir):
             print(f"[compare] {name}: finished in {seconds:.0f} s")
             outcome[name] = "finished"
+        elif code == EXIT_LOCKED:
+            print(f"[compare] {name}: NOT RUN: {run_dir} is in use by another process (the "
+                  f"error line above names it); left as it is, the other runs go on",
+                  file=sys.stderr)
+            outcome[name] = "failed (run directory in use by another process)"
         else:
             print(f"[compare] {name}: FAILED (exit code {code}) after {seconds:.0f} s; "
                   f"its output is above, the other runs go on", file=sys.stderr)

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from shared.data.spec import Data, load
 from shared.runs.presets import describe_preset
-from shared.runs.run_dir import MANIFEST
+from shared.runs.run_dir import LOCK, MANIFEST
 
 # Config fields that change how a run is watched, stored or scheduled, never what it computes
 # (each trainer has some of them): runs may differ in these and still be the same run.
@@ -136,7 +136,10 @@ def run_dir_state(run_dir: Path, *, trainer: str, config: dict, weights: dict,
     if run_dir.exists() and not run_dir.is_dir():
         raise RunStateError(f"--run-dir {run_dir}: is a file; pass a folder")
     if not (run_dir / MANIFEST).is_file():
-        if run_dir.is_dir() and any(run_dir.iterdir()):
+        # A trainer's lock and empty folders (a new run killed before its manifest) are not
+        # files of a run.
+        if run_dir.is_dir() and any(path.is_file() and path != run_dir / LOCK
+                                    for path in run_dir.rglob("*")):
             raise RunStateError(f"--run-dir {run_dir}: folder holds files but no run; pass a "
                                 f"new or empty folder")
         return NEW
@@ -168,10 +171,13 @@ def run_dir_state(run_dir: Path, *, trainer: str, config: dict, weights: dict,
 
 
 def clear_run_dir(run_dir: Path) -> None:
-    """Empty a run directory for --restart: no stale checkpoint, backup or output survives."""
+    """Empty a run directory for --restart: no stale checkpoint, backup or output survives
+    (the lock of the run that clears it stays)."""
     run_dir = Path(run_dir)
     if run_dir.is_dir():
         for child in run_dir.iterdir():
+            if child.name == LOCK:
+                continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             else:

@@ -10,6 +10,7 @@
                              dev_accuracy, train_seconds (EVAL_COLUMNS)
       submission.csv         test.csv predictions: id, prediction (when test.csv exists)
       cls_embeddings.npy     optional: validation [CLS] vectors, rows in predictions.csv order
+      run.lock               while a trainer runs: its PID and host (shared/runs/lock.py)
 
 Every file is written to a temporary name and renamed into place, so a crashed run never
 leaves a file that looks complete; the manifest is written first with status "running"
@@ -42,6 +43,7 @@ HISTORY = "history.csv"
 EVALS = "evals.csv"
 SUBMISSION = "submission.csv"
 EMBEDDINGS = "cls_embeddings.npy"
+LOCK = "run.lock"
 
 PROB_COLUMNS = tuple(f"p_{name}" for name in LABEL_NAMES)
 PREDICTION_COLUMNS = ("id", "language", "label", "pred") + PROB_COLUMNS

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -29,9 +30,10 @@ from jax_lora.steps import (TrainState, evaluate, make_eval_step, make_mesh, mak
                             replicate, shard_batch)
 from jax_lora.train import main, prepare
 from shared.data.spec import DataSpec, load
+from shared.runs.lock import EXIT_LOCKED
 from shared.runs.presets import describe_preset
 from shared.runs.reuse import config_differences
-from shared.runs.run_dir import MANIFEST, MANIFEST_KEYS, read_run
+from shared.runs.run_dir import LOCK, MANIFEST, MANIFEST_KEYS, read_run
 from tests.jax_lora.trainer_process import RUN_FLAGS, STEPS_PER_EPOCH
 
 REPO = Path(__file__).resolve().parents[2]
@@ -354,6 +356,44 @@ def test_kill_9_then_rerun_ends_bitwise_equal(finished_run, tiny_hf_preset, tmp_
         assert np.array_equal(resumed[name], reference[name]), name
     assert read_run(run_dir).history.equals(read_run(finished_run).history)
     assert "resumed_at" in read_run(run_dir).manifest
+
+
+def test_a_second_trainer_on_the_run_directory_is_refused(finished_run, tiny_hf_preset,
+                                                         tmp_path, run_env):
+    """Two `python jax_lora/train.py` with the same flags and --run-dir (issue 31): the second
+    stops in one line naming the first, exit code 3, touching nothing; once the first is
+    killed, the same command takes its lock over and ends as the uninterrupted run."""
+    run_dir = tmp_path / "shared"
+    command = train_command(tiny_hf_preset, run_dir)
+    first = subprocess.Popen(command, cwd=REPO, env=run_env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / LOCK).exists() and first.poll() is None:
+            assert time.monotonic() < deadline, "the first trainer never took the lock"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGSTOP)  # holds the lock for as long as the test needs
+        before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+        second = subprocess.run(command, cwd=REPO, env=run_env, capture_output=True, text=True,
+                                timeout=300)
+        assert second.returncode == EXIT_LOCKED, second.stderr[-3000:]
+        assert second.stderr.splitlines() == [
+            f"error: --run-dir {run_dir}: in use by process {first.pid} on host "
+            f"{socket.gethostname()} ({run_dir / LOCK}); wait for it to finish or stop it, or "
+            f"pass another --run-dir"]
+        assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+    finally:
+        first.kill()  # kill -9: its lock stays behind
+        first.wait()
+    third = subprocess.run(command, cwd=REPO, env=run_env, capture_output=True, text=True,
+                           timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"taking over the lock of process {first.pid} on " in third.stdout
+    assert not (run_dir / LOCK).exists()  # released at the end
+    resumed = safetensors.numpy.load_file(str(run_dir / ADAPTER / ADAPTER_WEIGHTS))
+    reference = safetensors.numpy.load_file(str(finished_run / ADAPTER / ADAPTER_WEIGHTS))
+    for name in reference:
+        assert np.array_equal(resumed[name], reference[name]), name
 
 
 def test_remat_run_trains_the_same_adapters(finished_run, tiny_hf_preset, tmp_path, run_env):

@@ -4,6 +4,7 @@ the bool padding-mask workaround, kill -9 and resume, and bad input."""
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -14,10 +15,11 @@ import pytest
 
 from shared.data.spec import DataSpec, load
 from shared.data.watson import SAMPLE_DATA_DIR, file_sha256, load_test
+from shared.runs.lock import EXIT_LOCKED
 from shared.runs.presets import describe_preset
 from shared.runs.reuse import code_version
-from shared.runs.run_dir import (EMBEDDINGS, HISTORY, MANIFEST, PREDICTIONS, PROB_COLUMNS,
-                                 SUBMISSION, read_run)
+from shared.runs.run_dir import (EMBEDDINGS, HISTORY, LOCK, MANIFEST, PREDICTIONS,
+                                 PROB_COLUMNS, SUBMISSION, read_run)
 from tf_baseline.config import TrainConfig, parse_config
 from tf_baseline.train import BACKUP_DIR, main, predict
 from tests.tf_baseline.conftest import REPO, TINY_FLAGS
@@ -175,6 +177,29 @@ def test_kill_between_keras_two_writes_resumes_at_the_right_epoch(mirrored_runs,
     assert [e["epoch"] for e in epochs] == [1, 2]
     for name in (PREDICTIONS, HISTORY, SUBMISSION):
         assert (run_dir / name).read_text() == (mirrored_runs.clean / name).read_text(), name
+
+
+def test_a_run_directory_another_process_holds_is_refused(tiny_preset, tmp_path, capsys):
+    """tf_baseline takes the run directory's lock (shared/runs/lock.py, tested with two
+    processes there and with two jax_lora trainers) before it writes: held by a live process,
+    the command stops in one line naming it, exit code 3."""
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        run_dir = tmp_path / "held"
+        run_dir.mkdir()
+        (run_dir / LOCK).write_text(json.dumps({"pid": owner.pid, "start": None, "token": "t",
+                                                "host": socket.gethostname()}))
+        with pytest.raises(SystemExit) as info:
+            main(["--preset", str(tiny_preset), *TINY_FLAGS, "--run-dir", str(run_dir)])
+        assert info.value.code == EXIT_LOCKED
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: --run-dir {run_dir}: in use by process {owner.pid} on host "
+            f"{socket.gethostname()} ({run_dir / LOCK}); wait for it to finish or stop it, or "
+            f"pass another --run-dir"]
+        assert [p.name for p in run_dir.iterdir()] == [LOCK]
+    finally:
+        owner.kill()
+        owner.wait()
 
 
 def test_rerunning_a_finished_run_keeps_it_and_check_writes_nothing(mirrored_runs, run_train):
