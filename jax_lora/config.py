@@ -162,11 +162,18 @@ class TrainConfig:
         return longer
 
     def with_preset_defaults(self) -> "TrainConfig":
-        """The config with the defaults that depend on the preset filled in (the pooling:
-        shared.runs.encoder's default_pooling), as the manifest records it."""
-        if self.pooling is not None:
-            return self
-        return dataclasses.replace(self, pooling=encoder_numbers(self.preset).default_pooling)
+        """The config with the defaults that depend on the preset filled in, as the manifest
+        records them: the pooling (shared.runs.encoder's default_pooling); and cls pooling on
+        weights without a pooler (e5) trains the fresh pooler it adds, with the head (as
+        Hugging Face's BertForSequenceClassification, whose pooler starts random there)."""
+        numbers = encoder_numbers(self.preset)
+        config = self if self.pooling is not None else dataclasses.replace(
+            self, pooling=numbers.default_pooling)
+        if (config.pooling == "cls" and numbers.architecture == "bert" and not numbers.pooler
+                and not config.full and not config.lora.train_pooler):
+            config = dataclasses.replace(config, lora=dataclasses.replace(config.lora,
+                                                                          train_pooler=True))
+        return config
 
     @property
     def full(self) -> bool:

@@ -267,12 +267,13 @@ class BertClassifier(nnx.Module):
                                  "dense layer trains with the head): drop --train-pooler")
             self.head = ClassificationHead(config, num_classes, rngs=rngs)
         else:
-            if not config.pooler and (pooling == "cls" or lora.train_pooler):
-                raise ValueError("this BERT has no pooler (as multilingual-e5): its head reads "
-                                 "the mean of the last layer; use --pooling mean and drop "
-                                 "--train-pooler")
-            if config.pooler:
+            if not config.pooler and pooling == "mean" and lora.train_pooler:
+                raise ValueError("this BERT has no pooler (as multilingual-e5) and --pooling mean "
+                                 "reads none: drop --train-pooler")
+            if config.pooler or pooling == "cls":
                 # A LoRALinear without adapters (a plain dense) so --base-dtype can store it.
+                # Without a pretrained one (e5), cls pooling gets a fresh pooler that trains
+                # with the head, as Hugging Face's BertForSequenceClassification gives it.
                 self.pooler = _linear(config.hidden_dim, config.hidden_dim, "pooler", lora, rngs)
                 rngs.params()  # the key nnx.Linear drew for its zero bias: the head's init as before
             self.head = nnx.Linear(config.hidden_dim, num_classes, kernel_init=BERT_KERNEL_INIT,

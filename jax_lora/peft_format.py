@@ -39,7 +39,7 @@ from jax_lora.models import BertConfig
 from jax_lora.quant import base_dtype_of
 from jax_lora.weights import (HF_FORMATS, HF_NAMES, TOKEN_TYPES, Pretrained, load_pretrained,
                               read_hf, read_keras)
-from shared.runs.presets import preset_dir
+from shared.runs.presets import preset_dir, resolve_alias
 
 CONFIG_FILE, WEIGHTS_FILE, README_FILE = ("adapter_config.json", "adapter_model.safetensors",
                                           "README.md")
@@ -219,7 +219,9 @@ def check_exportable(method: str, pooling: str, out_dir: Path,
         class_name, _, head_reads, _ = HF_CLASSES[architecture]
         raise ValueError(f"--pooling {pooling}: the head reads the mean of the last layer, but "
                          f"{class_name} classifies from {head_reads} and would predict "
-                         f"differently; no PEFT adapter is written")
+                         f"differently; no PEFT adapter is written (train with --pooling cls "
+                         f"for one: on weights without a pooler, such as multilingual-e5, it "
+                         f"trains a fresh pooler, as {class_name} does)")
 
 
 def peft_config(lora: LoraConfig, hf: HFClassifier, base_model_name_or_path: str, *,
@@ -242,6 +244,8 @@ def save_peft(model, out_dir: str | Path, *, base_model_name_or_path: str, metho
     saved when it trained or `pooler` says it is not the base's (adapter.json's "pooler":
     inherited from an --init-from parent)."""
     out_dir = Path(out_dir)
+    # An alias (multilingual-e5-small) means nothing to transformers: name its folder.
+    base_model_name_or_path = resolve_alias(base_model_name_or_path)
     hf = HFClassifier.of(model.config)
     check_exportable(method, model.pooling, out_dir, hf.architecture)
     if (method == "dora") != model.lora.dora or not model.lora.targets:

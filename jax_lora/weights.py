@@ -183,7 +183,8 @@ def load_pretrained(preset: str, lora: LoraConfig, *, num_classes: int = 3, seed
     source = source or describe_preset(preset)
     model = _fresh_model(config, num_classes, lora, seed, pooling)
     assign(model, tensors, weights_file, base_dtype=base_dtype,
-           stored={path for path, _ in quantized_linears(model, pooler=quantize_pooler)})
+           stored={path for path, _ in quantized_linears(model, pooler=quantize_pooler)},
+           parameters=nnx.Not(fresh_filter(config)))
     init_dora_magnitudes(model)
     tokenizer = TOKENIZERS[encoder_numbers(str(directory)).tokenizer].from_preset_dir(
         directory, file_kind)
@@ -196,18 +197,23 @@ def _fresh_model(config: BertConfig, num_classes: int, lora: LoraConfig, seed: i
     pretrained parameters are left for assign()."""
     model = nnx.eval_shape(lambda: BertClassifier(config, num_classes=num_classes, lora=lora,
                                                   pooling=pooling, rngs=nnx.Rngs(0)))
-    nnx.update(model, _fresh_state(config, num_classes, lora, jax.random.key(seed)))
+    nnx.update(model, _fresh_state(config, num_classes, lora, pooling, jax.random.key(seed)))
     return model
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _fresh_state(config: BertConfig, num_classes: int, lora: LoraConfig, key: jax.Array):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _fresh_state(config: BertConfig, num_classes: int, lora: LoraConfig, pooling: str,
+                 key: jax.Array):
     # XLA drops the random init of everything not returned, so mBERT's 180M pretrained
     # parameters are never drawn; jit caches the program per (config, num_classes, lora).
-    # The pooling decides no parameter; a model without a pooler only takes mean pooling.
     model = BertClassifier(config, num_classes=num_classes, lora=lora, rngs=nnx.Rngs(key),
-                           pooling="cls" if config.pooler else "mean")
-    return nnx.state(model, FRESH)
+                           pooling=pooling)
+    return nnx.state(model, fresh_filter(config))
+
+
+def fresh_filter(config: BertConfig) -> nnx.filterlib.Filter:
+    """FRESH, and the pooler that cls pooling adds to weights without one (e5)."""
+    return FRESH if config.pooler else nnx.Any(FRESH, nnx.PathContains("pooler"))
 
 
 def read_hf(directory: Path) -> tuple[BertConfig, Iterator[Tensor], Path]:

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from jax_lora.adapter import read_adapter_meta
+from jax_lora.adapter import load_adapter, read_adapter_meta
 from jax_lora.config import parse_config
 from jax_lora.lora import LoraConfig
+from jax_lora.peft_format import load_peft, main as peft_main, save_peft
 from jax_lora.weights import load_pretrained
 from jax_lora.xlmr_tokenizer import XLMRobertaTokenizer
 from shared.data.watson import SAMPLE_DATA_DIR, load_test, load_train
@@ -24,6 +25,8 @@ from tests.jax_lora.helpers import assert_reloads_to_its_predictions, tokenizer_
 from tests.jax_lora.trainer_process import run_trainer
 from tests.xlmr_fixtures import train_sentencepiece
 
+PREMISES = ["Le chat dort sur le canapé.", "The cat sleeps on the sofa.", "Кошка спит."]
+HYPOTHESES = ["Un animal se repose.", "A dog barks.", "Животное отдыхает."]
 CLI = ["--data-dir", str(SAMPLE_DATA_DIR), "--limit", "60", "--batch-per-device", "4",
        "--sequence-length", "32", "--quiet", "--no-predict-test"]
 
@@ -32,6 +35,20 @@ CLI = ["--data-dir", str(SAMPLE_DATA_DIR), "--limit", "60", "--batch-per-device"
 def e5(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_e5")
     return write_tiny_e5_hf(root / "hf", train_sentencepiece(root / "sample.spm"))
+
+
+@pytest.fixture(scope="module")
+def hf_peer():
+    """torch, peft and transformers where installed (the benchmark peer), else None."""
+    try:
+        import peft
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    import types
+    return types.SimpleNamespace(torch=torch, peft=peft,
+                                 Bert=transformers.BertForSequenceClassification)
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +138,9 @@ def test_forward_equals_hugging_faces_in_float64(e5, pairs):
     np.testing.assert_allclose(np.asarray(out["logits"]), logits, atol=1e-5)
 
 
-def test_cls_pooling_without_a_pooler_fails_in_one_line(e5):
-    with pytest.raises(ValueError, match="no pooler.*--pooling mean"):
-        load_pretrained(str(e5), LoraConfig(), pooling="cls")
+def test_training_a_pooler_that_mean_pooling_never_reads_fails_in_one_line(e5):
+    with pytest.raises(ValueError, match="no pooler.*drop --train-pooler"):
+        load_pretrained(str(e5), LoraConfig(train_pooler=True), pooling="mean")
 
 
 def test_the_default_pooling_follows_the_preset(e5, tiny_hf_preset):
@@ -161,3 +178,51 @@ def test_a_moved_folder_is_the_same_preset(e5, tmp_path):
     assert describe_preset(str(copy))["sha256"] == describe_preset(str(e5))["sha256"]
     assert {"sentencepiece.bpe.model", "tokenizer.json", "tokenizer_config.json"} <= set(
         describe_preset(str(e5))["files"])
+
+
+def test_cls_pooling_trains_a_fresh_pooler_and_exports_for_peft(e5, run_env, tmp_path, hf_peer):
+    """--pooling cls on weights without a pooler adds a fresh one that trains with the head
+    (as BertForSequenceClassification starts one at random there), so the adapter has a PEFT
+    form: the round trip gives the run's own logits, and, where torch + PEFT are installed,
+    BertForSequenceClassification + PeftModel give them too."""
+    run_dir = tmp_path / "cls"
+    run_trainer(e5, run_dir, *CLI, "--max-steps", "3", "--pooling", "cls", "--lr", "1e-2",
+                env=run_env)  # a fast rate: the fresh pooler and head move visibly in 3 steps
+    manifest = assert_reloads_to_its_predictions(run_dir, 1e-5)
+    assert manifest["config"]["lora"]["train_pooler"] is True
+    assert {"pooler.kernel", "pooler.bias"} <= set(read_adapter_meta(run_dir / "adapter")
+                                                    ["parameters"])
+    out = tmp_path / "peft"
+    peft_main(["--run-dir", str(run_dir), "--out", str(out)])
+    ours = load_adapter(run_dir / "adapter").model
+    batch = load_pretrained(str(e5), LoraConfig(), pooling="mean").tokenizer(
+        PREMISES, HYPOTHESES, 48)
+    expected = np.asarray(ours(batch["token_ids"], batch["segment_ids"], batch["padding_mask"]))
+    back = load_peft(out).model
+    np.testing.assert_array_equal(
+        np.asarray(back(batch["token_ids"], batch["segment_ids"], batch["padding_mask"])),
+        expected)
+    if hf_peer is None:
+        return
+    model = hf_peer.peft.PeftModel.from_pretrained(
+        hf_peer.Bert.from_pretrained(str(e5), num_labels=3), str(out)).eval()
+    with hf_peer.torch.no_grad():
+        theirs = model(input_ids=hf_peer.torch.tensor(batch["token_ids"]).long(),
+                       attention_mask=hf_peer.torch.tensor(batch["padding_mask"]).long()
+                       ).logits.numpy()
+    assert np.abs(theirs - expected).max() <= 1e-5
+
+
+def test_mean_pooling_refuses_peft_and_keras_hub_exports_in_one_line(e5, tmp_path):
+    from jax_lora.export import ExportError, export_preset
+
+    pretrained = load_pretrained(str(e5), LoraConfig(rank=2), pooling="mean")
+    with pytest.raises(ValueError, match="train with --pooling cls") as error:
+        save_peft(pretrained.model, tmp_path / "peft", base_model_name_or_path=str(e5),
+                  method="lora")
+    assert "\n" not in str(error.value) and not (tmp_path / "peft").exists()
+    cls = load_pretrained(str(e5), LoraConfig(rank=2, train_pooler=True), pooling="cls")
+    with pytest.raises(ExportError, match="exact GELU; keras-hub's BertTextClassifier "
+                                          "hard-codes tanh"):
+        export_preset(cls.model, cls.tokenizer, tmp_path / "keras")
+    assert not (tmp_path / "keras").exists()
