@@ -181,6 +181,14 @@ def test_an_error_raised_from_a_read_error_is_damage(tmp_path):
     assert _damage(wrapped, folder) == (
         "OUT_OF_RANGE: Requested byte range [0, 331489) is not valid for value of size 100 "
         "(file state/)")
+    node = ValueError(f'Error opening "cast" driver: Error opening "zarr" driver: Error reading '
+                      f'"opt_state.0/.zarray" in OCDBT database at local file "{folder}/state/": '
+                      f'Error reading Byte range [0, 1213) of local file "{folder}/state/d/6ce8": '
+                      f'Error decoding b-tree node: ZSTD_decompressStream() failed: Data '
+                      f'corruption detected [tensorstore_spec[1]=...]')  # a garbled node: no code
+    assert _damage(node, folder) == ("Error decoding b-tree node: ZSTD_decompressStream() "
+                                     "failed: Data corruption detected (file state/d/6ce8)")
+    assert _damage(ValueError('Error reading local file "/elsewhere/x": y'), folder) is None
     assert _damage(Exception("a bug"), folder) is None
     assert _damage(RuntimeError("x"), folder) is None
 

@@ -7,7 +7,8 @@ tests show) or stops with one line naming the damage and --restart; never a trac
 In-process, at the checkpoint manager (Checkpoints.save, as the trainer saves), in three modes:
 - `recorded`: the checksum record the trainer writes (sha256.json) is there;
 - `unrecorded`: it is not (a run from before it, or a kill between the save and the record):
-  what orbax raises decides, and a garbled byte inside an array may go unnoticed;
+  what orbax raises decides (three garbled positions per file here), and a garbled byte
+  inside an array may go unnoticed;
 - `alone`: the damaged checkpoint is the only one (as run_dir/best always is), so the
   resume stops.
 The command-line cases are in test_jax_train.py (test_damaged_checkpoint_...).
@@ -17,6 +18,7 @@ import gc
 import itertools
 import logging
 import random
+import re
 import shutil
 
 import jax
@@ -32,6 +34,9 @@ from tests.jax_lora.helpers import leaves_equal
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 SEED = 31
+# Garbled bytes per file without a record, where what orbax raises must be classified (each
+# at its own seeded position); one elsewhere.
+UNRECORDED_GARBLES = 3
 # Files fuzzed per mode: every one when the checkpoint has no more, else a seeded sample
 # (random.Random(SEED).sample of the sorted relative paths): CI time.
 MAX_FILES = 20
@@ -91,6 +96,12 @@ def saved(tmp_path_factory):
     return run_dir, by_step
 
 
+def seed_name(name: str) -> str:
+    """The file's name without orbax's random data-file name (d/<hash>), so that a file's
+    garbled positions do not change from run to run."""
+    return re.sub(r"/d/[0-9a-f]{32}$", "/d/file", name)
+
+
 def sample(files: list[str]) -> list[str]:
     files = sorted(files)
     return files if len(files) <= MAX_FILES else sorted(random.Random(SEED).sample(files,
@@ -137,7 +148,10 @@ def test_damage_anywhere_falls_back_or_stops_in_one_line(saved, mode, tmp_path, 
     counts = dict.fromkeys(("cases", "fallbacks", "stops", "unaffected", "undetected",
                             "unchanged"), 0)
     failures = []
-    for index, (name, damage) in enumerate(itertools.product(sample(files), DAMAGES)):
+    cases = [(name, damage, k) for name, damage in itertools.product(sample(files), DAMAGES)
+             for k in range(UNRECORDED_GARBLES if mode == "unrecorded"
+                            and damage is garble_one_byte else 1)]
+    for index, (name, damage, k) in enumerate(cases):
         run_dir = tmp_path / str(index)
         shutil.copytree(pristine, run_dir)
         checkpoints = run_dir / CHECKPOINTS
@@ -148,8 +162,8 @@ def test_damage_anywhere_falls_back_or_stops_in_one_line(saved, mode, tmp_path, 
             shutil.rmtree(checkpoints / "1")
         target = checkpoints / "2" / name
         before = target.read_bytes()
-        target.write_bytes(damage(before, random.Random(f"{SEED}:{name}")))
-        case = f"{mode} {name} {damage.__name__}"
+        target.write_bytes(damage(before, random.Random(f"{SEED}:{seed_name(name)}:{k}")))
+        case = f"{mode} {name} {damage.__name__}{f' #{k}' if k else ''}"
         if target.read_bytes() == before:  # e.g. a 60-byte file cut to 100 bytes
             counts["unchanged"] += 1
             continue
