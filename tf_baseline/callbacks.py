@@ -302,13 +302,22 @@ def _finish_interrupted_backup(backup_dir: Path, steps_per_epoch: int) -> list[s
 
 
 def _read_problems(files: dict) -> list[str]:
-    """The files of a backup pair that cannot be read whole."""
+    """The files of a backup pair that cannot be read whole, or whose weights hold other
+    arrays (names, shapes) than Keras' other pair (one model, one layout: a garbled name)."""
     problems = []
     weights = files["weights"]
     try:
-        with h5py.File(weights, "r") as handle:  # every array, not only the header
-            handle.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset)
-                              else None)
+        arrays = _arrays(weights)
+        other = (weights.with_name(weights.name.removesuffix(KERAS_PREVIOUS))
+                 if weights.name.endswith(KERAS_PREVIOUS)
+                 else weights.with_name(weights.name + KERAS_PREVIOUS))
+        try:
+            reference = _arrays(other) if other.is_file() else arrays
+        except _H5_ERRORS:
+            reference = arrays  # that pair's own check reports it
+        if arrays != reference:
+            changed = sorted(set(arrays.items()) ^ set(reference.items()))[:2]
+            raise KeyError(f"its arrays differ from those of {other.name}: {changed}")
     except _H5_ERRORS as err:
         problems.append(_problem(weights, err))
     if "exact" in files:
@@ -319,6 +328,32 @@ def _read_problems(files: dict) -> list[str]:
         except _NPZ_ERRORS as err:
             problems.append(_problem(files["exact"], err))
     return problems
+
+
+def _arrays(weights: Path) -> dict[str, tuple]:
+    """{path: shape} of every array in a Keras weight file, each read whole."""
+    with h5py.File(weights, "r") as handle:
+        return _read_group(handle)
+
+
+def _read_group(group: h5py.Group) -> dict[str, tuple]:
+    """Every array under `group`, each found by name as Keras finds it when loading (a garbled
+    group index that h5py's visititems walks past fails Keras' lookups, so it must fail here);
+    a `vars` group holds arrays named 0, 1, ... as Keras names them."""
+    names = list(group.keys())
+    if group.name.endswith("/vars") and sorted(names) != sorted(map(str, range(len(names)))):
+        raise KeyError(f"{group.name} holds {names}, not Keras' 0..{len(names) - 1}")
+    arrays = {}
+    for name in names:
+        if name not in group:
+            raise KeyError(f"{group.name}/{name} is listed but cannot be found")
+        item = group[name]
+        if isinstance(item, h5py.Group):
+            arrays.update(_read_group(item))
+        else:
+            item[()]
+            arrays[item.name] = item.shape
+    return arrays
 
 
 def _optimizer_steps(weights: Path) -> int | None:

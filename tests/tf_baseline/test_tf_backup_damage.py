@@ -218,6 +218,7 @@ def test_a_window_whose_state_is_damaged_falls_back_and_says_what_happened(backu
 
 SEED = 31
 MAX_FILES = 12  # per mode; a backup has 8 files at most, so none is left out today
+UNRECORDED_GARBLES = 3  # garbled positions per file without records, where reading decides
 
 
 def cut_to_empty(data, rng):
@@ -256,7 +257,7 @@ def test_damage_anywhere_falls_back_or_stops_in_one_line(backups, mode, tmp_path
                                                          uninterrupted):
     """Every file of a backup after 2 epochs of 4 (`alone`: after 1, so no previous pair;
     `unrecorded`: without BackupChecksums' records) cut to 0 bytes, to half, to 100 bytes, or
-    with one garbled byte. check_backup falls back (one warning line) or stops (one line naming
+    with one garbled byte (three seeded positions without records). check_backup falls back (one warning line) or stops (one line naming
     the file and --restart); every backup it lets through is fitted to the end (once per
     distinct state) and must equal the uninterrupted run, unless it is a garbled byte without
     a record (`undetected`: HDF5 keeps no checksums)."""
@@ -268,15 +269,18 @@ def test_damage_anywhere_falls_back_or_stops_in_one_line(backups, mode, tmp_path
     counts = dict.fromkeys(("cases", "fallbacks", "stops", "unaffected", "undetected",
                             "unchanged"), 0)
     failures, passed = [], {}  # passed: resumed state -> [(case, backup, warned)]
-    for index, (name, damage) in enumerate(itertools.product(files, DAMAGES)):
+    cases = [(name, damage, k) for name, damage in itertools.product(files, DAMAGES)
+             for k in range(UNRECORDED_GARBLES if mode == "unrecorded"
+                            and damage is garble_one_byte else 1)]
+    for index, (name, damage, k) in enumerate(cases):
         backup = tmp_path / str(index)
         shutil.copytree(pristine, backup)
         if mode == "unrecorded":
             shutil.rmtree(backup / CHECKSUM_DIR)
         target = backup / name
         before = target.read_bytes()
-        target.write_bytes(damage(before, random.Random(f"{SEED}:{name}")))
-        case = f"{mode} {name} {damage.__name__}"
+        target.write_bytes(damage(before, random.Random(f"{SEED}:{name}:{k}")))
+        case = f"{mode} {name} {damage.__name__}{f' #{k}' if k else ''}"
         if target.read_bytes() == before:
             counts["unchanged"] += 1
             continue
