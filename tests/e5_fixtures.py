@@ -3,13 +3,15 @@ the family of multilingual-e5-small (BERT layers, exact GELU, no pooler, XLM-R's
 tokenizer and pair template). A Hugging Face folder laid out as the project's converter lays
 out the real model (shared.runs.e5): BertModel tensor names without a prefix, no pooler,
 config.json with model_type bert, tokenizer_config.json naming XLMRobertaTokenizer,
-sentencepiece.bpe.model and its tokenizer.json. numpy + safetensors + sentencepiece +
-tokenizers; no TensorFlow, no JAX.
+sentencepiece.bpe.model and its tokenizer.json; and Hugging Face's forward of such a folder
+in float64 numpy (reference_pooled). numpy + safetensors + sentencepiece + tokenizers; no
+TensorFlow, no JAX.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -68,3 +70,48 @@ def write_tiny_e5_hf(directory: Path, spm_file: Path, seed: int = 0, **config) -
     shutil.copy(spm_file, directory / "sentencepiece.bpe.model")
     write_xlmr_tokenizer_json(directory / "tokenizer.json", spm_file)
     return directory
+
+
+def reference_pooled(folder: Path, batch: dict) -> np.ndarray:
+    """Hugging Face's BertModel forward in float64 from the folder's own files, as
+    transformers computes it for this config: embeddings (token, position, the batch's token
+    types), post-LayerNorm layers with config.json's epsilon and exact GELU; then the mean of
+    the last layer over the mask (sentence-transformers' pooling, e5's). `batch`: token_ids,
+    segment_ids, padding_mask [B, T]; returns [B, hidden]."""
+    from safetensors.numpy import load_file
+
+    config = json.loads((folder / "config.json").read_text())
+    w = {k: v.astype(np.float64) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    eps, heads = config["layer_norm_eps"], config["num_attention_heads"]
+    assert config["hidden_act"] == "gelu", "the reference computes the exact (erf) GELU only"
+
+    def norm(x, name):
+        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + eps) * w[f"{name}.weight"] + w[f"{name}.bias"]
+
+    def dense(x, name):
+        return x @ w[f"{name}.weight"].T + w[f"{name}.bias"]
+
+    def split(t):
+        return t.reshape(*t.shape[:2], heads, -1).transpose(0, 2, 1, 3)
+
+    ids, mask = np.asarray(batch["token_ids"]), np.asarray(batch["padding_mask"]).astype(bool)
+    x = (w["embeddings.word_embeddings.weight"][ids]
+         + w["embeddings.position_embeddings.weight"][:ids.shape[1]][None]
+         + w["embeddings.token_type_embeddings.weight"][np.asarray(batch["segment_ids"])])
+    x = norm(x, "embeddings.LayerNorm")
+    gelu = np.vectorize(lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))))
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}"
+        q, k, v = (split(dense(x, f"{p}.attention.self.{n}")) for n in ("query", "key", "value"))
+        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])
+        scores = np.where(mask[:, None, None, :], scores, -np.inf)
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        context = (probs @ v).transpose(0, 2, 1, 3).reshape(x.shape)
+        x = norm(x + dense(context, f"{p}.attention.output.dense"),
+                 f"{p}.attention.output.LayerNorm")
+        x = norm(x + dense(gelu(dense(x, f"{p}.intermediate.dense")), f"{p}.output.dense"),
+                 f"{p}.output.LayerNorm")
+    weights = mask[..., None].astype(np.float64)
+    return (x * weights).sum(1) / weights.sum(1)

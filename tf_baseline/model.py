@@ -3,7 +3,10 @@
 XLM-RoBERTa presets (`xlm_roberta_base_multi`, a keras-hub XLM-R folder or a Hugging Face
 xlm-roberta folder) take keras-hub's XLMRobertaTextClassifier and its preprocessor instead,
 with keras-hub's defaults for that head (dropout 0.0 where BertTextClassifier has 0.1): the
-notebook has no XLM-R recipe to copy.
+notebook has no XLM-R recipe to copy. A BERT with XLM-R's SentencePiece tokenizer and no pooler
+(multilingual-e5) takes tf_baseline/sentencepiece_bert.py's preprocessor and mean-pooling
+head. What a preset computes beyond its tensors (GELU, LayerNorm epsilon, pooler) is
+shared.runs.encoder's rule, the same as jax_lora's.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from shared.data.watson import LABEL_NAMES
-from shared.runs.presets import PresetError, preset_architecture, preset_kind
+from shared.runs.encoder import EncoderNumbers, encoder_numbers
+from shared.runs.presets import PresetError, preset_dir, preset_kind
 from shared.runs.tokenization import TextNormalizer, TokenizationError, load_normalizer
+from tf_baseline.sentencepiece_bert import (BertMeanTextClassifier, BertSentencePiecePreprocessor,
+                                            apply_encoder_numbers, load_hf_backbone,
+                                            with_tokenizer_json)
 
 NUM_CLASSES = len(LABEL_NAMES)
 TASK_CONFIG = "task.json"  # what keras-hub's save_to_preset adds for a whole classifier
@@ -82,13 +89,18 @@ def describe_strategy(strategy: tf.distribute.Strategy) -> dict:
             "devices": list(strategy.extended.worker_devices)}
 
 
-def task_classes(preset: str) -> tuple[type, type]:
-    """(text classifier, its preprocessor) of keras-hub for the preset's architecture."""
-    return {"bert": (keras_hub.models.BertTextClassifier,
-                     keras_hub.models.BertTextClassifierPreprocessor),
-            "xlm_roberta": (keras_hub.models.XLMRobertaTextClassifier,
-                            keras_hub.models.XLMRobertaTextClassifierPreprocessor),
-            }[preset_architecture(preset)]
+def task_classes(numbers: EncoderNumbers) -> tuple[type, type]:
+    """(text classifier, its preprocessor) for a preset's numbers: keras-hub's for BERT and
+    XLM-R; for a BERT with a SentencePiece tokenizer XLM-R's packing, and mean pooling when it
+    has no pooler (sentencepiece_bert.py)."""
+    if numbers.architecture == "xlm_roberta":
+        return (keras_hub.models.XLMRobertaTextClassifier,
+                keras_hub.models.XLMRobertaTextClassifierPreprocessor)
+    classifier = (BertMeanTextClassifier if numbers.default_pooling == "mean"
+                  else keras_hub.models.BertTextClassifier)
+    preprocessor = (BertSentencePiecePreprocessor if numbers.tokenizer == "sentencepiece"
+                    else keras_hub.models.BertTextClassifierPreprocessor)
+    return classifier, preprocessor
 
 
 def load_preprocessor(preset: str, sequence_length: int | None):
@@ -98,8 +110,10 @@ def load_preprocessor(preset: str, sequence_length: int | None):
     (shared.runs.tokenization): the tokenizer is rebuilt to follow them and the normaliser is
     attached as `preprocessor.text_normalizer`, which data.text_dataset applies to the texts
     first. A keras-hub preset keeps keras-hub's tokenizer (text_normalizer None), and so does
-    XLM-R: its SentencePiece model holds its own text rules."""
-    _, preprocessor_class = task_classes(preset)
+    XLM-R: its SentencePiece model holds its own text rules. A BERT with XLM-R's tokenizer
+    (multilingual-e5) from a Hugging Face folder takes its tokenizer.json's ids
+    (hf_json_tokenizer.py), and a preset saved from one keeps them."""
+    _, preprocessor_class = task_classes(encoder_numbers(preset))
     bert = preprocessor_class is keras_hub.models.BertTextClassifierPreprocessor
     normalizer = _text_normalizer_of(preset) if bert else None
     overrides = {} if sequence_length is None else {"sequence_length": sequence_length}
@@ -108,6 +122,10 @@ def load_preprocessor(preset: str, sequence_length: int | None):
         preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
             normalized_tokenizer(preprocessor.tokenizer.vocabulary, normalizer),
             sequence_length=preprocessor.sequence_length, truncate=preprocessor.truncate)
+    tokenizer_json = Path(keras_hub_preset(preset)) / "tokenizer.json"
+    if preprocessor_class is BertSentencePiecePreprocessor and preset_kind(preset) == "hf" \
+            and tokenizer_json.is_file():
+        preprocessor = with_tokenizer_json(preprocessor, tokenizer_json)
     preprocessor.text_normalizer = normalizer
     return preprocessor
 
@@ -150,18 +168,29 @@ def _set_max_bytes_per_word(tokenizer, max_bytes: int) -> None:
 
 
 def load_classifier(preset: str, strategy: tf.distribute.Strategy, lora_rank: int | None = None):
-    """BertTextClassifier (XLMRobertaTextClassifier for XLM-R) for 3 classes without
-    preprocessor, its variables on `strategy`.
+    """BertTextClassifier (XLMRobertaTextClassifier for XLM-R, BertMeanTextClassifier for a
+    BERT without a pooler) for 3 classes without preprocessor, its variables on `strategy`,
+    computing what shared.runs.encoder says (apply_encoder_numbers).
 
     The preprocessor runs in the tf.data pipeline instead (see data.py), so fit, evaluate and
     predict take token ids. A backbone-only preset gets a fresh head, as in the notebook; a
     classifier preset (a run's `preset/`) brings its trained head.
     """
+    numbers = encoder_numbers(preset)
+    folder = Path(keras_hub_preset(preset))
     # keras-hub re-initialises a saved head when num_classes is passed, even unchanged.
-    head = {} if (Path(preset) / TASK_CONFIG).is_file() else {"num_classes": NUM_CLASSES}
-    classifier_class, _ = task_classes(preset)
+    head = {} if (folder / TASK_CONFIG).is_file() else {"num_classes": NUM_CLASSES}
+    classifier_class, _ = task_classes(numbers)
+    # keras-hub's converter would port BERT's pooler, which these folders lack.
+    own_loader = preset_kind(preset) == "hf" and numbers.architecture == "bert" \
+        and numbers.tokenizer == "sentencepiece"
     with strategy.scope():
-        classifier = _from_preset(classifier_class, preset, preprocessor=None, **head)
+        if own_loader:
+            classifier = classifier_class(load_hf_backbone(folder, numbers), NUM_CLASSES,
+                                          dropout=numbers.dropout)
+        else:
+            classifier = _from_preset(classifier_class, preset, preprocessor=None, **head)
+            apply_encoder_numbers(classifier.backbone, numbers)
         if classifier.num_classes != NUM_CLASSES:
             raise PresetError(f"--preset {preset}: holds a classifier for "
                               f"{classifier.num_classes} classes; Watson has {NUM_CLASSES}")
@@ -171,10 +200,16 @@ def load_classifier(preset: str, strategy: tf.distribute.Strategy, lora_rank: in
     return classifier
 
 
+def keras_hub_preset(preset: str) -> str:
+    """What keras-hub's from_preset takes for `preset`: a preset name as it is, any local
+    preset as its folder (shared.runs.presets may name a folder by an alias)."""
+    return preset if preset_kind(preset) == "name" else str(preset_dir(preset)[0])
+
+
 def _from_preset(cls, preset: str, **kwargs):
     kind = preset_kind(preset)
     try:
-        return cls.from_preset(preset, **kwargs)
+        return cls.from_preset(keras_hub_preset(preset), **kwargs)
     except Exception as err:  # keras-hub raises many types (hub, JSON, shape, class mismatch)
         where = ("a keras-hub preset name; it needs network access to the model hub, or attach "
                  "the model under /kaggle/input and pass its folder") if kind == "name" else \
@@ -211,32 +246,37 @@ def inference_model(classifier) -> keras.Model:
         # sequence output only; the head is dense(tanh) on <s>, then the logits
         cls = outputs[:, 0, :]
         logits = classifier.output_dense(classifier.pooled_dense(cls))
+    elif isinstance(classifier, BertMeanTextClassifier):
+        cls = outputs["sequence_output"][:, 0, :]
+        logits = classifier.output_dense(classifier.pool(outputs["sequence_output"],
+                                                         features["padding_mask"]))
     else:
         cls, logits = outputs["sequence_output"][:, 0, :], classifier.output_dense(
             outputs["pooled_output"])
     return keras.Model(features, {"logits": logits, "cls": cls})
 
 
-def save_preset(classifier, preprocessor, preset_dir: Path) -> None:
+def save_preset(classifier, preprocessor, preset_dir: Path, numbers: EncoderNumbers) -> None:
     """A keras-hub preset of the trained classifier, with its preprocessor, for `predict`;
     with the preprocessor's text rules (shared.runs.tokenization.NORMALIZER_FILE + README)
-    when it has them, which load_preprocessor reads back."""
+    when it has them, and the encoder's numbers (shared.runs.encoder.NUMBERS_FILE) when
+    keras-hub's files alone would be read as other numbers (its BERT config has no GELU or
+    epsilon field, nor a BERT without pooler); the loaders read both back."""
     # An uncompiled twin sharing the trained layers: saving the compiled classifier would
     # store its Adam moments too, twice the size of the weights.
     head = ["output_dense"]
+    extra = {}
     if isinstance(classifier, keras_hub.models.XLMRobertaTextClassifier):
-        twin = keras_hub.models.XLMRobertaTextClassifier(
-            classifier.backbone, classifier.num_classes, preprocessor=preprocessor,
-            activation=classifier.activation, hidden_dim=classifier.hidden_dim,
-            dropout=classifier.dropout)
+        extra = {"hidden_dim": classifier.hidden_dim}
         head.append("pooled_dense")
-    else:
-        twin = keras_hub.models.BertTextClassifier(
-            classifier.backbone, classifier.num_classes, preprocessor=preprocessor,
-            activation=classifier.activation, dropout=classifier.dropout)
+    twin = type(classifier)(classifier.backbone, classifier.num_classes,
+                            preprocessor=preprocessor, activation=classifier.activation,
+                            dropout=classifier.dropout, **extra)
     for name in head:
         getattr(twin, name).set_weights(getattr(classifier, name).get_weights())
     twin.save_to_preset(str(preset_dir))
     normalizer = text_normalizer(preprocessor)
     if normalizer is not None:
         normalizer.save(preset_dir)
+    if encoder_numbers(str(preset_dir)) != numbers:  # keras-hub's files alone say otherwise
+        numbers.save(preset_dir)

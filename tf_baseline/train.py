@@ -38,6 +38,7 @@ import tensorflow as tf  # noqa: E402
 
 from shared.cli import trainer_main  # noqa: E402
 from shared.data.spec import Data  # noqa: E402
+from shared.runs.encoder import EncoderNumbers, encoder_numbers  # noqa: E402
 from shared.runs.lock import lock_run_dir, unlock_run_dir  # noqa: E402
 from shared.runs.reuse import NEW, RESUME, clear_run_dir, code_version, plan_run  # noqa: E402
 from shared.runs.run_dir import (HISTORY_COLUMNS, RunWriter, library_versions,  # noqa: E402
@@ -66,6 +67,7 @@ class Setup:
     strategy: tf.distribute.Strategy
     preprocessor: object
     classifier: keras.Model
+    numbers: EncoderNumbers  # shared.runs.encoder: GELU, epsilon, dropout, tokenizer, pooler
 
     @property
     def global_batch(self) -> int:
@@ -88,7 +90,8 @@ def prepare(config: TrainConfig) -> Setup | None:
     print(f"replicas: {strategy.num_replicas_in_sync} ({type(strategy).__name__})")
     setup = Setup(config, data, weights, state, strategy,
                   load_preprocessor(config.preset, config.sequence_length),
-                  load_classifier(config.preset, strategy, config.lora_rank))
+                  load_classifier(config.preset, strategy, config.lora_rank),
+                  encoder_numbers(config.preset))
     check_sequence_length(setup.preprocessor, setup.classifier)
     for part, frame in (("training", data.train), ("validation", data.val)):
         if len(frame) < setup.global_batch:  # the notebook drops incomplete batches
@@ -135,6 +138,8 @@ def run(setup: Setup, callbacks=()) -> Path:
                                            "tokenizers"),
                  devices=describe_strategy(strategy), params=count_params(classifier))
     writer.update(preprocessing=describe_preprocessor(setup.preprocessor),
+                  model={"pooling": setup.numbers.default_pooling,
+                         "encoder_numbers": setup.numbers.to_dict()},
                   training={"optimizer": type(classifier.optimizer).__name__,
                             "learning_rate": learning_rate, "global_batch": setup.global_batch,
                             "steps_per_epoch": steps, "loss": type(classifier.loss).__name__,
@@ -150,7 +155,7 @@ def run(setup: Setup, callbacks=()) -> Path:
                               *backup_callbacks(backup), *callbacks])
 
     # Outputs: predictions cover every validation and test row.
-    save_preset(classifier, setup.preprocessor, run_dir / PRESET_DIR)
+    save_preset(classifier, setup.preprocessor, run_dir / PRESET_DIR, setup.numbers)
     with strategy.scope():
         model = inference_model(classifier)
     # One pass over validation + test rows: predict costs a trace per call.

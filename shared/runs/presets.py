@@ -93,11 +93,15 @@ KERAS_FILES = {"bert": ("model.weights.h5", "config.json", "tokenizer.json",
 KERAS_PRESET_FILES = KERAS_FILES["bert"]
 ARCHITECTURES = tuple(KERAS_FILES)
 # Files that decide what a preset computes: the weights, the tokenizer and the configs (a
-# preset this project saved from a Hugging Face model adds its text normaliser).
+# preset this project saved from a Hugging Face model adds its text normaliser, or the
+# folder's tokenizer.json (tf_baseline/hf_json_tokenizer.py), and the encoder's numbers when
+# keras-hub's config cannot hold them: shared.runs.encoder.NUMBERS_FILE).
 PRESET_FILES = {
     "hf": ("model.safetensors", "config.json", "vocab.txt", "sentencepiece.bpe.model",
            "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"),
-    "keras_dir": KERAS_PRESET_FILES + ("assets/tokenizer/vocabulary.spm", "text_normalizer.json"),
+    "keras_dir": KERAS_PRESET_FILES + ("assets/tokenizer/vocabulary.spm", "text_normalizer.json",
+                                       "assets/tokenizer/hf_tokenizer.json",
+                                       "encoder_numbers.json"),
 }
 # keras-hub backbone classes and Hugging Face model types, by architecture.
 KERAS_BACKBONES = {"BertBackbone": "bert", "XLMRobertaBackbone": "xlm_roberta"}

@@ -58,6 +58,7 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
 
+from shared.runs.encoder import encoder_numbers  # noqa: E402
 from tf_baseline.data import text_dataset  # noqa: E402
 from tf_baseline.model import (load_classifier, load_preprocessor, save_preset,  # noqa: E402
                                text_normalizer)
@@ -189,7 +190,8 @@ def saved_round_trips(preset, root, pairs):
     from jax_lora.weights import load_pretrained
 
     classifier = load_classifier(str(preset), tf.distribute.get_strategy())
-    save_preset(classifier, load_preprocessor(str(preset), 64), os.path.join(root, "tf_saved"))
+    save_preset(classifier, load_preprocessor(str(preset), 64), os.path.join(root, "tf_saved"),
+                encoder_numbers(str(preset)))
     pretrained = load_pretrained(str(preset), LoraConfig(targets=()))
     export_preset(pretrained.model, pretrained.tokenizer, os.path.join(root, "exported_accented"),
                   sequence_length=64)
