@@ -18,6 +18,7 @@ from jax_lora.distributed import ProcessConfig
 from jax_lora.lora import COMPUTE_DTYPES, LoraConfig
 from jax_lora.models import POOLING, REMAT
 from jax_lora.quant import BASE_DTYPES
+from jax_lora.tokenizer import TRUNCATIONS
 from shared.cli import add_config_flags, check_fields, config_from_flags, config_to_dict
 from shared.data.spec import DataSpec
 from shared.runs.encoder import encoder_numbers
@@ -64,6 +65,7 @@ class TrainConfig:
     schedule: str = "constant"  # after warm-up: constant, or linear decay to 0 at the last step
     warmup_steps: int = 0  # steps of linear warm-up from 0 to --lr
     sequence_length: int = MAX_SEQUENCE_LENGTH  # tokens per row after truncation (max 512)
+    truncate: str = "round_robin"  # how a longer pair is cut: round_robin (keras-hub's, as tf_baseline; an odd budget's spare token to the premise) or longest_first (Hugging Face's: to the longer text), for PEFT users reproducing predictions on cut rows
     dynamic_padding: bool = True  # pad each batch to its longest row, rounded up to a bucket
     group_by_length: bool = True  # batch rows of similar length (less padding), in shuffled order
     remat: str = "dots"  # what each layer keeps for the backward pass: none, dots or layers (see README)
@@ -106,6 +108,7 @@ class TrainConfig:
             ("schedule", self.schedule in SCHEDULES, f"choose one of {', '.join(SCHEDULES)}"),
             ("remat", self.remat in REMAT, f"choose one of {', '.join(REMAT)}"),
             ("warmup-steps", self.warmup_steps >= 0, "must be >= 0"),
+            ("truncate", self.truncate in TRUNCATIONS, f"choose one of {', '.join(TRUNCATIONS)}"),
             ("sequence-length", MIN_SEQUENCE_LENGTH <= self.sequence_length <= MAX_SEQUENCE_LENGTH,
              f"must lie in [{MIN_SEQUENCE_LENGTH}, {MAX_SEQUENCE_LENGTH}] ([CLS] premise [SEP] "
              f"hypothesis [SEP] with a token of each)"),

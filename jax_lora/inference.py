@@ -20,7 +20,7 @@ from flax import nnx
 from jax_lora.adapter import ADAPTER, ADAPTER_META, load_adapter, read_adapter_meta
 from jax_lora.lora import LoraConfig
 from jax_lora.models import BertClassifier, set_compute_dtype
-from jax_lora.tokenizer import Tokenizer
+from jax_lora.tokenizer import TRUNCATIONS, Tokenizer
 from jax_lora.weights import load_head, load_pretrained, read_keras_head
 from jax_lora.xlmr_tokenizer import XLMRobertaTokenizer
 from shared.runs.encoder import encoder_numbers
@@ -69,6 +69,11 @@ def load_run(run_dir) -> LoadedRun:
     else:
         raise RunLoadError(f"{run_dir}: trainer {trainer!r} is neither jax_lora nor "
                            f"tf_baseline; pick a run of one of them")
+    # The run's own rule for cutting long pairs (jax_lora's --truncate; keras-hub's round_robin).
+    tokenizer.truncate = manifest.get("preprocessing", {}).get("truncate") or "round_robin"
+    if tokenizer.truncate not in TRUNCATIONS:
+        raise RunLoadError(f"{run_dir / MANIFEST}: truncate {tokenizer.truncate!r} is unknown; "
+                           f"pick another run")
     # tf_baseline's config says None for "the preset's length"; its preprocessing record
     # holds the length used.
     sequence_length = (manifest["config"].get("sequence_length")

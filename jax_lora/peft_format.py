@@ -307,7 +307,12 @@ Written by `python -m jax_lora.peft_format` in PEFT {PEFT_FORMAT_VERSION}'s form
         {base!r}, num_labels={num_classes}{_README_NOTES[class_name][0]})
     model = PeftModel.from_pretrained(base, "{name}").eval()
 
-and tokenize with the base model's tokenizer.
+and tokenize with the base model's tokenizer, pairs as `tokenizer(premises, hypotheses,
+truncation="longest_first", max_length=...)`. Pairs longer than the sequence length: jax_lora
+cuts them with keras-hub's round-robin rule unless trained with `--truncate longest_first`
+(Hugging Face's rule). The two differ only on an odd budget, where round-robin gives the spare
+token to the premise and longest_first to the longer text, so on such rows a run trained with
+round_robin predicts from one token more or less than the code above.
 
 {_README_NOTES[class_name][1]}""" + (
         "" if base_dtype == "float32" else f"""

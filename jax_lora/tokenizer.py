@@ -110,6 +110,7 @@ class Tokenizer:
                  normalizer: TextNormalizer | None = None):
         self.vocabulary = list(vocabulary)
         self.lowercase = lowercase
+        self.truncate = "round_robin"  # a key of TRUNCATIONS; the trainer sets --truncate
         self.normalizer = normalizer
         self.token_to_id = {token: index for index, token in enumerate(self.vocabulary)}
         if len(self.token_to_id) != len(self.vocabulary):
@@ -216,15 +217,16 @@ class Tokenizer:
         pairs = zip(map(self._encode, self.normalize(premises)),
                     map(self._encode, self.normalize(hypotheses)))
         return pack_pairs(pairs, len(premises), sequence_length, start=[self.cls_id],
-                          sep=[self.sep_id], end=[self.sep_id], pad_id=self.pad_id)
+                          sep=[self.sep_id], end=[self.sep_id], pad_id=self.pad_id,
+                          truncate=self.truncate)
 
 
 def pack_pairs(pairs: Iterable[tuple[list[int], list[int]]], rows: int, sequence_length: int,
                *, start: list[int], sep: list[int], end: list[int], pad_id: int,
-               segments: bool = True) -> dict[str, np.ndarray]:
+               segments: bool = True, truncate: str = "round_robin") -> dict[str, np.ndarray]:
     """keras-hub's MultiSegmentPacker on `rows` (first, second) id lists: start, first, sep,
-    second, end, the pair cut round-robin to what the specials leave, then padded with
-    `pad_id`. Segment ids are 0 up to and including sep, 1 after (all 0 without `segments`).
+    second, end, the pair cut by `truncate` (TRUNCATIONS; keras-hub's round-robin by default)
+    to what the specials leave, then padded with `pad_id`. Segment ids are 0 up to and including sep, 1 after (all 0 without `segments`).
     {'token_ids','segment_ids','padding_mask'} int32 [rows, sequence_length]."""
     specials = len(start) + len(sep) + len(end)
     if sequence_length <= specials:
@@ -232,8 +234,9 @@ def pack_pairs(pairs: Iterable[tuple[list[int], list[int]]], rows: int, sequence
                          f"({specials} special tokens and one token)")
     token_ids = np.full((rows, sequence_length), pad_id, np.int32)
     segment_ids = np.zeros((rows, sequence_length), np.int32)
+    cut = TRUNCATIONS[truncate]
     for row, (first, second) in enumerate(pairs):
-        first, second = round_robin(first, second, sequence_length - specials)
+        first, second = cut(first, second, sequence_length - specials)
         ids = [*start, *first, *sep, *second, *end]
         token_ids[row, :len(ids)] = ids
         if segments:
@@ -249,6 +252,28 @@ def round_robin(first: list[int], second: list[int], budget: int):
         return first, second
     keep_first = min(len(first), max((budget + 1) // 2, budget - len(second)))
     return first[:keep_first], second[:budget - keep_first]
+
+
+def longest_first(first: list[int], second: list[int], budget: int):
+    """Hugging Face's `longest_first` for a pair (tokenizers' truncation.rs): the shorter text
+    is kept whole when the longer one can give up the rest; else each keeps budget // 2 and
+    the spare token of an odd budget goes to the longer (to the second on a tie), where
+    round_robin gives it to the first."""
+    if len(first) + len(second) <= budget:
+        return first, second
+    swap = len(first) > len(second)
+    n1, n2 = sorted((len(first), len(second)))
+    n2 = n1 if n1 > budget else max(n1, budget - n1)
+    if n1 + n2 > budget:
+        n1, n2 = budget // 2, budget // 2 + budget % 2
+    if swap:
+        n1, n2 = n2, n1
+    return first[:n1], second[:n2]
+
+
+# How a pair longer than the sequence is cut: keras-hub's (both trainers, the default) or
+# Hugging Face's (jax_lora only: so that a PEFT user reproduces predictions on cut rows).
+TRUNCATIONS = {"round_robin": round_robin, "longest_first": longest_first}
 
 
 def read_json(path: Path) -> dict:

@@ -178,6 +178,7 @@ def prepare(config: TrainConfig) -> Setup | None:
     pretrained = load_pretrained(config.preset, config.lora, seed=config.seed,
                                  pooling=config.pooling, source=weights, dropout=config.dropout,
                                  base_dtype=config.base_dtype, quantize_pooler=not own_pooler)
+    pretrained.tokenizer.truncate = config.truncate
     if config.sequence_length > pretrained.config.max_sequence_length:
         raise ValueError(f"--sequence-length {config.sequence_length}: {config.preset} has "
                          f"{pretrained.config.max_sequence_length} positions")
@@ -263,7 +264,7 @@ def run(setup: Setup) -> Path:
                                            "orbax-checkpoint", "tokenizers"),
                  devices=device_info(mesh), params=param_counts(params, mask))
     writer.update(preprocessing={"sequence_length": config.sequence_length,
-                                 "truncate": "round_robin",
+                                 "truncate": config.truncate,
                                  **setup.pretrained.tokenizer.describe()},
                   model={"method": config.method, "pooling": config.pooling,
                          "adapter_scale": config.lora.scale if config.lora.targets else None,

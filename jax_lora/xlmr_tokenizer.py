@@ -44,6 +44,7 @@ class XLMRobertaTokenizer:
         self.encode_batch = encode_batch
         self.vocabulary = vocabulary
         self.source = source
+        self.truncate = "round_robin"  # a key of tokenizer.TRUNCATIONS; the trainer sets --truncate
 
     @classmethod
     def from_sentencepiece(cls, proto: bytes, source: str) -> "XLMRobertaTokenizer":
@@ -124,4 +125,5 @@ class XLMRobertaTokenizer:
             raise ValueError(f"{len(premises)} premises but {len(hypotheses)} hypotheses")
         pairs = zip(self.encode_batch(list(premises)), self.encode_batch(list(hypotheses)))
         return pack_pairs(pairs, len(premises), sequence_length, start=[START],
-                          sep=[END, END], end=[END], pad_id=PAD, segments=False)
+                          sep=[END, END], end=[END], pad_id=PAD, segments=False,
+                          truncate=self.truncate)

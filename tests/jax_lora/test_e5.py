@@ -226,3 +226,29 @@ def test_mean_pooling_refuses_peft_and_keras_hub_exports_in_one_line(e5, tmp_pat
                                           "hard-codes tanh"):
         export_preset(cls.model, cls.tokenizer, tmp_path / "keras")
     assert not (tmp_path / "keras").exists()
+
+
+def test_truncate_longest_first_reaches_the_manifest_and_the_reloaded_run(e5, run_env, tmp_path):
+    """--truncate longest_first: recorded, used by the trainer and by a reloaded run, and the
+    packed ids equal the folder's tokenizer.json with Hugging Face's truncation on cut rows."""
+    run_dir = tmp_path / "hf_cut"
+    run_trainer(e5, run_dir, *CLI, "--max-steps", "2", "--truncate", "longest_first",
+                "--lr", "1e-2", env=run_env)
+    manifest = assert_reloads_to_its_predictions(run_dir, 1e-5)
+    assert manifest["preprocessing"]["truncate"] == "longest_first"
+    from jax_lora.inference import load_run
+    assert load_run(run_dir).tokenizer.truncate == "longest_first"
+    frame = load_train(SAMPLE_DATA_DIR)
+    pairs = list(zip(frame["premise"], frame["hypothesis"]))
+    tokenizer = load_pretrained(str(e5), LoraConfig(), pooling="mean").tokenizer
+    tokenizer.truncate = "longest_first"
+    ours = tokenizer([p for p, _ in pairs], [h for _, h in pairs], 31)  # odd budget: 31 - 4
+    from tokenizers import Tokenizer as HFTokenizer
+    hf = HFTokenizer.from_file(str(e5 / "tokenizer.json"))
+    hf.enable_truncation(31, strategy="longest_first")
+    cut = 0
+    for row, (premise, hypothesis) in enumerate(pairs):
+        ids = hf.encode(premise, hypothesis).ids
+        cut += len(ids) == 31
+        assert ours["token_ids"][row, :len(ids)].tolist() == ids, row
+    assert cut > 50

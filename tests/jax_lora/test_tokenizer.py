@@ -210,3 +210,29 @@ def test_duplicate_tokens_are_rejected_like_tf_text():
 def test_sequence_length_too_short_is_rejected(tiny_hf_preset):
     with pytest.raises(ValueError, match="sequence_length=3"):
         Tokenizer.from_preset_dir(tiny_hf_preset, "hf")(["a"], ["b"], 3)
+
+
+def test_longest_first_is_hugging_faces_rule_where_round_robin_differs():
+    """tokenizers' own truncation (a pair, longest_first) against ours on every split of a
+    budget: equal everywhere, and round_robin differs where the spare token of an odd budget
+    goes to the longer text or, on a tie, to the second."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    from jax_lora.tokenizer import longest_first, round_robin
+
+    vocab = {f"w{i}": i for i in range(200)}
+    hf = HFTokenizer(models.WordLevel(vocab, unk_token="w0"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    differs = 0
+    for n1, n2, budget in [(a, b, c) for a in (0, 3, 10, 31) for b in (1, 4, 10, 40)
+                           for c in (5, 6, 11, 20, 41)]:
+        first, second = list(range(1, n1 + 1)), list(range(100, 100 + n2))
+        hf.enable_truncation(budget, strategy="longest_first")
+        text = (" ".join(f"w{i}" for i in first), " ".join(f"w{i}" for i in second))
+        encoding = hf.encode(*text)
+        kept_first = [i for i, t in zip(encoding.ids, encoding.type_ids) if t == 0]
+        kept_second = [i for i, t in zip(encoding.ids, encoding.type_ids) if t == 1]
+        assert longest_first(first, second, budget) == (kept_first, kept_second), (n1, n2, budget)
+        differs += round_robin(first, second, budget) != (kept_first, kept_second)
+    assert differs > 0
