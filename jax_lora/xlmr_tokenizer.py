@@ -28,6 +28,10 @@ MASK = "<mask>"
 # sentencepiece.bpe.model and any model trained with SentencePiece's defaults have them).
 SPM_SPECIALS = ("<unk>", "<s>", "</s>")
 KERAS_PROTO = Path("assets") / "tokenizer" / "vocabulary.spm"
+# tf_baseline's tokenizer for a BERT with XLM-R's tokenizer (e5): the folder's tokenizer.json
+# kept beside keras-hub's SentencePiece asset, whose ids it gives (tf_baseline/hf_json_tokenizer).
+HF_JSON_CLASS = "HFJsonXLMRobertaTokenizer"
+HF_JSON_ASSET = Path("assets") / "tokenizer" / "hf_tokenizer.json"
 HF_PROTO, HF_TOKENIZER = "sentencepiece.bpe.model", "tokenizer.json"
 
 
@@ -96,6 +100,8 @@ class XLMRobertaTokenizer:
             proto_file = directory / HF_PROTO
         else:
             saved = read_json(directory / "tokenizer.json")
+            if saved.get("class_name") == HF_JSON_CLASS:
+                return cls.from_tokenizer_json(directory / HF_JSON_ASSET)
             config = saved.get("config", {})
             if saved.get("class_name") != "XLMRobertaTokenizer" or config.get("add_bos") or \
                     config.get("add_eos"):

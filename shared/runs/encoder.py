@@ -119,7 +119,7 @@ def _from_keras(directory: Path, architecture: str) -> EncoderNumbers:
     tokenizer_file = directory / "tokenizer.json"
     tokenizer_class = _read_json(tokenizer_file).get("class_name") if tokenizer_file.is_file() else None
     tokenizer = ("sentencepiece" if architecture == "xlm_roberta"
-                 or tokenizer_class == "XLMRobertaTokenizer" else "wordpiece")
+                 or "XLMRobertaTokenizer" in str(tokenizer_class) else "wordpiece")
     activation, epsilon = KERAS_HUB_FIXED[architecture]
     return EncoderNumbers(architecture=architecture, tokenizer=tokenizer, activation=activation,
                           layer_norm_epsilon=epsilon, dropout=float(config.get("dropout", 0.1)),

@@ -206,3 +206,18 @@ def test_the_saved_preset_reloads_to_the_runs_probabilities(e5_run, e5_hf):
     apply_encoder_numbers(plain, encoder_numbers(str(preset)))
     np.testing.assert_allclose(plain(batch)["sequence_output"].numpy(), expected, rtol=0,
                                atol=1e-6)
+
+
+def test_the_run_loads_into_flax_and_reproduces_its_predictions(e5_run):
+    """The app's way in (jax_lora.inference): the saved preset's BertBackbone, its
+    encoder_numbers.json (exact GELU, epsilon), the mean-pooling head and the tokenizer.json
+    asset give the run's recorded probabilities in Flax."""
+    from jax_lora.inference import load_run, predict as flax_predict
+
+    loaded = load_run(e5_run)
+    run = read_run(e5_run)
+    assert loaded.model.pooling == "mean" and not loaded.model.config.approximate_gelu
+    frame = load(DataSpec(limit=64)).val
+    got = flax_predict(loaded, list(frame["premise"]), list(frame["hypothesis"]))["probabilities"]
+    recorded = run.predictions[list(PROB_COLUMNS)].to_numpy()
+    np.testing.assert_allclose(got, recorded, rtol=0, atol=1e-5)
