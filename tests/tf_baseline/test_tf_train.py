@@ -264,7 +264,10 @@ def test_lora_counts_keras_hubs_factors_and_resumes_exactly(tiny_preset, tmp_pat
         leaves behind (the kill test above does it for real)."""
 
         def on_epoch_end(self, epoch, logs=None):
-            shutil.copytree(clean_dir, tmp_path / f"after-epoch-{epoch + 1}")
+            # Not the run's lock: it names this (live) process, where a killed trainer's
+            # names a dead one, which the resume takes over (tests/shared/runs/test_lock.py).
+            shutil.copytree(clean_dir, tmp_path / f"after-epoch-{epoch + 1}",
+                            ignore=shutil.ignore_patterns(LOCK))
 
     # 96 rows: 67 train (4 steps of 16) / 29 validation.
     flags = ["--preset", str(tiny_preset), "--lora-rank", "2", "--epochs", "2", "--limit", "96",
