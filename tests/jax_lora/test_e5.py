@@ -252,3 +252,23 @@ def test_truncate_longest_first_reaches_the_manifest_and_the_reloaded_run(e5, ru
         cut += len(ids) == 31
         assert ours["token_ids"][row, :len(ids)].tolist() == ids, row
     assert cut > 50
+
+
+@pytest.mark.slow
+def test_every_watson_row_gets_tokenizer_jsons_ids_on_multilingual_e5_small(watson_dir):
+    """The real folder setup builds: jax_lora's packed ids equal what its tokenizer.json gives
+    on all 17,315 Watson pairs (at a length that cuts none), as tf_baseline's do."""
+    from shared.runs.presets import PresetError, e5_dir
+
+    try:
+        folder = e5_dir()
+    except PresetError as err:
+        pytest.skip(str(err))
+    frames = [load_train(watson_dir), load_test(watson_dir)]
+    pairs = {field: [text for frame in frames for text in frame[field]]
+             for field in ("premise", "hypothesis")}
+    tokenizer = load_pretrained(str(folder), LoraConfig(), pooling="mean").tokenizer
+    theirs = tokenizer_json_arrays(folder / "tokenizer.json", pairs, 1024, "<pad>")
+    ours = tokenizer(pairs["premise"], pairs["hypothesis"], 1024)
+    rows = np.flatnonzero((ours["token_ids"] != theirs["token_ids"]).any(axis=1))
+    assert len(pairs["premise"]) == 17315 and not rows.size, f"{rows.size} rows differ"
