@@ -72,7 +72,7 @@ def setup(job: Job, method: str, base_dtype: str = "float32") -> JaxSetup:
     lora = LoraConfig(rank=LORA_RANK, alpha=float(LORA_RANK),
                       targets=LORA_TARGETS if method in ADAPTER_METHODS else ())
     config = TrainConfig(preset=job.preset, seed=job.seed, method=method, lora=lora,
-                         base_dtype=base_dtype)
+                         base_dtype=base_dtype).with_preset_defaults()
     model = load_pretrained(job.preset, config.lora, seed=job.seed, pooling=config.pooling,
                             base_dtype=config.base_dtype).model
     model.remat = config.remat  # as train.py sets it, with its compiler options below

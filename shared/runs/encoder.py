@@ -68,11 +68,18 @@ def _read_json(path: Path) -> dict:
 
 
 def _hf_has_pooler(directory: Path) -> bool:
-    from safetensors import safe_open
-
-    with safe_open(directory / "model.safetensors", framework="numpy") as weights:
-        return any(name.removeprefix("bert.").startswith("pooler.dense.")
-                   for name in weights.keys())
+    """Whether model.safetensors names a pooler tensor, from its JSON header alone (8 bytes of
+    length, then the header), so that a damaged body is left for the weights checksum and the
+    reader to report."""
+    path = directory / "model.safetensors"
+    try:
+        with open(path, "rb") as weights:
+            size = int.from_bytes(weights.read(8), "little")
+            names = json.loads(weights.read(size))
+    except (OSError, ValueError) as err:
+        raise PresetError(f"{path}: cannot read its header ({err}); pass a complete preset "
+                          f"folder") from None
+    return any(name.removeprefix("bert.").startswith("pooler.dense.") for name in names)
 
 
 def hf_tokenizer_family(directory: Path, architecture: str) -> str:

@@ -302,7 +302,8 @@ def test_other_weights_at_the_same_preset_path_are_refused(finished_run, tiny_hf
     shutil.copytree(finished_run, run_dir)
     flags = ["--preset", str(preset), "--run-dir", str(run_dir), *RUN_FLAGS]
     manifest = json.loads((run_dir / MANIFEST).read_text())
-    manifest.update(config=parse_config(flags).to_dict(), weights=describe_preset(str(preset)))
+    manifest.update(config=parse_config(flags).with_preset_defaults().to_dict(),
+                    weights=describe_preset(str(preset)))
     (run_dir / MANIFEST).write_text(json.dumps(manifest))
     main(flags + ["--check"])
     assert "check passed" in capsys.readouterr().out
