@@ -3,13 +3,10 @@
 (exact GELU, its LayerNorm epsilon, its dropout), the tokenizer.json's ids, Hugging Face's
 forward in float64 numpy, mean pooling by default, and every method through the CLI."""
 
-import json
-import math
 import shutil
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from jax_lora.adapter import load_adapter, read_adapter_meta
 from jax_lora.config import parse_config
@@ -20,7 +17,7 @@ from jax_lora.xlmr_tokenizer import XLMRobertaTokenizer
 from shared.data.watson import SAMPLE_DATA_DIR, load_test, load_train
 from shared.runs.encoder import encoder_numbers
 from shared.runs.reuse import read_manifest
-from tests.e5_fixtures import write_tiny_e5_hf
+from tests.e5_fixtures import reference_pooled, write_tiny_e5_hf
 from tests.jax_lora.helpers import assert_reloads_to_its_predictions, tokenizer_json_arrays
 from tests.jax_lora.trainer_process import run_trainer
 from tests.xlmr_fixtures import train_sentencepiece
@@ -56,49 +53,6 @@ def pairs():
     frames = [load_train(SAMPLE_DATA_DIR), load_test(SAMPLE_DATA_DIR)]
     return {field: [text for frame in frames for text in frame[field]]
             for field in ("premise", "hypothesis")}
-
-
-def reference_pooled(folder, batch) -> np.ndarray:
-    """Hugging Face's BertModel forward in float64 from the folder's own files, as
-    transformers computes it for this config: embeddings (token, position, token type 0),
-    post-LayerNorm layers with config.json's epsilon and exact GELU; then the mean of the last
-    layer over the mask (sentence-transformers' pooling, e5's)."""
-    config = json.loads((folder / "config.json").read_text())
-    w = {k: v.astype(np.float64) for k, v in load_file(str(folder / "model.safetensors")).items()}
-    eps, heads = config["layer_norm_eps"], config["num_attention_heads"]
-
-    def norm(x, name):
-        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-        return (x - mean) / np.sqrt(var + eps) * w[f"{name}.weight"] + w[f"{name}.bias"]
-
-    def dense(x, name):
-        return x @ w[f"{name}.weight"].T + w[f"{name}.bias"]
-
-    ids, mask = batch["token_ids"], batch["padding_mask"].astype(bool)
-    steps = ids.shape[1]
-    x = (w["embeddings.word_embeddings.weight"][ids]
-         + w["embeddings.position_embeddings.weight"][:steps][None]
-         + w["embeddings.token_type_embeddings.weight"][batch["segment_ids"]])
-    x = norm(x, "embeddings.LayerNorm")
-    gelu = np.vectorize(lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))))
-    for i in range(config["num_hidden_layers"]):
-        p = f"encoder.layer.{i}"
-
-        def split(t):
-            return t.reshape(*t.shape[:2], heads, -1).transpose(0, 2, 1, 3)
-
-        q, k, v = (split(dense(x, f"{p}.attention.self.{n}")) for n in ("query", "key", "value"))
-        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])
-        scores = np.where(mask[:, None, None, :], scores, -np.inf)
-        probs = np.exp(scores - scores.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        context = (probs @ v).transpose(0, 2, 1, 3).reshape(x.shape)
-        x = norm(x + dense(context, f"{p}.attention.output.dense"),
-                 f"{p}.attention.output.LayerNorm")
-        x = norm(x + dense(gelu(dense(x, f"{p}.intermediate.dense")), f"{p}.output.dense"),
-                 f"{p}.output.LayerNorm")
-    weights = mask[..., None].astype(np.float64)
-    return (x * weights).sum(1) / weights.sum(1)
 
 
 def test_the_numbers_come_from_config_json(e5, tmp_path):
