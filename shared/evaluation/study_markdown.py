@@ -11,7 +11,7 @@ from shared.evaluation.study_figures import FIGURE_TITLES
 
 def render(result: dict) -> str:
     lines = ["# Study report", ""] + _header(result)
-    for section in (_methods, _pairs, _cross_framework, _selection, _time_to_target,
+    for section in (_methods, _pairs, _equivalence, _cross_framework, _selection, _time_to_target,
                     _per_language, _premise, _compute, _figures):
         lines += section(result)
     return "\n".join(lines)
@@ -142,6 +142,49 @@ def _pairs(result: dict) -> list[str]:
         ["pair", "seeds paired", "accuracy A (pooled)", "accuracy B (pooled)",
          "Δ accuracy [95 % row-bootstrap CI]", "Δ per seed; mean [95 % t-interval]",
          "right: A only / B only", "McNemar p (optimistic)"], rows)
+
+
+def _equivalence(result: dict) -> list[str]:
+    """The TOST over seeds of every pair with two or more seed pairs, on all rows and on the
+    English rows and the rest; the verdict is the test's."""
+    plan = result.get("equivalence")
+    if plan is None:  # a report.json from before the test
+        return []
+    tested = [(pair, "all") for pair in result["pairs"] if (pair.get("tost") or {}).get("p")
+              is not None]
+    tested += [(pair, pair["rows"]) for pair in result.get("english_pairs") or []
+               if (pair.get("tost") or {}).get("p") is not None]
+    margin = plan["margin"]
+    lines = ["## Equivalence over seeds (TOST)", ""]
+    fixed = ("fixed in the study's plan before its final runs" if plan["fixed_in_plan"] else
+             "**not fixed in this study's plan: the report's default, applied after the runs**,"
+             " so read the verdicts as a description, not as a pre-registered test")
+    primary = plan.get("primary")
+    lines += [f"Two one-sided t-tests on the per-seed differences (B − A, seed s paired with "
+              f"seed s), margin ±{margin:g} ({fixed}), each at α = "
+              f"{_alpha(tested)}: equivalent when both reject, i.e. when the 90 % t-interval "
+              "lies inside the margin; otherwise *different* when the 95 % t-interval excludes "
+              "0, else *not shown equivalent*. What varies between seeds: "
+              + ("initialisation, data order and the dev part (each seed its own)"
+                 if plan.get("dev_part_per_seed") else
+                 "initialisation and data order (one dev part for every seed)")
+              + "; the validation rows do not."
+              + (f" Primary comparison (the plan's): {primary[1]} vs {primary[0]}, all rows."
+                 if primary else ""), ""]
+    if not tested:
+        return lines + ["No pair has two or more seed pairs: no test.", ""]
+    rows = [[part, f"{pair['b']} vs {pair['a']}", ", ".join(map(str, pair["seeds"])),
+             fmt_signed(pair["tost"]["mean"]), fmt_ci(pair["tost"]["ci_90"], True),
+             fmt_ci(pair["tost"]["ci_95"], True), f"{pair['tost']['p']:.3g}",
+             pair["tost"]["verdict"]] for pair, part in tested]
+    return lines + md_table(["rows", "pair", "seeds paired", "Δ accuracy (mean over seeds)",
+                             "90 % t-interval (TOST)", "95 % t-interval", "TOST p",
+                             "verdict"], rows)
+
+
+def _alpha(tested: list) -> str:
+    alphas = {pair["tost"]["alpha"] for pair, _ in tested}
+    return ", ".join(f"{a:g}" for a in sorted(alphas)) or "0.05"
 
 
 def _seed_diffs(pair: dict) -> str:
@@ -337,18 +380,35 @@ def _premise(result: dict) -> list[str]:
     lines = ["## Premise seen / unseen", ""]
     if not premise["available"]:
         return lines + [f"Skipped: {premise['note']}.", ""]
-    # The dev part's seed may differ between seeds, and with it which premises a run saw.
-    rows = [[row["method"], _span(row["n_seen"]),
-             fmt_num(row["seen"]), fmt_num(row["unseen"]), fmt_signed(row["gap"]),
-             fmt_num(row["majority_seen"]), fmt_num(row["majority_unseen"])]
-            for row in premise["methods"]]
+    if not all("strata" in row for row in premise["methods"]):  # an older report.json
+        return lines + ["Not shown: this report.json predates the within-language table, and "
+                        "the pooled seen − unseen gap mixes languages; rebuild the report.", ""]
+    share = premise.get("english_share") or {}
+    rows = [[row["method"], stratum["rows"], _span(stratum["n_seen"]),
+             _span(stratum["n_unseen"]), fmt_num(stratum["seen"]), fmt_num(stratum["unseen"]),
+             fmt_signed(stratum["gap"]), fmt_num(stratum["majority_seen"]),
+             fmt_num(stratum["majority_unseen"])]
+            for row in premise["methods"] for stratum in row["strata"]]
+    composition = ""
+    if share.get("seen") and share.get("unseen"):
+        composition = (f" English makes up {_share(share['seen'])} of the seen rows and "
+                       f"{_share(share['unseen'])} of the unseen ones, so a gap over all rows "
+                       "would mix the difference between languages into the premise effect "
+                       "(Simpson's paradox); it is not shown.")
     return lines + [
         "Mean accuracy over seeds on the validation rows whose premise the run trained on "
-        "(seen) and on the rest (unseen), beside the majority-class accuracy of the same rows; "
-        f"chance is 0.3333. Seen is judged against the {premise['note']}. A large gap means "
-        "the model leans on premises it has memorised.", ""] + md_table(
-        ["method", "rows seen", "accuracy seen", "accuracy unseen", "seen − unseen",
-         "majority class seen", "majority class unseen"], rows)
+        "(seen) and on the rest (unseen), within English and within the other languages, "
+        "beside the majority-class accuracy of the same rows; chance is 0.3333. Seen is judged "
+        f"against the {premise['note']}.{composition} A within-language gap that is positive "
+        "would mean the model leans on premises it has memorised; the rows per cell are few "
+        "outside English, and no interval is given.", ""] + md_table(
+        ["method", "rows", "seen n", "unseen n", "accuracy seen", "accuracy unseen",
+         "seen − unseen", "majority class seen", "majority class unseen"], rows)
+
+
+def _share(bounds: list[float]) -> str:
+    low, high = (round(100 * x) for x in bounds)
+    return f"{low} %" if low == high else f"{low}–{high} %"
 
 
 def _span(counts: list[int]) -> str:

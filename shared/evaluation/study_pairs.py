@@ -11,8 +11,15 @@ import math
 import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t
+from scipy.stats import ttest_1samp
 
 from shared.evaluation import stats
+
+# Equivalence over seeds (TOST): the margin a study fixes in its plan before its final runs
+# (study.json settings "equivalence_margin"); a study without one is read at this margin, and
+# the report says it was not fixed in advance. Two one-sided tests at ALPHA each: equivalent
+# when the (1 - 2 ALPHA) = 90 % t-interval of the mean difference lies inside the margin.
+DEFAULT_MARGIN, TOST_ALPHA = 0.02, 0.05
 
 
 def t_interval(values: pd.Series) -> dict:
@@ -33,6 +40,31 @@ def t_interval(values: pd.Series) -> dict:
     return out
 
 
+def tost(diffs, margin: float, alpha: float = TOST_ALPHA) -> dict:
+    """Two one-sided t-tests on paired per-seed differences (B − A): H0 mean <= −margin and H0
+    mean >= +margin, each rejected at `alpha`; p is the larger one-sided p-value. The verdict:
+    equivalent when both are rejected; else different when the 95 % t-interval excludes 0;
+    else not shown equivalent. Fewer than 2 seeds (or no spread): no test."""
+    diffs = np.asarray(diffs, dtype=float)
+    n = len(diffs)
+    out = {"margin": margin, "alpha": alpha, "n": n, "mean": float(diffs.mean()) if n else None,
+           "p_lower": None, "p_upper": None, "p": None,
+           "ci_90": None, "ci_95": None, "verdict": None}
+    if n < 2 or float(diffs.std(ddof=1)) == 0.0:
+        return out
+    p_lower = float(ttest_1samp(diffs, -margin, alternative="greater").pvalue)
+    p_upper = float(ttest_1samp(diffs, margin, alternative="less").pvalue)
+    se = float(diffs.std(ddof=1)) / math.sqrt(n)
+    ci_90 = [float(x) for x in student_t.interval(1 - 2 * alpha, n - 1, diffs.mean(), se)]
+    ci_95 = [float(x) for x in student_t.interval(stats.CONFIDENCE, n - 1, diffs.mean(), se)]
+    p = max(p_lower, p_upper)
+    verdict = (f"equivalent within ±{100 * margin:g} points" if p < alpha
+               else "different" if ci_95[0] > 0 or ci_95[1] < 0 else "not shown equivalent")
+    out.update(p_lower=p_lower, p_upper=p_upper, p=p, ci_90=ci_90, ci_95=ci_95,
+               verdict=verdict)
+    return out
+
+
 def method_pairs(methods: list[str]) -> list[tuple[str, str]]:
     """Every pair once, A listed before B: the target method (first) against each, then the
     rest."""
@@ -40,16 +72,17 @@ def method_pairs(methods: list[str]) -> list[tuple[str, str]]:
 
 
 def pooled_pair(a: str, b: str, correct_a: dict, correct_b: dict, resamples: int,
-                seed: int) -> dict:
+                seed: int, margin: float = DEFAULT_MARGIN) -> dict:
     """B − A over the seeds both finished, seed s of A paired with seed s of B, the validation
     rows of every pair pooled. Two intervals: the row bootstrap holds the trained models fixed
     (how sure the validation rows make their difference); the t-interval over the per-seed
-    differences lets the seeds vary (how sure the seeds make the methods' difference)."""
+    differences lets the seeds vary (how sure the seeds make the methods' difference), and the
+    equivalence test over them (tost) says whether the seeds keep it within ±margin."""
     seeds = sorted(set(correct_a) & set(correct_b))
     if not seeds:
         return {"a": a, "b": b, "seeds": [], "accuracy_a": None, "accuracy_b": None,
                 "accuracy_diff": None, "accuracy_diff_ci": None, "seed_diffs": [],
-                "seed_diff_t": None, "mcnemar": None}
+                "seed_diff_t": None, "tost": None, "mcnemar": None}
     right_a = np.stack([correct_a[s] for s in seeds])
     right_b = np.stack([correct_b[s] for s in seeds])
     samples = pooled_difference_samples(right_a, right_b, resamples, seed)
@@ -59,6 +92,7 @@ def pooled_pair(a: str, b: str, correct_a: dict, correct_b: dict, resamples: int
             "accuracy_diff": float(right_b.mean() - right_a.mean()),
             "accuracy_diff_ci": stats.percentile_ci(samples),
             "seed_diffs": seed_diffs, "seed_diff_t": t_interval(pd.Series(seed_diffs)),
+            "tost": tost(seed_diffs, margin),
             "mcnemar": stats.mcnemar_exact(right_a.ravel(), right_b.ravel())}
 
 
@@ -78,7 +112,8 @@ def pooled_difference_samples(right_a: np.ndarray, right_b: np.ndarray, resample
     return np.concatenate(chunks)
 
 
-def english_pairs(correct: dict, languages, resamples: int, seed: int) -> list[dict]:
+def english_pairs(correct: dict, languages, resamples: int, seed: int,
+                  margin: float = DEFAULT_MARGIN) -> list[dict]:
     """Each method against the target (the first), as the pooled pairs, on the English rows
     and on the rest: an English model's gap can sit in one part of the rows alone."""
     english = np.asarray(languages) == "English"
@@ -92,7 +127,7 @@ def english_pairs(correct: dict, languages, resamples: int, seed: int) -> list[d
                       for m in (target, method)}
             rows.append({"rows": part, "n": int(keep.sum()),
                          **pooled_pair(target, method, subset[target], subset[method],
-                                       resamples, seed)})
+                                       resamples, seed, margin)})
     return rows
 
 

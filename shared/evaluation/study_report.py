@@ -27,8 +27,8 @@ from scipy.stats import norm
 from shared.cli import exit_on_bad_input
 from shared.evaluation import evaluate as ev
 from shared.evaluation import report, stats, study_curves, study_figures, study_markdown
-from shared.evaluation.study_pairs import (cross_framework, english_pairs, mean_of,
-                                           method_pairs, pooled_pair, t_interval)
+from shared.evaluation.study_pairs import (DEFAULT_MARGIN, cross_framework, english_pairs,
+                                           mean_of, method_pairs, pooled_pair, t_interval)
 from shared.runs.run_dir import Run, atomic_write_bytes, atomic_write_text, read_run
 
 STUDY_JSON = "study.json"
@@ -173,7 +173,9 @@ def summarize(study: dict, runs: list[StudyRun], missing: list[dict], *, bootstr
     curves = {m: study_curves.dev_curve({r.seed: r.run.evals for r in finals if r.method == m})
               for m in order}
     curves = {m: curve for m, curve in curves.items() if curve is not None}
-    pairs = [pooled_pair(a, b, correct[a], correct[b], bootstrap, seed)
+    equivalence = equivalence_plan(study)
+    margin = equivalence["margin"]
+    pairs = [pooled_pair(a, b, correct[a], correct[b], bootstrap, seed, margin)
              for a, b in method_pairs([m for m in order if m in correct])]
     selection = selection_rows(study, [r for r in runs if r.stage == "select"], order)
     return {
@@ -185,16 +187,31 @@ def summarize(study: dict, runs: list[StudyRun], missing: list[dict], *, bootstr
         "baselines": ev.trivial_baselines(labels), "missing": missing,
         "other_code": other_code(study, runs),
         "methods": methods,
-        "pairs": pairs, "cross_framework": cross_framework(study, methods, pairs),
+        "pairs": pairs, "equivalence": equivalence,
+        "cross_framework": cross_framework(study, methods, pairs),
         "selection": selection,
         "selection_checks": selection_checks(selection),
         "curves": {m: curve.to_dict("records") for m, curve in curves.items()},
         "wall_clock": study_curves.wall_clock(study, list(curves)),
         "time_to_target": study_curves.time_to_target(study, methods, curves),
         "per_language": per_language(correct, labels, languages, methods),
-        "english_pairs": english_pairs(correct, languages, bootstrap, seed),
-        "premise": premise_table(finals, correct, labels, data_dir),
+        "english_pairs": english_pairs(correct, languages, bootstrap, seed, margin),
+        "premise": premise_table(finals, correct, labels, languages, data_dir),
         "compute": compute_used(runs, order)}
+
+
+def equivalence_plan(study: dict) -> dict:
+    """The equivalence margin and primary pair the study's plan fixed before its final runs
+    (study.json settings), or the report's default margin, marked as not fixed in advance."""
+    settings = study["settings"]
+    margin = ev.number(settings.get("equivalence_margin"))
+    if margin is not None and not 0 < margin < 1:
+        raise ValueError(f"settings.equivalence_margin {margin}: must lie in (0, 1)")
+    primary = settings.get("primary")
+    return {"margin": DEFAULT_MARGIN if margin is None else margin,
+            "fixed_in_plan": margin is not None,
+            "dev_part_per_seed": bool(settings.get("dev_seed_per_seed")),
+            "primary": primary if isinstance(primary, list) and len(primary) == 2 else None}
 
 
 def other_code(study: dict, runs: list[StudyRun]) -> list[dict]:
@@ -332,10 +349,14 @@ def widest_half_width(n: int) -> float:
     return float(norm.ppf(0.5 + stats.CONFIDENCE / 2) * math.sqrt(0.25 / n))
 
 
-def premise_table(finals: list[StudyRun], correct: dict, labels, data_dir) -> dict:
+def premise_table(finals: list[StudyRun], correct: dict, labels, languages,
+                  data_dir) -> dict:
     """Accuracy on validation rows whose premise the run trained on vs the rest, per method
-    (mean over seeds). Runs are grouped by their recorded data spec: the dev part's seed may
-    differ between seeds, and with it the rows each run trained on."""
+    (mean over seeds), pooled and within English and within the other languages. Seen rows are
+    mostly English (its premises repeat most), so the pooled gap mixes the language effect into
+    the premise effect (Simpson's paradox); only the within-language gaps say what seeing a
+    premise does. Runs are grouped by their recorded data spec: the dev part's seed may differ
+    between seeds, and with it the rows each run trained on."""
     if not finals:
         return {"available": False, "note": "no final run finished", "methods": []}
     groups: dict[str, list[StudyRun]] = {}
@@ -349,16 +370,35 @@ def premise_table(finals: list[StudyRun], correct: dict, labels, data_dir) -> di
             return {"available": False, "note": note, "methods": []}
         masks.update({(r.method, r.seed): seen for r in members})
         notes.append(note)
+    english = np.asarray(languages) == "English"
+    strata = {"all": np.ones(len(labels), bool), "English": english,
+              "other languages": ~english}
     rows = []
     for method, by_seed in correct.items():
-        parts = pd.DataFrame([_seen_scores(right, masks[method, s], labels)
-                              for s, right in by_seed.items()])
-        row = {part: mean_of(parts[part]) for part in
-               ("seen", "unseen", "majority_seen", "majority_unseen")}
-        gap = None if None in (row["seen"], row["unseen"]) else row["seen"] - row["unseen"]
-        rows.append({"method": method, "n_seen": sorted({int(n) for n in parts["n_seen"]}),
-                     **row, "gap": gap})
-    return {"available": True, "note": "; ".join(sorted(set(notes))), "methods": rows}
+        row = {"method": method}
+        for stratum, keep in strata.items():
+            parts = pd.DataFrame([_seen_scores(right[keep], masks[method, s][keep], labels[keep])
+                                  for s, right in by_seed.items()])
+            scores = {part: mean_of(parts[part]) for part in
+                      ("seen", "unseen", "majority_seen", "majority_unseen")}
+            gap = (None if None in (scores["seen"], scores["unseen"])
+                   else scores["seen"] - scores["unseen"])
+            counts = {"n_seen": sorted({int(n) for n in parts["n_seen"]}),
+                      "n_unseen": sorted({int(keep.sum()) - int(n) for n in parts["n_seen"]})}
+            if stratum == "all":
+                row.update(counts, **scores, gap=gap)
+            else:
+                row.setdefault("strata", []).append({"rows": stratum, **counts, **scores,
+                                                     "gap": gap})
+        rows.append(row)
+    # The share of English among seen and unseen rows, over every run's mask: min and max.
+    english_share = {}
+    for part, flip in (("seen", False), ("unseen", True)):
+        shares = [float(english[mask != flip].mean()) for mask in masks.values()
+                  if (mask != flip).any()]
+        english_share[part] = [min(shares), max(shares)] if shares else None
+    return {"available": True, "note": "; ".join(sorted(set(notes))), "methods": rows,
+            "english_share": english_share}
 
 
 def _seen_scores(right: np.ndarray, seen: np.ndarray, labels: np.ndarray) -> dict:

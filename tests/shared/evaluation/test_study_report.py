@@ -534,3 +534,63 @@ def test_compute_used_sums_the_recorded_epoch_seconds(study_dir, tmp_path):
     assert md_line(markdown, "1.4 hours of training").startswith(
         "1.4 hours of training in the finished selection trials and final runs")
     assert "| final | full | 3 | 1.25 |" in markdown and AMD in markdown.split("## Compute")[1]
+
+
+def test_tost_is_the_hand_computation():
+    """Per-seed differences 0.01, 0.00, 0.02, 0.01, 0.005 (5 seeds): mean 0.009, sd 0.0074162,
+    se 0.0033166. H0 mean <= -0.02: t = 0.029 / se = 8.744; H0 mean >= +0.02: t = -0.011 / se
+    = -3.317; with 4 degrees of freedom the larger one-sided p is P(T4 > 3.317) = 0.01471
+    (t table: t_{0.975,4} = 2.776, t_{0.99,4} = 3.747, so 0.01 < p < 0.025), and the 90 %
+    interval 0.009 ± 2.1318 se = [0.00193, 0.01607] lies inside ±0.02."""
+    diffs = [0.01, 0.0, 0.02, 0.01, 0.005]
+    test = sp.tost(diffs, 0.02)
+    se = np.std(diffs, ddof=1) / math.sqrt(5)
+    assert se == pytest.approx(0.0033166, rel=1e-4)
+    assert test["p"] == pytest.approx(0.01471, abs=2e-4) and 0.01 < test["p"] < 0.025
+    assert test["p_upper"] == test["p"] and test["p_lower"] < 1e-3
+    assert test["ci_90"] == pytest.approx([0.009 - 2.1318 * se, 0.009 + 2.1318 * se], abs=1e-5)
+    assert test["ci_95"] == pytest.approx([0.009 - 2.7764 * se, 0.009 + 2.7764 * se], abs=1e-5)
+    assert test["verdict"] == "equivalent within ±2 points"
+    # The same spread around 0.03: the 95 % interval excludes 0 and the margin: different.
+    assert sp.tost([d + 0.021 for d in diffs], 0.02)["verdict"] == "different"
+    # MiniLM's three per-seed differences (RESULTS.md): wide, neither equivalent nor different.
+    minilm = sp.tost([-0.0063, -0.0011, -0.0380], 0.02)
+    assert minilm["verdict"] == "not shown equivalent" and minilm["p"] > 0.3
+    assert sp.tost([0.01], 0.02)["verdict"] is None   # one seed: no test
+
+
+def test_report_states_the_margin_and_whether_the_plan_fixed_it(built, study_dir, tmp_path):
+    result, out = built
+    assert result["equivalence"]["margin"] == sp.DEFAULT_MARGIN
+    assert not result["equivalence"]["fixed_in_plan"]
+    pair = result["pairs"][0]
+    assert pair["tost"]["ci_95"] == pytest.approx(pair["seed_diff_t"]["ci"])
+    line = md_line((out / "report.md").read_text(), "| all | lora vs full |")
+    assert line.endswith(f"| {pair['tost']['verdict']} |")
+    assert "not fixed in this study's plan" in (out / "report.md").read_text()
+
+    def fix(study):
+        study["settings"].update(equivalence_margin=0.5, primary=["full", "lora"])
+    planned = sr.build_study_report(variant(study_dir, tmp_path, fix), bootstrap=BOOTSTRAP)
+    assert planned["equivalence"] == {"margin": 0.5, "fixed_in_plan": True,
+                                      "dev_part_per_seed": False, "primary": ["full", "lora"]}
+    assert planned["pairs"][0]["tost"]["margin"] == 0.5
+
+
+def test_premise_gap_is_given_within_english_and_within_the_rest(built, study_dir):
+    result, out = built
+    data = sample_data()
+    english = (data.val["language"] == "English").to_numpy()
+    seen = data.val["premise"].isin(set(data.train["premise"])).to_numpy()
+    full = np.stack([right_of(study_dir, f"final/full/seed_{s}") for s in (0, 1, 2)])
+    row = next(r for r in result["premise"]["methods"] if r["method"] == "full")
+    for stratum, keep in zip(row["strata"], (english, ~english)):
+        assert stratum["n_seen"] == [int((seen & keep).sum())]
+        assert stratum["n_unseen"] == [int((~seen & keep).sum())]
+        if (seen & keep).any():
+            assert stratum["seen"] == pytest.approx(np.mean([f[seen & keep].mean() for f in full]))
+        assert stratum["unseen"] == pytest.approx(np.mean([f[~seen & keep].mean() for f in full]))
+    assert result["premise"]["english_share"]["seen"] == [pytest.approx(english[seen].mean())] * 2
+    markdown = (out / "report.md").read_text()
+    assert "| full | English |" in markdown and "| full | other languages |" in markdown
+    assert "Simpson's paradox" in markdown
