@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_lora.quant import QuantCodes, QuantScales, dequantize, quantize
+from jax_lora.quant_codec import QuantCodes, QuantScales, dequantize, quantize
 
 LORA_TARGETS = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
 # BERT's initializer for every projection and embedding (keras-hub bert_kernel_initializer).
@@ -166,7 +166,7 @@ class LoRALinear(nnx.Module):
             self.lora_magnitude = LoraParam(jnp.ones((out_features,), jnp.float32))
 
     def store_base(self, base_dtype: str, codes=None, scales=None) -> None:
-        """Replace the float32 kernel by its quantized storage (jax_lora.quant), for good;
+        """Replace the float32 kernel by its quantized storage (jax_lora.quant_codec), for good;
         `codes`, `scales`: the kernel already quantized (by the loader, tensor by tensor)."""
         if self.base_dtype != "float32":
             raise ValueError(f"kernel already stored as {self.base_dtype}")

@@ -19,8 +19,9 @@ from jax_lora.lora import (LORA_TARGETS, LoraConfig, LoRALinear, init_dora_magni
                            merge_lora, trainable_filter)
 from jax_lora.models import BertClassifier, set_compute_dtype
 from jax_lora.optim import make_optimizer, split_trainable, trainable_mask
-from jax_lora.quant import (NF4_BLOCK, NF4_LEVELS, QuantCodes, QuantScales, dequantize,
-                            quantize, quantize_base, stored_bytes)
+from jax_lora.quant import quantize_base, stored_bytes
+from jax_lora.quant_codec import (NF4_BLOCK, NF4_LEVELS, QuantCodes, QuantScales, dequantize,
+                                  quantize)
 from jax_lora.steps import TrainState, make_accumulated_step, make_train_step
 from jax_lora.weights import load_pretrained
 from shared.data.watson import SAMPLE_DATA_DIR, load_train

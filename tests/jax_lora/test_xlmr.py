@@ -18,7 +18,8 @@ from safetensors.numpy import load_file
 from jax_lora.adapter import read_adapter_meta
 from jax_lora.inference import load_run
 from jax_lora.lora import LORA_TARGETS, LoraConfig, merge_lora, trainable_filter
-from jax_lora.quant import QuantCodes, quantize_base
+from jax_lora.quant import quantize_base
+from jax_lora.quant_codec import QuantCodes
 from jax_lora.weights import WeightsError, load_head, load_pretrained
 from jax_lora.xlmr_tokenizer import XLMRobertaTokenizer
 from shared.data.watson import SAMPLE_DATA_DIR, load_test, load_train

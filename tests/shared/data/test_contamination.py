@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.data.contamination import check, drop_overlaps, main, normalize
+from shared.contamination import main
+from shared.data.contamination import check, drop_overlaps, normalize
 from shared.data.spec import DataSpec, load
 from shared.data.watson import SAMPLE_DATA_DIR, load_train
 
@@ -143,11 +144,15 @@ def test_cli_prints_table_and_writes_json(sample, tmp_path):
     extra = extra.rename(columns={"language": "lang_abv"})  # either language column works
     extra.to_csv(tmp_path / "extra.csv", index=False)
     out = tmp_path / "report.json"
-    done = subprocess.run([sys.executable, "-m", "shared.data.contamination",
-                           "--extra", str(tmp_path / "extra.csv"),
-                           "--data-dir", str(SAMPLE_DATA_DIR), "--out", str(out)],
+    flags = ["--extra", str(tmp_path / "extra.csv"), "--data-dir", str(SAMPLE_DATA_DIR),
+             "--out", str(out)]
+    done = subprocess.run([sys.executable, "-m", "shared.contamination", *flags],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    # The command's old name, in the data layer, only says where it went.
+    old = subprocess.run([sys.executable, "-m", "shared.data.contamination", *flags],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert old.returncode == 1 and "python -m shared.contamination" in old.stderr
     assert "near_duplicate" in done.stdout and "dropped 2 of 12 extra rows" in done.stdout
     report = json.loads(out.read_text(encoding="utf-8"))
     assert (report["rows"], report["dropped"], report["threshold"]) == (12, 2, 0.9)

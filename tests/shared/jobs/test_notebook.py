@@ -39,7 +39,7 @@ def expand(command: str, extra: Path) -> list[str]:
 def test_the_notebook_runs_compare_prepare_and_contamination():
     modules = [command.split()[2] for command in notebook_commands()]
     assert modules.count("shared.jobs.compare") == 2  # bert_base_multi, then XLM-R
-    assert {"shared.data.prepare", "shared.data.contamination"} <= set(modules)
+    assert {"shared.data.prepare", "shared.contamination"} <= set(modules)
 
 
 @pytest.mark.parametrize("index", [0, 1])
