@@ -244,16 +244,25 @@ def _selection(result: dict) -> list[str]:
     lines = ["## Learning-rate selection", ""]
     if not result["selection"]:
         return lines + ["No selection trial finished.", ""]
-    rows = [[row["method"], _lr(row["lr"]), str(row["seed"]), fmt_num(row["best_dev_accuracy"]),
-             fmt_num(row["best_dev_loss"]), fmt_count(row["best_step"]), fmt_count(row["steps"]),
-             str(row["stopped"] or "n/a"), "**chosen**" if row["chosen"] else ""]
+    # Successive halving's trials carry their budget: a rate trains at several.
+    budgets = any("budget" in row for row in result["selection"])
+    rows = [[row["method"], _lr(row["lr"])] + ([fmt_count(row.get("budget"))] if budgets else [])
+            + [str(row["seed"]), fmt_num(row["best_dev_accuracy"]),
+               fmt_num(row["best_dev_loss"]), fmt_count(row["best_step"]),
+               fmt_count(row["steps"]), str(row["stopped"] or "n/a"),
+               "**chosen**" if row["chosen"] else ""]
             for row in result["selection"]]
+    halving = (" Successive halving: every rate at the first budget, the best rates again at "
+               "the next (a new run, its schedule fitted to that budget); the chosen rate and "
+               "budget are the best trial's among the rates that reached the last rung."
+               if budgets else "")
     return lines + [
         "Each trial trains on the training rows minus the dev part and is judged on the dev "
         "part only (never the validation rows): its best dev accuracy, the dev loss at that "
-        "step, and the steps it trained before stopping.", ""] + md_table(
-        ["method", "learning rate", "seed", "best dev accuracy", "its dev loss", "best step",
-         "steps trained", "stopped by", "chosen"], rows) + _notes(
+        f"step, and the steps it trained before stopping.{halving}", ""] + md_table(
+        ["method", "learning rate"] + (["budget (steps)"] if budgets else [])
+        + ["seed", "best dev accuracy", "its dev loss", "best step", "steps trained",
+           "stopped by", "chosen"], rows) + _notes(
         _grid_edges(result["selection"]) + _selection_checks(result.get("selection_checks")))
 
 

@@ -46,6 +46,7 @@ class StudyRun:
     seed: int
     name: str          # run_dir, relative to the study folder
     run: Run
+    budget: int | None = None  # a successive-halving trial's steps (study.json `budget`)
 
     def correct(self, labels: np.ndarray) -> np.ndarray:
         return self.run.predictions["pred"].to_numpy() == labels
@@ -128,7 +129,7 @@ def read_runs(study_dir: Path, study: dict) -> tuple[list[StudyRun], list[dict]]
                          f"report yet")
     seen: dict[tuple, str] = {}
     for entry in finished:
-        key = (entry["stage"], entry["method"], entry["lr"], entry["seed"])
+        key = (entry["stage"], entry["method"], entry["lr"], entry["seed"], entry.get("budget"))
         if key in seen:
             raise ValueError(f"{study_dir / STUDY_JSON}: runs {seen[key]} and "
                              f"{entry['run_dir']} are the same {entry['stage']} trial of "
@@ -136,7 +137,8 @@ def read_runs(study_dir: Path, study: dict) -> tuple[list[StudyRun], list[dict]]
         seen[key] = entry["run_dir"]
     names = [e["run_dir"] for e in finished]
     aligned = ev.align_runs([read_run(study_dir / name) for name in names], names)
-    return [StudyRun(e["stage"], e["method"], e["lr"], e["seed"], e["run_dir"], run)
+    return [StudyRun(e["stage"], e["method"], e["lr"], e["seed"], e["run_dir"], run,
+                     e.get("budget") if e["stage"] == "select" else None)
             for e, run in zip(finished, aligned)], missing
 
 
@@ -267,11 +269,15 @@ def compute_used(runs: list[StudyRun], order: list[str]) -> list[dict]:
 
 def selection_rows(study: dict, selects: list[StudyRun], order: list[str]) -> list[dict]:
     rows = []
-    for r in sorted(selects, key=lambda r: (order.index(r.method), r.lr or 0.0, r.seed)):
+    for r in sorted(selects, key=lambda r: (order.index(r.method), r.budget or 0, r.lr or 0.0,
+                                            r.seed)):
         chosen = study["methods"][r.method].get("chosen_lr")
+        budget = study["methods"][r.method].get("chosen_budget")
         rows.append({"method": r.method, "lr": r.lr, "seed": r.seed, "run_dir": r.name,
+                     **({} if r.budget is None else {"budget": r.budget}),
                      **manifest_numbers(r.run.manifest), "dev_rows": dev_rows(r.run.manifest),
-                     "chosen": None not in (chosen, r.lr) and math.isclose(r.lr, chosen)})
+                     "chosen": None not in (chosen, r.lr) and math.isclose(r.lr, chosen)
+                     and budget in (None, r.budget)})
     return rows
 
 

@@ -4,11 +4,19 @@
     python -m shared.jobs.study --out runs/study                    # every method, MiniLM, 3 seeds
     python -m shared.jobs.study --out runs/study --dry-run          # the plan and its minutes
     python -m shared.jobs.study --out runs/s --methods lora,probe --seeds 2 --grid lora=1e-4,1e-3
+    python -m shared.jobs.study --design e5 --out runs/study_e5 --dry-run   # issue 33's plan
+
+--design picks the method table and how rates, budgets and dev parts are chosen
+(shared/jobs/study_design.py): minilm (the default, the first study's) or e5. A design other
+than minilm writes STUDY_DIR/plan.json at its first start and refuses, later, any flag that
+would change it: the plan is fixed before any final run.
 
 Stages, each run a trainer process (METHODS in shared/jobs/study_plan.py says which flags make a
 method, and its learning-rate grid):
   1. select  per method and grid rate: seed 0, --select-rows rows of the training part minus
              dev, --select-steps steps, the dev part evaluated; the best dev accuracy wins.
+             With rungs (e5): every rate at the first rung's steps, the best few at the next
+             rung's; the best trial past the first rung gives the rate and the final budget.
   2. timing  per method: a few timed steps at the chosen rate (seconds per step, this machine).
   3. final   per seed and method: the training part minus dev at the chosen rate, up to
              --max-epochs, stopped after --patience dev evaluations without a better one; its
@@ -38,15 +46,17 @@ from pathlib import Path
 
 from shared.cli import EXIT_BAD_INPUT, check_fields, error_line, exit_on_bad_input
 from shared.data.spec import DataSpec, file_checksums, load
+from shared.jobs import study_design as design_module
 from shared.jobs import study_plan as plan
 from shared.jobs.compare import REPO
 from shared.jobs.study_plan import FAILED, FINISHED, PENDING, Run, Study
-from shared.runs.presets import describe_preset, minilm_dir, preset_kind
+from shared.runs.presets import describe_preset, minilm_dir, preset_kind, resolve_alias
 from shared.runs.reuse import RunStateError, code_version, input_differences, read_manifest
 from shared.runs.run_dir import atomic_write_text
 from shared.runs.tokenization import MIN_SEQUENCE_LENGTH
 
 LOGS = "logs"
+TF_RECIPE_EPOCHS = 3  # tf_baseline's default --epochs, the Kaggle starter's: tf_full's estimate
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -62,6 +72,12 @@ def parse_args(argv) -> argparse.Namespace:
                            description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--out", type=Path, required=True, metavar="DIR", help="the study folder (STUDY_DIR)")
+    add("--design", choices=tuple(design_module.DESIGNS), default="minilm",
+        help="the study's design: its methods, grids, rungs, schedule and defaults of the flags "
+             "below (shared/jobs/study_design.py) [default: minilm]")
+    add("--calibrate", action="append", default=[], metavar="METHOD=EVALS_CSV",
+        help="--dry-run: a run's evals.csv on this machine gives METHOD's seconds per step "
+             "[default: the design's calibration runs]")
     add("--preset", metavar="PRESET",
         help="pretrained BERT for every run [default: the offline all-MiniLM-L6-v2]")
     add("--data-dir", type=Path, metavar="DIR",
@@ -100,6 +116,10 @@ def parse_args(argv) -> argparse.Namespace:
     add("--dry-run", action="store_true",
         help="print every run and the minutes each stage should take; train nothing")
     add("--quiet", action="store_true", help="no progress bars in the runs' logs")
+    known, _ = parser.parse_known_args(argv)
+    defaults = dict(design_module.DESIGNS[known.design].defaults)
+    defaults.pop("method_seeds", None)  # an append flag: merged in build_study instead
+    parser.set_defaults(**defaults)
     return parser.parse_args(argv)
 
 
@@ -121,26 +141,35 @@ def check_numbers(args: argparse.Namespace) -> None:
 def build_study(args: argparse.Namespace, argv: list[str]) -> Study:
     """Every flag, the data and the preset checked; ValueError/DataError on bad input."""
     check_numbers(args)
-    names = plan.parse_methods(args.methods)
+    design = design_module.DESIGNS[args.design]
+    table = design.methods
+    names = plan.parse_methods(args.methods, table)
     grids = plan.parse_assignments("--grid", args.grid, names)
     extras = plan.parse_assignments("--method-args", args.method_args, names)
     counts = plan.parse_assignments("--method-seeds", args.method_seeds, names)
+    # The design's fewer seeds for its secondary methods, unless a flag says otherwise.
+    planned = plan.parse_assignments("--method-seeds", [
+        value for value in design.defaults.get("method_seeds", [])
+        if value.partition("=")[0] in names], names)
+    counts = {**{name: text for name, text in planned.items()
+                 if int(text) <= args.seeds}, **counts}
     methods = {name: plan.MethodPlan(
-        name, plan.METHODS[name],
-        plan.parse_grid(name, grids[name]) if name in grids else plan.METHODS[name].grid,
+        name, table[name],
+        plan.parse_grid(name, grids[name], table) if name in grids else table[name].grid,
         plan.parse_method_args(name, extras[name]) if name in extras else ())
         for name in names}
     for name in names:  # parents first: METHODS lists them before their children
         parent = methods[name].method.needs
         parent_seeds = None if parent not in methods else (methods[parent].seeds or args.seeds)
         if name in counts:
-            methods[name].seeds = plan.parse_seeds(name, counts[name], args.seeds, parent_seeds)
+            methods[name].seeds = plan.parse_seeds(name, counts[name], args.seeds, parent_seeds,
+                                                   table)
         elif parent_seeds is not None and parent_seeds < args.seeds:
             methods[name].seeds = parent_seeds
     check_out(args.out)
     data = load(DataSpec(data_dir=args.data_dir, dev_fraction=args.dev_fraction,
                          dev_seed=args.dev_seed))
-    preset = args.preset if args.preset is not None else str(minilm_dir())
+    preset = resolve_alias(args.preset) if args.preset is not None else str(minilm_dir())
     preset_kind(preset)
     settings = plan.Settings(
         preset=preset, data_dir=str(data.data_dir), sequence_length=args.sequence_length,
@@ -150,7 +179,9 @@ def build_study(args: argparse.Namespace, argv: list[str]) -> Study:
         max_epochs=args.max_epochs, batch_per_device=args.batch_per_device,
         target_method=plan.TARGET_METHOD if plan.TARGET_METHOD in names else names[0])
     study = Study(args.out.resolve(), settings, methods, min(args.select_rows, len(data.train)),
-                  len(data.train), "python -m shared.jobs.study " + shlex.join(argv), args.quiet)
+                  len(data.train), "python -m shared.jobs.study " + shlex.join(argv), args.quiet,
+                  design=design,
+                  machine=None if design.name == "minilm" else machine_record())
     study.runs = plan.plan_runs(study)
     return study
 
@@ -243,12 +274,12 @@ def manifest_of(run_dir: Path) -> dict | None:
 
 
 def progress(run: Run, outcome: str) -> None:
-    """The run's one line: stage, method, learning rate, seed, what happened."""
-    lr = plan.lr_text(run.lr) if run.lr is not None else (
-        "default" if plan.METHODS[run.method].grid else "recipe")
+    """The run's one line: stage, method, learning rate, seed, (steps,) what happened."""
+    lr = plan.lr_text(run.lr) if run.lr is not None else "recipe"  # tf_full's, or a default
+    steps = "" if run.budget is None or run.stage != "select" else f" {run.budget} steps"
     stream = sys.stderr if run.status == FAILED else sys.stdout
-    print(f"[study] {run.stage} {run.method} lr {lr} seed {run.seed}: {outcome}", file=stream,
-          flush=True)
+    print(f"[study] {run.stage} {run.method} lr {lr}{steps} seed {run.seed}: {outcome}",
+          file=stream, flush=True)
 
 
 def skip(run: Run, reason: str, save) -> None:
@@ -257,12 +288,34 @@ def skip(run: Run, reason: str, save) -> None:
     progress(run, run.error)
 
 
+def machine_record() -> dict:
+    """The machine a study starts on (study.json "machine"): CPU model, cores, memory, the
+    vector extensions XLA can use, and the OS."""
+    cpuinfo, meminfo = proc_fields("/proc/cpuinfo"), proc_fields("/proc/meminfo")
+    flags = set(cpuinfo.get("flags", "").split())
+    memory = meminfo.get("MemTotal", "").split()
+    return {"cpu": cpuinfo.get("model name") or platform.processor() or "unknown CPU",
+            "cores": os.cpu_count(),
+            "memory_gib": round(int(memory[0]) / 2 ** 20, 1) if memory else None,
+            "vector_extensions": sorted(flags & {"avx", "avx2", "fma", "avx512f", "avx512_bf16",
+                                                 "amx_bf16", "amx_tile"}),
+            "platform": platform.platform()}
+
+
+def proc_fields(path: str) -> dict[str, str]:
+    """`name: value` lines of a /proc file, the first of each name; {} where there is none."""
+    fields: dict[str, str] = {}
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            name, sep, value = line.partition(":")
+            if sep:
+                fields.setdefault(name.strip(), value.strip())
+    return fields
+
+
 def machine(manifest: dict) -> str:
     """CPU model and cores, and the accelerators the run used, if any."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-               platform.processor() or "unknown CPU")
+    cpu = proc_fields("/proc/cpuinfo").get("model name") or platform.processor() or "unknown CPU"
     accelerators = [str(d) for d in (manifest.get("devices") or {}).get("devices", [])
                     if "cpu" not in str(d).lower()]
     return f"{cpu}, {os.cpu_count()} cores" + (
@@ -280,13 +333,36 @@ def select_stage(study: Study, runner: Runner) -> None:
                 skip(trial, f"{parent}'s selection has no finished trial", runner.save)
             else:
                 runner.execute(trial)
+        if study.design.halving and trials:
+            trials += later_rungs(study, runner, name, trials)
         source = method.method.recipe_from
-        method.chosen_lr = (plan.choose_lr(trials) if source is None
-                            else study.methods[source].chosen_lr)
+        if source is not None:
+            method.chosen_lr = study.methods[source].chosen_lr
+            method.chosen_budget = study.methods[source].chosen_budget
+        elif study.design.halving:
+            method.chosen_lr, method.chosen_budget = design_module.choose_lr_and_budget(trials)
+        else:
+            method.chosen_lr = plan.choose_lr(trials)
         for run in study.runs:
             if run.stage == "final" and run.method == name:
                 run.lr = method.chosen_lr
         runner.save()
+
+
+def later_rungs(study: Study, runner: Runner, name: str, first: list[Run]) -> list[Run]:
+    """Successive halving past the first rung: the best `keep` rates of each rung train again
+    at the next rung's budget (a new run: the schedule is fitted to the budget). Each rung's
+    trials join study.runs after the method's earlier ones, so study.json records them all."""
+    trials, rung_trials = [], first
+    for k, rung in enumerate(study.design.rungs[1:], start=1):
+        rates = design_module.rung_rates(rung_trials, rung.keep)
+        rung_trials = [plan.rung_run(study, name, k, lr) for lr in rates]
+        last = max(i for i, r in enumerate(study.runs) if r.stage == "select" and r.method == name)
+        study.runs[last + 1:last + 1] = rung_trials
+        for trial in rung_trials:
+            runner.execute(trial)
+        trials += rung_trials
+    return trials
 
 
 def time_method(study: Study, runner: Runner, name: str) -> dict:
@@ -345,6 +421,10 @@ def run_study(study: Study, previous: dict) -> int:
                           json.dumps(study.record(code), indent=2, allow_nan=False) + "\n")
 
     runner = Runner(study, out, plan.previous_runs(previous), save)
+    if study.design.name != "minilm" and not (out / design_module.PLAN_JSON).is_file():
+        atomic_write_text(out / design_module.PLAN_JSON,
+                          json.dumps({"command": study.command, "code": code, **study.plan()},
+                                     indent=2, allow_nan=False) + "\n")
     save()
     select_stage(study, runner)
     for name, method in study.methods.items():
@@ -363,9 +443,18 @@ def run_study(study: Study, previous: dict) -> int:
 
 # ---------------------------------------------------------------- --dry-run
 
-def dry_run(study: Study, previous: dict) -> int:
+# A final run's validation predictions cost about this many dev evaluations (3,636 validation
+# rows against the 1,279 of dev seed 0's part).
+VALIDATION_EVALS = 3
+
+
+def dry_run(study: Study, previous: dict, calibrate: list[str] = ()) -> int:
     """Print every run and each stage's minutes from step timings: study.json's, or measured
-    now in a temporary folder (TIMING_STEPS steps per method). Writes nothing under --out."""
+    now in a temporary folder (TIMING_STEPS steps per method); a design with calibration runs
+    (e5) or --calibrate: from those runs' files instead, starting nothing. Writes nothing
+    under --out."""
+    if study.design.calibration or calibrate:
+        return calibrated_dry_run(study, calibrate)
     for name, record in (previous.get("methods") or {}).items():
         if name in study.methods and record.get("chosen_lr") in study.methods[name].grid:
             study.methods[name].chosen_lr = record["chosen_lr"]
@@ -405,13 +494,66 @@ def dry_run(study: Study, previous: dict) -> int:
     return 0 if len(timings) == len(study.methods) else 1
 
 
+def calibrated_dry_run(study: Study, flags: list[str]) -> int:
+    """Every planned run (later rungs as placeholders, final runs at the longest budget the
+    rungs could choose) and the hours they should take, from the calibration runs' seconds
+    per step and per dev evaluation. Those runs ran two at a time on the machine's cores, so
+    a step's seconds there are about one core's: the sum is core-hours, and one run at a time
+    on all the cores takes about that divided by the cores, if it scales."""
+    files = {name: REPO / path for name, path in study.design.calibration.items()}
+    files.update({name: Path(path) for name, path in
+                  plan.parse_assignments("--calibrate", list(flags), list(study.methods)).items()})
+    calibration = design_module.calibrate(study.design, files)
+    step_s, eval_s = calibration["step_s"], calibration["eval_s"] or 0.0
+    runs = [r for r in study.runs if r.stage == "select"]
+    for name, method in study.methods.items():
+        if method.grid:
+            runs += [plan.rung_run(study, name, k, None)
+                     for k, rung in enumerate(study.design.rungs) if k > 0
+                     for _ in range(min(rung.keep, len(method.grid)))]
+    runs += [r for r in study.runs if r.stage == "final"]
+    hours: dict[str, float] = {}
+    for run in runs:
+        method = study.methods[run.method]
+        jax = method.method.trainer == "jax_lora"
+        steps = plan.max_steps(study, run, None if jax else {
+            "batch": study.settings.batch_per_device, "epochs": TF_RECIPE_EPOCHS})
+        evals = (steps // study.settings.eval_every
+                 + (VALIDATION_EVALS if run.stage == "final" else 0)) if jax else 0
+        if run.method not in step_s:
+            raise ValueError(f"--dry-run: no calibration for {run.method}; pass --calibrate "
+                             f"{run.method}=EVALS_CSV")
+        hours[run.stage] = hours.get(run.stage, 0.0) + (
+            steps * step_s[run.method] + evals * eval_s) / 3600
+        lr = plan.lr_text(run.lr) if run.lr is not None else (
+            "chosen on dev" if method.grid else "recipe")
+        print(f"[study] plan: {run.stage} {run.method} lr {lr} seed {run.seed}: {steps} steps "
+              f"at most -> {run.run_dir}")
+    print("[study] calibration (seconds per step, two runs side by side): " + ", ".join(
+        f"{name} {seconds:.3f}" + ("" if name in calibration["measured"] else " (relative)")
+        for name, seconds in step_s.items() if name in study.methods)
+        + f"; {eval_s:.1f} s per dev evaluation; from " + ", ".join(
+        f"{name} {path}" for name, path in calibration["files"].items()))
+    for stage, value in hours.items():
+        print(f"[study] estimate: {stage} {value:.1f} core-hours")
+    total, cores = sum(hours.values()), os.cpu_count() or 1
+    print(f"[study] estimate: total {total:.1f} core-hours, about {total / cores:.1f} hours on "
+          f"{cores} cores with one run at a time (final runs at the longest budget; timing runs, "
+          f"start-up and compilation not counted)")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     with exit_on_bad_input():
         args = parse_args(argv)
         study = build_study(args, argv)
         previous = previous_study(study.out)
-    return (dry_run if args.dry_run else run_study)(study, previous)
+        if study.design.name != "minilm":  # the plan fixed at the start, if there is one
+            design_module.check_plan(study.out, study.plan())
+        if args.dry_run:
+            return dry_run(study, previous, args.calibrate)
+    return run_study(study, previous)
 
 
 if __name__ == "__main__":

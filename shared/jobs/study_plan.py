@@ -3,6 +3,7 @@ learning-rate choice and the study.json record. Pure: no process started, no fil
 
 Run directories, relative to the study folder:
     select/<method>/lr_<lr>/   a selection trial (seed 0, a training subset, a fixed step budget)
+    select/<method>/steps_<n>/lr_<lr>/   one of successive halving's (a design with rungs)
     timing/<method>/           a few timed steps at the chosen learning rate, no dev part
     final/<method>/seed_<s>/   a final run (the whole training part minus dev, early stopping)
 <lr> is written with the fewest digits that give it back (5e-04, 2.5e-04).
@@ -15,6 +16,8 @@ import math
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from shared.jobs.study_design import DESIGNS, METHODS, Design, Method  # noqa: F401
 
 STUDY_JSON = "study.json"
 VERSION = 1
@@ -30,44 +33,6 @@ STUDY_FLAGS = ("--lr", "--seed", "--run-dir", "--epochs", "--max-steps", "--eval
                "--patience", "--init-from", "--preset", "--data-dir", "--sequence-length",
                "--dev-fraction", "--dev-seed", "--train-subset", "--batch-per-device",
                "--batch-per-replica", "--lr-per-replica", "--restart", "--check")
-
-
-@dataclass(frozen=True)
-class Method:
-    trainer: str                  # the trainer's folder: jax_lora or tf_baseline
-    args: tuple[str, ...]         # the trainer flags that make the method
-    grid: tuple[float, ...] = ()  # rates the select stage tries; () = the trainer's recipe
-    parent: str | None = None     # method whose run (same stage, same seed) it starts from
-    # tf_baseline at another method's recipe: that method's chosen rate, for the epochs its
-    # final run of the same seed needed to reach its best dev step.
-    recipe_from: str | None = None
-
-    @property
-    def needs(self) -> str | None:
-        """The method whose runs this one's depend on."""
-        return self.parent or self.recipe_from
-
-
-# Three rates per grid, a factor of 3-5 apart, around each method's usual value: full around
-# BERT's fine-tuning rates (the Kaggle recipe's 1e-5 to 1e-4), the adapters around PEFT's 2e-4
-# and the demo's 1e-3 (shared/jobs/compare.py), the probe around jax_lora's 1e-2.
-ADAPTER_GRID = (1e-4, 5e-4, 2e-3)
-METHODS = {
-    "full": Method("jax_lora", ("--method", "full"), (1e-5, 3e-5, 1e-4)),
-    "lora": Method("jax_lora", ("--method", "lora"), ADAPTER_GRID),
-    "dora": Method("jax_lora", ("--method", "dora"), ADAPTER_GRID),
-    # Mean pooling: the probe reads the frozen encoder, and MiniLM was trained to be read so.
-    "probe": Method("jax_lora", ("--method", "probe", "--pooling", "mean"), (1e-3, 1e-2, 3e-2)),
-    # LP->LoRA: LoRA from the probe's head; --init-from needs the parent's pooling.
-    "lp_lora": Method("jax_lora", ("--method", "lora", "--pooling", "mean"), ADAPTER_GRID,
-                      parent="probe"),
-    "qlora_nf4": Method("jax_lora", ("--method", "lora", "--base-dtype", "nf4"), ADAPTER_GRID),
-    # The Kaggle starter's recipe as it is (its learning rate and epochs), on the study's rows.
-    "tf_full": Method("tf_baseline", ()),
-    # The replica at JAX full fine-tuning's chosen recipe: the cross-framework check at
-    # training level (it should land within full's seed-to-seed spread).
-    "tf_full_tuned": Method("tf_baseline", (), recipe_from="full"),
-}
 
 
 @dataclass(frozen=True)
@@ -100,6 +65,7 @@ class MethodPlan:
     extra: tuple[str, ...] = ()                    # --method-args
     chosen_lr: float | None = None                 # the best selection trial's, once known
     seeds: int | None = None                       # --method-seeds: final runs (seeds 0..)
+    chosen_budget: int | None = None               # final runs' steps, chosen on dev (rungs)
 
     @property
     def args(self) -> list[str]:
@@ -109,7 +75,8 @@ class MethodPlan:
         return {"trainer": self.method.trainer, "args": self.args, "grid": list(self.grid),
                 "parent": self.method.parent, "recipe_from": self.method.recipe_from,
                 "chosen_lr": self.chosen_lr,
-                "seeds": self.seeds}
+                "seeds": self.seeds, **({} if self.chosen_budget is None
+                                       else {"chosen_budget": self.chosen_budget})}
 
 
 @dataclass
@@ -125,6 +92,8 @@ class Run:
     minutes: float | None = None      # wall time of the trainer process that finished or failed it
     error: str | None = None
     args: list[str] | None = None     # the trainer flags it ran with: a kept run is known by them
+    rung: int = 0                     # a selection trial's rung of successive halving
+    budget: int | None = None         # its optimizer steps, where the design fixes them
 
     def record(self) -> dict:
         return asdict(self)
@@ -141,31 +110,53 @@ class Study:
     quiet: bool = False
     runs: list[Run] = field(default_factory=list)     # select and final, in run order
     timing: dict[str, dict] = field(default_factory=dict)  # method -> step timing and its run
+    design: Design = DESIGNS["minilm"]
+    machine: dict | None = None       # where it runs (a design newer than minilm records it)
 
     def record(self, code: dict) -> dict:
-        """study.json (the report module, shared/evaluation/study_report.py, reads it)."""
+        """study.json (the report module, shared/evaluation/study_report.py, reads it). The
+        minilm design's is as that study wrote it; a newer design adds its plan."""
+        settings = self.settings.record()
+        extra = {}
+        if self.design.name != "minilm":
+            settings.update(design=self.design.name,
+                            equivalence_margin=self.design.equivalence_margin,
+                            primary=None if self.design.primary is None
+                            else list(self.design.primary),
+                            dev_seed_per_seed=self.design.dev_seed_per_seed)
+            extra = {"design": self.design.record(), "machine": self.machine}
         return {"version": VERSION, "command": self.command, "code": code,
-                "settings": self.settings.record(),
+                "settings": settings, **extra,
                 "methods": {name: method.record() for name, method in self.methods.items()},
                 "timing": self.timing, "runs": [run.record() for run in self.runs]}
+
+    def plan(self) -> dict:
+        """What plan.json fixes at the study's start: every setting and method but the command,
+        the code and the outcomes."""
+        record = self.record({})
+        methods = {name: {k: v for k, v in method.items() if k not in ("chosen_lr",
+                                                                        "chosen_budget")}
+                   for name, method in record["methods"].items()}
+        return {"settings": record["settings"], "design": record.get("design"),
+                "methods": methods}
 
 
 # ---------------------------------------------------------------- flags
 
-def parse_methods(text: str) -> list[str]:
+def parse_methods(text: str, table: dict[str, Method] = METHODS) -> list[str]:
     """--methods: known names, each once, a child after its parent (its runs need the parent's)."""
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in METHODS]
+    unknown = [name for name in names if name not in table]
     if not names or unknown:
-        raise ValueError(f"--methods {text}: choose from {', '.join(METHODS)}")
+        raise ValueError(f"--methods {text}: choose from {', '.join(table)}")
     if len(set(names)) < len(names):
         raise ValueError(f"--methods {text}: names a method twice")
     for name in names:
-        needed = METHODS[name].needs
+        needed = table[name].needs
         if needed is not None and needed not in names:
             raise ValueError(f"--methods {text}: {name} starts from {needed}'s runs; add "
                              f"{needed}")
-    return sorted(names, key=lambda name: METHODS[name].needs is not None)
+    return sorted(names, key=lambda name: table[name].needs is not None)
 
 
 def parse_assignments(flag: str, values: list[str], methods: list[str]) -> dict[str, str]:
@@ -182,10 +173,10 @@ def parse_assignments(flag: str, values: list[str], methods: list[str]) -> dict[
     return parsed
 
 
-def parse_grid(name: str, text: str) -> tuple[float, ...]:
+def parse_grid(name: str, text: str, table: dict[str, Method] = METHODS) -> tuple[float, ...]:
     """--grid METHOD=LR,LR,...: distinct positive learning rates, in the order given."""
     flag = f"--grid {name}={text}"
-    if not METHODS[name].grid:
+    if not table[name].grid:
         raise ValueError(f"{flag}: {name} trains with its trainer's recipe; drop its --grid")
     try:
         grid = tuple(float(part) for part in text.split(","))
@@ -219,8 +210,11 @@ def lr_text(lr: float) -> str:
     return next(text for digits in range(17) if float(text := f"{lr:.{digits}e}") == lr)
 
 
-def select_dir(method: str, lr: float) -> str:
-    return f"select/{method}/lr_{lr_text(lr)}"
+def select_dir(method: str, lr: float, budget: int | None = None) -> str:
+    """A trial's folder; under steps_<budget>/ in a design with rungs (a rate trains at
+    several budgets there)."""
+    steps = "" if budget is None else f"steps_{budget}/"
+    return f"select/{method}/{steps}lr_{lr_text(lr)}"
 
 
 def final_dir(method: str, seed: int) -> str:
@@ -230,7 +224,8 @@ def final_dir(method: str, seed: int) -> str:
 def plan_runs(study: Study) -> list[Run]:
     """Every selection trial (method by method), then every final run (seed by seed, so each
     seed's comparison is complete before the next begins; a parent before its children)."""
-    runs = [Run("select", name, 0, select_dir(name, lr), lr)
+    runs = [rung_run(study, name, 0, lr) if study.design.halving
+            else Run("select", name, 0, select_dir(name, lr), lr)
             for name, plan in study.methods.items() for lr in plan.grid]
     runs += [Run("final", name, seed, final_dir(name, seed))
              for seed in study.settings.seeds for name, plan in study.methods.items()
@@ -238,14 +233,24 @@ def plan_runs(study: Study) -> list[Run]:
     return runs
 
 
-def parse_seeds(name: str, text: str, seeds: int, parent_seeds: int | None) -> int:
+def rung_run(study: Study, method: str, rung: int, lr: float | None) -> Run:
+    """A successive-halving trial: seed 0, the rung's step budget; lr None while the rates
+    that enter the rung are not known (--dry-run's plan)."""
+    steps = study.design.rungs[rung].steps
+    run_dir = (select_dir(method, lr, steps) if lr is not None
+               else f"select/{method}/steps_{steps}/(best {study.design.rungs[rung].keep})")
+    return Run("select", method, 0, run_dir, lr, rung=rung, budget=steps)
+
+
+def parse_seeds(name: str, text: str, seeds: int, parent_seeds: int | None,
+                table: dict[str, Method] = METHODS) -> int:
     """--method-seeds METHOD=N: fewer final runs for METHOD than --seeds (where the budget
     forces it); a method started from a parent's runs cannot have more seeds than it."""
     flag = f"--method-seeds {name}={text}"
     if not text.isdigit() or not 1 <= int(text) <= seeds:
         raise ValueError(f"{flag}: expected a whole number from 1 to --seeds ({seeds})")
     if parent_seeds is not None and int(text) > parent_seeds:
-        raise ValueError(f"{flag}: {name} starts from {METHODS[name].needs}'s final runs, "
+        raise ValueError(f"{flag}: {name} starts from {table[name].needs}'s final runs, "
                          f"which has {parent_seeds} seed(s)")
     return int(text)
 
@@ -260,14 +265,16 @@ def trainer_args(study: Study, run: Run, out: Path) -> list[str]:
     s, plan = study.settings, study.methods[run.method]
     jax = plan.method.trainer == "jax_lora"
     # A timing run holds no dev part, so that its clock holds nothing but training steps.
+    dev_seed = (run.seed if run.stage == "final" and study.design.dev_seed_per_seed
+                else s.dev_seed)
     dev = [] if run.stage == "timing" else ["--dev-fraction", str(s.dev_fraction),
-                                            "--dev-seed", str(s.dev_seed)]
+                                            "--dev-seed", str(dev_seed)]
     args = ["--preset", s.preset, "--data-dir", s.data_dir,
             "--sequence-length", str(s.sequence_length),
             "--batch-per-device" if jax else "--batch-per-replica", str(s.batch_per_device),
             *dev, "--seed", str(run.seed), *(["--quiet"] if study.quiet else []), *plan.args]
     args += [] if run.lr is None else ["--lr" if jax else "--lr-per-replica", str(run.lr)]
-    args += stage_args(study, run.stage, jax)
+    args += stage_args(study, run, jax)
     if plan.method.recipe_from is not None and run.stage == "final":
         args += ["--epochs", str(recipe_epochs(study, plan.method.recipe_from, run.seed, out))]
     parent = plan.method.parent
@@ -280,25 +287,34 @@ def trainer_args(study: Study, run: Run, out: Path) -> list[str]:
 
 def recipe_epochs(study: Study, source: str, seed: int, out: Path) -> int:
     """Whole epochs (tf_baseline has no step cap) that `source`'s final run of `seed` trained
-    to reach its best dev step, from its manifest."""
+    to reach its best dev step, from its manifest; in a design with rungs, that cover the
+    source's chosen budget (its schedule is fitted to the whole budget)."""
+    steps_per_epoch = study.n_train // study.settings.batch_per_device
+    budget = study.methods[source].chosen_budget
+    if study.design.halving and budget is not None:
+        return max(1, math.ceil(budget / steps_per_epoch))
     path = out / final_dir(source, seed) / "manifest.json"
     try:
         best_step = json.loads(path.read_text())["best"]["step"]
     except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(f"{path}: no finished run with a best dev step to take the recipe "
                          f"from; run {source}'s final runs first") from None
-    steps_per_epoch = study.n_train // study.settings.batch_per_device
     return max(1, math.ceil(best_step / steps_per_epoch))
 
 
-def stage_args(study: Study, stage: str, jax: bool) -> list[str]:
-    s = study.settings
+def stage_args(study: Study, run: Run, jax: bool) -> list[str]:
+    s, design, stage = study.settings, study.design, run.stage
+    budget = run_budget(study, run)
+    # Warm-up and decay fitted to the run's budget (jax_lora; tf_baseline's rate is constant).
+    schedule = (["--schedule", design.schedule, "--warmup-steps",
+                 str(design.warmup_steps(budget))]
+                if jax and design.schedule != "constant" and budget is not None else [])
     if stage == "select":
         # --epochs at least --max-steps: enough epochs for the step budget on any device count.
         # No submission: a trial is judged on the dev part, its test predictions unused.
-        return ["--train-subset", str(study.select_subset), "--max-steps", str(s.select_steps),
-                "--epochs", str(s.select_steps), "--eval-every", str(s.eval_every),
-                "--no-predict-test"]
+        return ["--train-subset", str(study.select_subset), "--max-steps", str(budget),
+                "--epochs", str(budget), "--eval-every", str(s.eval_every),
+                "--no-predict-test", *schedule]
     if stage == "timing" and jax:
         return ["--max-steps", str(TIMING_STEPS), "--epochs", str(TIMING_STEPS),
                 "--no-predict-test"]
@@ -306,8 +322,22 @@ def stage_args(study: Study, stage: str, jax: bool) -> list[str]:
         return ["--train-subset", str(min(TIMING_STEPS * s.batch_per_device, study.n_train))]
     if not jax:
         return []  # the recipe's epochs, no dev evaluation
+    if budget is not None:  # the budget chosen on dev; patience only guards against a stall
+        return ["--max-steps", str(budget), "--epochs", str(budget), "--eval-every",
+                str(s.eval_every), "--patience", str(s.patience), *schedule,
+                *([] if design.predict_test else ["--no-predict-test"])]
     return ["--epochs", str(s.max_epochs), "--eval-every", str(s.eval_every),
             "--patience", str(s.patience)]
+
+
+def run_budget(study: Study, run: Run) -> int | None:
+    """A select or final run's fixed optimizer steps: the trial's (its rung's, or
+    --select-steps), the method's chosen budget in a design with rungs; None otherwise."""
+    if run.stage == "select":
+        return run.budget or study.settings.select_steps
+    if run.stage == "final" and study.design.halving:
+        return study.methods[run.method].chosen_budget
+    return None
 
 
 # ---------------------------------------------------------------- outcomes
@@ -350,11 +380,19 @@ def max_steps(study: Study, run: Run, timing: dict | None) -> int | None:
     a timing not measured (tf_full's recipe epochs)."""
     s = study.settings
     if run.stage == "select":
-        return s.select_steps
+        return run_budget(study, run)
     if run.stage == "timing":  # tf_baseline's: TIMING_STEPS in each of its recipe's epochs
         return TIMING_STEPS * (timing or {}).get("epochs", 1)
+    if study.design.halving and study.methods[run.method].method.trainer == "jax_lora":
+        # Before the choice, the longest budget the rungs could choose.
+        return run_budget(study, run) or max(r.steps for r in study.design.rungs)
     if study.methods[run.method].method.recipe_from is not None:
-        return None  # its epochs come from another method's final run
+        source = study.methods[run.method].method.recipe_from
+        if not study.design.halving:
+            return None  # its epochs come from another method's final run
+        budget = study.methods[source].chosen_budget or max(r.steps for r in study.design.rungs)
+        per_epoch = study.n_train // (timing["batch"] if timing else s.batch_per_device)
+        return math.ceil(budget / per_epoch) * per_epoch
     batch = timing["batch"] if timing else s.batch_per_device
     epochs = s.max_epochs if study.methods[run.method].method.trainer == "jax_lora" else (
         timing or {}).get("epochs")

@@ -594,3 +594,19 @@ def test_premise_gap_is_given_within_english_and_within_the_rest(built, study_di
     markdown = (out / "report.md").read_text()
     assert "| full | English |" in markdown and "| full | other languages |" in markdown
     assert "Simpson's paradox" in markdown
+
+
+def test_halving_trials_of_one_rate_at_two_budgets_are_both_reported(study_dir, tmp_path):
+    """Successive halving trains a rate at 300 and again at 900 steps: two trials of one rate,
+    told apart by their budget; the chosen one is the chosen budget's."""
+    def halve(study):
+        trial = next(r for r in study["runs"] if r["run_dir"] == "select/full/lr_3e-05")
+        trial["budget"] = 300
+        study["runs"].append({**trial, "budget": 900})
+        study["methods"]["full"]["chosen_budget"] = 900
+    result = sr.build_study_report(variant(study_dir, tmp_path, halve), bootstrap=BOOTSTRAP)
+    rows = [r for r in result["selection"] if r["method"] == "full" and r["lr"] == 3e-5]
+    assert [(r["budget"], r["chosen"]) for r in rows] == [(300, False), (900, True)]
+    markdown = (tmp_path / "study" / "report" / "report.md").read_text()
+    assert "| method | learning rate | budget (steps) | seed |" in markdown
+    assert "| full | 3e-05 | 900 | 0 |" in markdown

@@ -2,6 +2,7 @@
 skips, reruns), then a tiny real study end to end on the sample and the tiny random BERT."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from shared.data.spec import DataSpec, file_checksums, load
 from shared.data.watson import SAMPLE_DATA_DIR
 from shared.jobs import study as job
+from shared.jobs import study_design as design
 from shared.jobs import study_plan as plan
 from shared.jobs.study_plan import FAILED, FINISHED, PENDING, Run
 from shared.runs.presets import describe_preset
@@ -361,3 +363,138 @@ def test_dry_run_times_steps_elsewhere_and_writes_no_run(tiny_hf_preset, tmp_pat
     assert "probe timed now" in done.stdout and "[study] estimate: final " in done.stdout
     assert "chosen after select" in done.stdout
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- the e5 design (issue 33)
+
+
+def test_e5_design_plans_halving_dev_seed_per_seed_and_linear_decay(tiny_hf_preset, tmp_path):
+    out = tmp_path / "study"
+    study = make_study(tiny_hf_preset, out, "--design", "e5")
+    assert list(study.methods) == ["full", "lora", "dora", "lora_all", "qlora_nf4", "probe",
+                                   "tf_full", "tf_full_tuned"]
+    assert all(len(m.grid) == 5 for m in study.methods.values() if m.method.trainer == "jax_lora")
+    assert all(m.args[m.args.index("--pooling") + 1] == "mean"
+               for m in study.methods.values() if m.method.trainer == "jax_lora")
+    seeds = {name: m.seeds for name, m in study.methods.items()}
+    assert seeds == {"full": None, "lora": None, "dora": 1, "lora_all": 1, "qlora_nf4": 1,
+                     "probe": 1, "tf_full_tuned": 2, "tf_full": 1}
+    assert study.settings.seeds == (0, 1, 2, 3, 4) and study.settings.patience == 6
+    selects = [r for r in study.runs if r.stage == "select"]
+    assert {(r.rung, r.budget) for r in selects} == {(0, 300)}  # later rungs once ranked
+    assert len(selects) == 5 * 6
+
+    def flags(run, *names):
+        args = plan.trainer_args(study, run, out)
+        return [args[args.index(name) + 1] if name in args else None for name in names]
+
+    trial = next(r for r in selects if r.method == "lora" and r.lr == 5e-4)
+    assert trial.run_dir == "select/lora/steps_300/lr_5e-04"
+    assert flags(trial, "--max-steps", "--schedule", "--warmup-steps", "--dev-seed",
+                 "--targets") == ["300", "linear", "30", "0", "query,value"]
+    study.methods["lora"].chosen_lr, study.methods["lora"].chosen_budget = 5e-4, 900
+    final = next(r for r in study.runs if r.stage == "final" and r.method == "lora"
+                 and r.seed == 3)
+    final.lr = 5e-4
+    assert flags(final, "--max-steps", "--warmup-steps", "--dev-seed", "--seed",
+                 "--patience") == ["900", "90", "3", "3", "6"]
+    assert "--no-predict-test" in plan.trainer_args(study, final, out)
+    study.methods["full"].chosen_lr, study.methods["full"].chosen_budget = 2e-5, 900
+    tf = next(r for r in study.runs if r.method == "tf_full_tuned" and r.seed == 1)
+    tf.lr = 2e-5
+    steps_per_epoch = study.n_train // 16
+    assert flags(tf, "--epochs", "--dev-seed", "--schedule") == [
+        str(math.ceil(900 / steps_per_epoch)), "1", None]
+    record = study.record({})
+    assert record["settings"]["equivalence_margin"] == 0.02
+    assert record["settings"]["primary"] == ["full", "lora"]
+    assert record["design"]["rungs"] == [{"steps": 300, "keep": 5}, {"steps": 900, "keep": 2}]
+
+
+def test_rungs_keep_the_best_rates_and_choose_rate_and_budget_on_dev():
+    def trial(lr, rung, accuracy, loss=1.0, status=FINISHED):
+        return Run("select", "lora", 0, f"select/lora/steps_{300 * 3 ** rung}/lr_{lr}", lr,
+                   status, accuracy, loss, rung=rung, budget=300 * 3 ** rung)
+
+    first = [trial(1e-4, 0, 0.50), trial(5e-4, 0, 0.60), trial(1e-3, 0, 0.60, loss=0.9),
+             trial(2e-3, 0, 0.70, status=FAILED)]
+    assert design.rung_rates(first, 2) == [1e-3, 5e-4]  # equal accuracy: the lower dev loss
+    # Each finalist at each budget it trained: the best (rate, budget) wins, a shorter budget
+    # included; 1e-4, which did not reach the last rung, cannot win even with a higher score.
+    first[1].dev_accuracy = 0.62
+    later = [trial(1e-3, 1, 0.58), trial(5e-4, 1, 0.55), trial(1e-4, 0, 0.99)]
+    assert design.choose_lr_and_budget(first + later) == (5e-4, 300)
+    later[0].dev_accuracy = 0.65
+    assert design.choose_lr_and_budget(first + later) == (1e-3, 900)
+    assert design.choose_lr_and_budget([trial(1e-4, 0, None, status=FAILED)]) == (None, None)
+
+
+# A fake trainer whose dev accuracy peaks at lr 1e-3 and rises with --max-steps (900 beats 300).
+FAKE_HALVING_TRAINER = FAKE_TRAINER.replace(
+    '"dev_accuracy": 0.5 - abs(math.log10(lr) + 3) / 10,',
+    '"dev_accuracy": 0.5 - abs(math.log10(lr) + 3) / 10 + (0.01 if "900" in sys.argv else 0),')
+
+
+def test_e5_study_halves_resumes_and_refuses_a_changed_plan(fake_repo, tiny_hf_preset,
+                                                            tmp_path, capsys):
+    assert FAKE_HALVING_TRAINER != FAKE_TRAINER
+    (fake_repo / "jax_lora" / "train.py").write_text(FAKE_HALVING_TRAINER)
+    out = tmp_path / "study"
+    argv = ["--out", str(out), "--preset", str(tiny_hf_preset), "--design", "e5",
+            "--methods", "full,lora", "--seeds", "2", "--quiet"]
+    assert job.main(argv) == 0, capsys.readouterr().err
+    study = json.loads((out / "study.json").read_text())
+    lora = [r for r in study["runs"] if r["method"] == "lora" and r["stage"] == "select"]
+    assert [(r["budget"], r["lr"]) for r in lora] == [(300, lr) for lr in design.E5_ADAPTER_GRID] \
+        + [(900, 1e-3), (900, 5e-4)]  # 5e-4 and 2e-3 tie: the smaller rate goes on
+    assert study["methods"]["lora"]["chosen_lr"] == 1e-3
+    assert study["methods"]["lora"]["chosen_budget"] == 900
+    finals = {r["run_dir"]: r for r in study["runs"] if r["stage"] == "final"}
+    argv_of = json.loads((out / "final/lora/seed_1" / MANIFEST).read_text())["argv"]
+    assert argv_of[argv_of.index("--dev-seed") + 1] == "1"
+    assert argv_of[argv_of.index("--max-steps") + 1] == "900"
+    assert all(r["status"] == FINISHED for r in finals.values())
+    assert study["machine"]["cores"] == os.cpu_count()
+    fixed = json.loads((out / "plan.json").read_text())
+    assert fixed["settings"]["equivalence_margin"] == 0.02 and "runs" not in fixed
+
+    # Rerun: every run kept, no trainer started.
+    calls = fake_repo / "jax_lora" / "calls.txt"
+    calls.write_text("")
+    assert job.main(argv) == 0
+    assert calls.read_text() == ""
+    # Another grid would change the fixed plan: one line, exit 2, nothing touched.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        job.main(argv + ["--grid", "lora=1e-4,1e-3"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(error) == 1
+    assert "plan was fixed at its start" in error[0] and "methods.lora" in error[0]
+    assert json.loads((out / "plan.json").read_text()) == fixed
+
+
+def test_calibrated_dry_run_is_the_hand_computation(tiny_hf_preset, tmp_path, capsys):
+    """lora 1 s and full 2 s per step (evals.csv differences after the compiling first row),
+    10 s per dev evaluation (30 s over the 3 evaluations of epoch 1). Select: 5 x 300 + 2 x 900
+    = 3,300 steps and 5 x 3 + 2 x 9 = 33 evaluations per method: full 6,930 s, lora 3,630 s =
+    2.93 h. Final, 2 seeds at 900 steps, 9 evaluations + 3 for the validation rows: full
+    2 x 1,920 s, lora 2 x 1,020 s = 1.64 h. Total 4.58 core-hours."""
+    files = []
+    for name, per_step in (("lora", 1.0), ("full", 2.0)):
+        folder = tmp_path / name
+        folder.mkdir()
+        pd.DataFrame({"step": [100, 200, 300], "epoch": [0.4, 0.8, 1.0],
+                      "train_seconds": [50 + per_step * s for s in (0, 100, 200)]}).to_csv(
+            folder / "evals.csv", index=False)
+        (folder / "manifest.json").write_text(json.dumps({"epochs": [{"eval_seconds": 30.0}]}))
+        files += ["--calibrate", f"{name}={folder / 'evals.csv'}"]
+    out = tmp_path / "study"
+    assert job.main(["--out", str(out), "--preset", str(tiny_hf_preset), "--design", "e5",
+                     "--methods", "full,lora", "--seeds", "2", "--dry-run", *files]) == 0
+    printed = capsys.readouterr().out
+    assert "lora 1.000, full 2.000; 10.0 s per dev evaluation" in printed
+    assert "[study] estimate: select 2.9 core-hours" in printed
+    assert "[study] estimate: final 1.6 core-hours" in printed
+    assert "[study] estimate: total 4.6 core-hours" in printed
+    assert printed.count("steps_900/(best 2)") == 4 and not out.exists()
+    assert design.step_seconds_from_evals(tmp_path / "full" / "evals.csv") == 2.0
