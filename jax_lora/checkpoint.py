@@ -296,16 +296,3 @@ class _UnretrievedReadFilter(logging.Filter):
         return not (message.startswith(("Future exception was never retrieved",
                                         "Task exception was never retrieved"))
                     and self.directory in message)
-
-
-def latest_meta(run_dir: Path) -> dict | None:
-    """The newest checkpoint's JSON progress, without loading arrays or writing anything;
-    None when the run directory has no checkpoint."""
-    if not (Path(run_dir) / CHECKPOINTS).is_dir():
-        return None
-    checkpoints = Checkpoints(run_dir)
-    step = checkpoints.latest_step()
-    meta = None if step is None else checkpoints.manager.restore(
-        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    checkpoints.close()
-    return meta

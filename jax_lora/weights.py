@@ -417,13 +417,6 @@ def load_head(model: BertClassifier, preset: str) -> None:
     assign(model, tensors, source, parameters=nnx.All(nnx.Param, nnx.PathContains("head")))
 
 
-def keras_parameter_path(layer: str, variable: str) -> tuple | None:
-    """keras-hub BertTextClassifier variable (layer path, variable name) -> our parameter
-    path, e.g. ("transformer_layer_0/self_attention_layer/query", "kernel") ->
-    ("layers", 0, "attention", "query", "kernel"); None when it has no counterpart."""
-    return KERAS_NAMES.path(layer, variable)
-
-
 def assign(model: BertClassifier, tensors: Iterable[Tensor], weights_file: Path, *,
            base_dtype: str = "float32", stored: set = frozenset(),
            parameters: nnx.filterlib.Filter = nnx.Not(FRESH)) -> None:

@@ -162,8 +162,8 @@ class ExtraUse:
 
 def rows_fingerprint(rows: pd.DataFrame, report: contamination.Report, allow_overlap: bool) -> str:
     """sha256 over the ids of the extra rows that joined the training part, in order."""
-    kept = rows["id"] if allow_overlap else rows["id"][~report.drop_mask]
-    return hashlib.sha256("\n".join(kept).encode("utf-8")).hexdigest()
+    kept = rows if allow_overlap else contamination.drop_overlaps(rows, report)[0]
+    return hashlib.sha256("\n".join(kept["id"]).encode("utf-8")).hexdigest()
 
 
 def file_checksums(data_dir: Path) -> dict:
@@ -207,7 +207,8 @@ def join_extra(train: pd.DataFrame, frame: pd.DataFrame, val: pd.DataFrame,
                         f"is also a Watson id; prepare the extra rows again")
     watson = {"validation": val} | ({} if test is None else {"test": test})
     report = contamination.check(prepared.rows, watson)
-    kept = prepared.rows if spec.allow_overlap else prepared.rows[~report.drop_mask]
+    kept = (prepared.rows if spec.allow_overlap
+            else contamination.drop_overlaps(prepared.rows, report)[0])
     joined = pd.concat([train, kept[list(train.columns)]], ignore_index=True)
     # One seeded shuffle: the starter's pipeline never shuffles, so appended rows would all
     # come after Watson's in every epoch.

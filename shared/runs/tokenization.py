@@ -44,7 +44,9 @@ MIN_SEQUENCE_LENGTH = 5
 
 NORMALIZER_FILE = "text_normalizer.json"  # beside a saved keras-hub preset's own files
 README_FILE = "README.md"
-FORMAT = "watson-compare/hf-bert-text-normalizer/1"
+FORMAT = "watson-peft/hf-bert-text-normalizer/1"
+# What NORMALIZER_FILE said before the project was renamed; such saved presets still read.
+READ_FORMATS = (FORMAT, "watson-compare/hf-bert-text-normalizer/1")
 # A word the normaliser lets through has at most max_input_chars_per_word characters, so at
 # most 4x as many UTF-8 bytes; the WordPiece side must not cut it (tf_text cuts at 100 bytes).
 MAX_UTF8_BYTES_PER_CHAR = 4
@@ -205,7 +207,7 @@ def read_normalizer(preset_dir: str | Path) -> TextNormalizer | None:
     if not path.is_file():
         return None
     data = _read_json(path)
-    if data.get("format") != FORMAT:
+    if data.get("format") not in READ_FORMATS:
         raise TokenizationError(f"{path}: format {data.get('format')!r} is not {FORMAT!r}; "
                                 f"re-save the preset with this version")
     normalizer = data["normalizer"]
@@ -358,7 +360,7 @@ other token ids for many texts (accents, Greek, non-Latin scripts). The rules ar
 
 Packing stays keras-hub's: [CLS] premise [SEP] hypothesis [SEP], round-robin truncation.
 
-In the watson-compare project this is automatic: tf_baseline's `model.load_preprocessor` (and
+In the watson-peft project this is automatic: tf_baseline's `model.load_preprocessor` (and
 `train.predict`) and jax_lora's `Tokenizer.from_preset_dir(<this folder>, "keras_dir")` read
 `{file}`; `shared.runs.tokenization.read_normalizer(<this folder>)` gives step 1.
 """

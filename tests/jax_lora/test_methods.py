@@ -24,7 +24,7 @@ from jax_lora.lora import (LORA_TARGETS, LoraConfig, LoraParam, LoRALinear, colu
 from jax_lora.models import BertClassifier
 from jax_lora.optim import make_optimizer, param_counts, trainable_mask
 from jax_lora.steps import TrainState, make_train_step
-from jax_lora.weights import keras_parameter_path, load_pretrained
+from jax_lora.weights import KERAS_NAMES, load_pretrained
 from shared.runs.run_dir import MANIFEST, read_run
 from tests.jax_lora.helpers import inputs, logits, randomize_adapters
 from tests.jax_lora.trainer_process import RUN_FLAGS, STEPS_PER_EPOCH, train
@@ -184,7 +184,7 @@ def test_full_matches_tf_baseline_first_steps(keras_hub_reference):
 
     dense_gap, embedding_steps = 0.0, {}
     for name, tf_delta in tf_deltas.items():
-        path = keras_parameter_path(*name.rsplit("/", 1))
+        path = KERAS_NAMES.path(*name.rsplit("/", 1))  # keras-hub's name -> ours
         delta = (after[path] - before[path]).reshape(tf_delta.shape)
         if path[-1] == "embedding":
             embedding_steps[name] = (np.abs(tf_delta).max() / lr, np.abs(delta).max() / lr)

@@ -78,6 +78,16 @@ def test_saved_beside_a_preset_and_read_back(tmp_path):
     assert json.loads((tmp_path / NORMALIZER_FILE).read_text())["keras_hub_tokenizer"][
         "split_on_cjk"] is False
     assert read_normalizer(tmp_path / "nothing") is None  # a keras-hub preset of its own
+    # A preset saved before the project's rename still reads; an unknown format does not.
+    saved = json.loads((tmp_path / NORMALIZER_FILE).read_text())
+    assert saved["format"] == "watson-peft/hf-bert-text-normalizer/1"
+    (tmp_path / NORMALIZER_FILE).write_text(
+        json.dumps({**saved, "format": "watson-compare/hf-bert-text-normalizer/1"}))
+    assert read_normalizer(tmp_path) == normalizer
+    (tmp_path / NORMALIZER_FILE).write_text(
+        json.dumps({**saved, "format": "watson-peft/hf-bert-text-normalizer/2"}))
+    with pytest.raises(TokenizationError, match="re-save the preset"):
+        read_normalizer(tmp_path)
 
 
 def _edit_tokenizer_json(folder, edit):
