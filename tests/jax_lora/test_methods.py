@@ -4,8 +4,6 @@ pooling and LP→X (--init-from), on tiny random models and the tiny Hugging Fac
 import json
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -26,6 +24,7 @@ from jax_lora.optim import make_optimizer, param_counts, trainable_mask
 from jax_lora.steps import TrainState, make_train_step
 from jax_lora.weights import KERAS_NAMES, load_pretrained
 from shared.runs.run_dir import MANIFEST, read_run
+from tests.helpers import kill_9_at_checkpoint, trainer_command
 from tests.jax_lora.helpers import inputs, logits, randomize_adapters
 from tests.jax_lora.trainer_process import RUN_FLAGS, STEPS_PER_EPOCH, train
 
@@ -267,17 +266,11 @@ def test_kill_9_then_rerun_ends_bitwise_equal(flags, tiny_hf_preset, tmp_path, r
     reference = tmp_path / "reference"
     train(tiny_hf_preset, reference, *flags, env=run_env)
     run_dir = tmp_path / "killed"
-    command = [sys.executable, str(REPO / "jax_lora" / "train.py"), "--preset",
-               str(tiny_hf_preset), "--run-dir", str(run_dir), *RUN_FLAGS, *flags]
+    command = trainer_command("jax_lora", "--preset", tiny_hf_preset, "--run-dir", run_dir,
+                              *RUN_FLAGS, *flags)
     process = subprocess.Popen(command, cwd=REPO, env=run_env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        steps = [int(p.name) for p in (run_dir / CHECKPOINTS).glob("*") if p.name.isdigit()]
-        if steps and max(steps) >= kill_at:
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
+    kill_9_at_checkpoint([process], run_dir / CHECKPOINTS, kill_at)
     output = process.communicate(timeout=60)[0]
     assert process.returncode == -signal.SIGKILL, f"not killed mid-run:\n{output[-2000:]}"
     rerun = train(tiny_hf_preset, run_dir, *flags, env=run_env)

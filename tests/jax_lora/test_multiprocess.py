@@ -7,7 +7,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from jax_lora.config import TrainConfig, parse_config
 from jax_lora.distributed import ProcessConfig, initialize
 from shared.data.watson import SAMPLE_DATA_DIR
 from shared.runs.run_dir import read_run
+from tests.helpers import kill_9_at_checkpoint, trainer_command
 from tests.jax_lora.trainer_process import run_trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,9 +81,9 @@ def free_port() -> int:
 def two_processes(preset: Path, run_dir: Path, env: dict, logs: Path, flags=((), ())):
     """Processes 0 and 1 of one run, one CPU device each (`flags`: each one's own extra
     flags); whatever still runs on exit is killed."""
-    command = [sys.executable, str(REPO / "jax_lora" / "train.py"), "--preset", str(preset),
-               "--run-dir", str(run_dir), *FLAGS, "--coordinator-address",
-               f"127.0.0.1:{free_port()}", "--num-processes", "2"]
+    command = trainer_command("jax_lora", "--preset", preset, "--run-dir", run_dir, *FLAGS,
+                              "--coordinator-address", f"127.0.0.1:{free_port()}",
+                              "--num-processes", "2")
     started = []
     try:
         for index in range(2):
@@ -156,14 +156,7 @@ def test_both_killed_mid_run_then_rerun_end_the_same(one_process_two_devices, ti
     run_dir = tmp_path / "killed"
     kill_after = STEPS_PER_EPOCH + 2  # a checkpoint in the middle of epoch 2
     with two_processes(tiny_hf_preset, run_dir, run_env, tmp_path) as started:
-        deadline = time.monotonic() + SECONDS
-        while time.monotonic() < deadline and all(p.poll() is None for p in started):
-            steps = [int(p.name) for p in (run_dir / CHECKPOINTS).glob("*") if p.name.isdigit()]
-            if steps and max(steps) >= kill_after:
-                for process in started:
-                    process.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.01)
+        kill_9_at_checkpoint(started, run_dir / CHECKPOINTS, kill_after, SECONDS)
         for process in started:
             process.wait(timeout=60)
         output = (tmp_path / "process0.log").read_text()

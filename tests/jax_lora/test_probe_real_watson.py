@@ -4,7 +4,6 @@ beside that file's other slow tests."""
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from shared.evaluation.evaluate import trivial_baselines
 from shared.runs.presets import PresetError, minilm_dir
 from shared.runs.run_dir import read_run
+from tests.helpers import trainer_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,10 +30,11 @@ def test_probe_learns_on_real_watson(watson_dir, tmp_path):
     except PresetError:
         pytest.skip("all-MiniLM-L6-v2 package not installed")
     run_dir = tmp_path / "probe"
-    done = subprocess.run([sys.executable, str(REPO / "jax_lora" / "train.py"), "--preset",
-                           str(preset), "--data-dir", str(watson_dir), "--method", "probe", "--pooling", "mean",
-                           "--epochs", "1", "--train-subset", "2000", "--sequence-length", "128",
-                           "--run-dir", str(run_dir), "--quiet", "--no-predict-test"],
+    done = subprocess.run(trainer_command("jax_lora", "--preset", preset, "--data-dir", watson_dir,
+                                          "--method", "probe", "--pooling", "mean", "--epochs",
+                                          "1", "--train-subset", "2000", "--sequence-length",
+                                          "128", "--run-dir", run_dir, "--quiet",
+                                          "--no-predict-test"),
                           # Optimised code (not run_env's fast compiles): an epoch of
                           # real data runs several times longer without LLVM's optimisations.
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},

@@ -27,6 +27,7 @@ from jax_lora.weights import load_head, load_pretrained
 from jax_lora.xlmr_tokenizer import XLMRobertaTokenizer
 from shared.data.watson import SAMPLE_DATA_DIR, load_train
 from shared.runs.run_dir import read_run
+from tests.helpers import trainer_command
 from tests.jax_lora.helpers import recorded_gap
 
 REPO = Path(__file__).resolve().parents[2]
@@ -274,10 +275,11 @@ def test_peft_writes_our_names_and_loads_our_folder_to_our_logits(hf, peft_expor
 def tf_xlmr_run(xlmr_reference, tmp_path_factory) -> Path:
     """tf_baseline trained on the tiny XLM-R folder, as a user runs it (a TF subprocess)."""
     run_dir = tmp_path_factory.mktemp("tf_xlmr") / "tf_xlmr"
-    done = subprocess.run([sys.executable, str(REPO / "tf_baseline" / "train.py"), "--preset",
-                           str(xlmr_reference["hf"]), "--limit", "160", "--epochs", "1",
-                           "--batch-per-replica", "8", "--sequence-length", "32", "--quiet",
-                           "--run-dir", str(run_dir)], cwd=REPO, capture_output=True, text=True,
+    done = subprocess.run(trainer_command("tf_baseline", "--preset", xlmr_reference["hf"],
+                                          "--limit", "160", "--epochs", "1",
+                                          "--batch-per-replica", "8", "--sequence-length", "32",
+                                          "--quiet", "--run-dir", run_dir),
+                          cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)},
                           timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

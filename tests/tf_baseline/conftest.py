@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from shared.data.watson import SAMPLE_DATA_DIR
+from tests.helpers import trainer_command
 
 REPO = Path(__file__).resolve().parents[2]
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -79,10 +80,10 @@ KILL_IN_EPOCH_2 = textwrap.dedent("""
 
 def _start(args, log: Path, script=None) -> subprocess.Popen:
     """`python tf_baseline/train.py ARGS` (or `python -c SCRIPT ARGS`) from the repo root."""
-    command = [sys.executable] + (["-c", script] if script else ["tf_baseline/train.py"])
+    command = ([sys.executable, "-c", script, *map(str, args)] if script
+               else trainer_command("tf_baseline", *args))
     with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
-        return subprocess.Popen(command + [str(a) for a in args], cwd=REPO, stdout=out,
-                                stderr=err, text=True)
+        return subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err, text=True)
 
 
 def _finish(process: subprocess.Popen, log: Path, check=True) -> subprocess.CompletedProcess:

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tf_baseline.model import MULTI_WORKER_ISSUE, check_one_worker
-from tf_baseline.train import main
+from tf_baseline.config import parse_config
+from tf_baseline.model import (MULTI_WORKER_ISSUE, check_one_worker, describe_strategy,
+                               make_strategy)
+from tf_baseline.train import main, prepare
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_SECONDS = 600  # per process; a tiny worker takes about a minute on a busy 2-CPU machine
@@ -152,10 +154,26 @@ def test_every_multi_worker_cluster_is_refused(cluster, workers):
                                                                   "index": 0}}))
 
 
-@pytest.mark.parametrize("value", [None, "", '{"cluster": {"worker": ["a:1"]}}',
-                                   '{"cluster": {"chief": ["a:1"], "evaluator": ["b:1"]}}'])
-def test_no_tf_config_or_one_worker_trains_as_before(value):
-    check_one_worker(value)  # raises nothing
+@pytest.mark.parametrize("value", [
+    None, '{"cluster": {"worker": ["a:1"]}}',
+    '{"cluster": {"chief": ["a:1"], "evaluator": ["b:1"]}}',
+    # check_one_worker lets an empty TF_CONFIG pass as none, but MirroredStrategy() parses it
+    # (TFConfigClusterResolver) and raises: the trainer stops with a traceback. Strict, so the
+    # day tf_baseline treats it as unset (or refuses it in one line) this mark must go.
+    pytest.param("", marks=pytest.mark.xfail(raises=json.JSONDecodeError, strict=True,
+                                             reason="MirroredStrategy parses TF_CONFIG=''"))])
+def test_no_tf_config_or_one_worker_sets_up_the_run_as_without_it(value, tiny_preset, tmp_path,
+                                                                   monkeypatch):
+    """prepare, the one place the trainer reads TF_CONFIG, builds the same one-machine strategy
+    and batch as with no TF_CONFIG at all: nothing of a one-worker cluster reaches training."""
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    expected = describe_strategy(make_strategy(None))
+    if value is not None:
+        monkeypatch.setenv("TF_CONFIG", value)
+    setup = prepare(parse_config(["--preset", str(tiny_preset), "--run-dir", str(tmp_path / "run"),
+                                  "--limit", "160", "--batch-per-replica", "8"]))
+    assert describe_strategy(setup.strategy) == expected
+    assert expected["replicas"] == 1 and setup.global_batch == 8
 
 
 @pytest.mark.parametrize("value", ["not json", "[1, 2]", '{"cluster": ["a:1"]}'])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from jax_lora.config import parse_config as jax_config
 from shared.data.spec import DataSpec, file_checksums, load
 from shared.data.watson import SAMPLE_DATA_DIR
 from shared.jobs import study as job
@@ -20,6 +21,7 @@ from shared.jobs import study_plan as plan
 from shared.jobs.study_plan import FAILED, FINISHED, PENDING, Run
 from shared.runs.presets import describe_preset
 from shared.runs.run_dir import MANIFEST, read_run
+from tf_baseline.config import parse_config as tf_config
 
 REPO = Path(__file__).resolve().parents[3]
 STUDY_KEYS = {"version", "command", "code", "settings", "methods", "timing", "runs"}
@@ -36,9 +38,28 @@ def make_study(preset, out, *flags):
 
 # ---------------------------------------------------------------- plan and flags, in process
 
-def test_method_table_runs_as_the_trainers_require():
+def test_method_table_runs_as_the_trainers_require(tiny_hf_preset, tmp_path):
+    # Every run of every method, at each stage, parses with its trainer's own flags.
+    out = tmp_path / "study"
+    study = make_study(tiny_hf_preset, out, "--methods", ",".join(plan.METHODS), "--seeds", "1")
+    (out / plan.final_dir("full", 0)).mkdir(parents=True)  # tf_full_tuned's recipe source
+    (out / plan.final_dir("full", 0) / "manifest.json").write_text('{"best": {"step": 1}}')
+    for method in study.methods.values():
+        method.chosen_lr = method.grid[0] if method.grid else None
+    for method in study.methods.values():  # tf_full_tuned: at full's chosen rate
+        if method.method.recipe_from is not None:
+            method.chosen_lr = study.methods[method.method.recipe_from].chosen_lr
+    runs = study.runs + [plan.timing_run(name, method.chosen_lr)
+                         for name, method in study.methods.items()]
+    parsers = {"jax_lora": jax_config, "tf_baseline": tf_config}
+    for run in runs:
+        run.lr = study.methods[run.method].chosen_lr
+        args = plan.trainer_args(study, run, out)
+        config = parsers[study.methods[run.method].method.trainer](args)
+        assert Path(config.run_dir) == out / run.run_dir, args
+        assert config.seed == run.seed and config.preset == str(tiny_hf_preset), args
+    assert {run.method for run in runs} == set(plan.METHODS)
     for name, method in plan.METHODS.items():
-        assert (REPO / method.trainer / "train.py").is_file(), name
         assert len(method.grid) in (0, 3), name  # three rates per grid, or the recipe
         if method.parent is not None:
             parent = plan.METHODS[method.parent]
@@ -330,8 +351,10 @@ def test_tiny_study_selects_on_dev_only_and_reruns_nothing(tiny_hf_preset, tmp_p
         assert val_ids == set(data.val["id"])
         assert len(dev_ids) == run.manifest["data"]["dev"]["n_dev"]
         assert dev_ids and not dev_ids & val_ids and not dev_ids & set(data.train["id"])
-    if (REPO / "shared/evaluation/study_report.py").is_file():
-        assert (out / "report" / "report.json").is_file()
+    # The study's report, over the same split and both methods' final runs.
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["split"]["n_val"] == len(data.val)
+    assert {m["method"] for m in report["methods"]} == {"lora", "probe"}
 
     # The same command again: every run kept, no trainer started.
     files = {p: p.stat().st_mtime_ns for p in (out / "select").rglob("*")}

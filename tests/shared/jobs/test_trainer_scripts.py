@@ -4,10 +4,11 @@ of another checkout, PYTHONPATH). The study's TF runs once imported another chec
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import trainer_command
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -20,7 +21,7 @@ def test_a_trainer_script_imports_its_own_checkout(tmp_path, trainer):
         (other / package / "__init__.py").write_text(
             "raise ImportError('imported from the other checkout')\n")
     env = {**os.environ, "PYTHONPATH": str(other)}
-    result = subprocess.run([sys.executable, str(REPO / trainer / "train.py"), "--help"],
+    result = subprocess.run(trainer_command(trainer, "--help"),
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert "other checkout" not in result.stderr
     assert result.returncode == 0, result.stderr[-2000:]

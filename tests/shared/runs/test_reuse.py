@@ -5,8 +5,9 @@ import subprocess
 
 import pytest
 
-from shared.runs.reuse import (FINISHED, NEW, RESUME, REPO, RunStateError, clear_run_dir,
-                               code_version, config_differences, run_dir_state)
+from shared.runs import reuse
+from shared.runs.reuse import (FINISHED, NEW, RESUME, RunStateError, clear_run_dir, code_version,
+                               config_differences, run_dir_state)
 from shared.runs.run_dir import MANIFEST
 
 CONFIG = {"lr": 1e-5, "quiet": False, "run_dir": "a", "data": {"limit": None, "split": "kaggle"}}
@@ -86,12 +87,29 @@ def test_config_differences_flatten_sections_and_skip_neutral_fields():
     assert config_differences({"a": 1}, {}) == ["a 1 -> (none)"]
 
 
-def test_code_version_is_this_checkout():
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
-    version = code_version()
-    assert version["commit"] == (head or None)
-    assert version["dirty"] in (True, False) if head else version["dirty"] is None
+def test_code_version_names_the_commit_and_whether_tracked_files_changed(tmp_path,
+                                                                         monkeypatch):
+    """On a repository made here, so the answers are known whatever state this checkout is in."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.setattr(reuse, "REPO", repo)
+    assert code_version() == {"commit": None, "dirty": None}  # not a git repository
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c",
+                               "user.email=t@example.org", *args], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    (repo / "train.py").write_text("print(1)\n")
+    git("add", "train.py")
+    git("commit", "-q", "-m", "first")
+    head = git("rev-parse", "HEAD")
+    assert code_version() == {"commit": head, "dirty": False}
+    (repo / "notes.txt").write_text("untracked files do not count")
+    assert code_version() == {"commit": head, "dirty": False}
+    (repo / "train.py").write_text("print(2)\n")
+    assert code_version() == {"commit": head, "dirty": True}
 
 
 def test_a_finished_run_is_extended_only_in_growable_fields_when_the_config_says_so(tmp_path):
