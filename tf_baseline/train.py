@@ -50,6 +50,7 @@ from tf_baseline.data import text_dataset  # noqa: E402
 from tf_baseline.model import (check_one_worker, check_sequence_length, count_params,  # noqa: E402
                                describe_strategy, inference_model, load_classifier,
                                load_preprocessor, make_strategy, save_preset)
+from tf_baseline.schedule import check_warmup, learning_rate  # noqa: E402
 
 TRAINER = "tf_baseline"
 PRESET_DIR = "preset"  # the trained classifier inside a run directory
@@ -72,6 +73,11 @@ class Setup:
     @property
     def global_batch(self) -> int:
         return self.config.batch_per_replica * self.strategy.num_replicas_in_sync
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: whole global batches (the notebook drops the rest)."""
+        return len(self.data.train) // self.global_batch
 
 
 def prepare(config: TrainConfig) -> Setup | None:
@@ -98,9 +104,10 @@ def prepare(config: TrainConfig) -> Setup | None:
             raise ValueError(f"--batch-per-replica {config.batch_per_replica}: a global batch "
                              f"of {setup.global_batch} rows exceeds the {len(frame)} {part} "
                              f"rows; use more rows or a smaller batch")
+    check_warmup(config.warmup_steps, setup.steps_per_epoch, config.epochs)
     lock_run_dir(config.run_dir)  # every check passed: from here on this process writes it
     if state == RESUME:  # a damaged backup: Keras' previous one, or one line and --restart
-        check_backup(Path(config.run_dir) / BACKUP_DIR, len(data.train) // setup.global_batch)
+        check_backup(Path(config.run_dir) / BACKUP_DIR, setup.steps_per_epoch)
     return setup
 
 
@@ -116,16 +123,18 @@ def run(setup: Setup, callbacks=()) -> Path:
                             drop_remainder=True)
     val_ds = text_dataset(data.val, setup.preprocessor, setup.global_batch, labels=True,
                           drop_remainder=True)
-    steps = len(data.train) // setup.global_batch
+    steps = setup.steps_per_epoch
     print(f"data: {len(data.train)} train / {len(data.val)} validation rows, global batch "
           f"{setup.global_batch}, {steps} steps per epoch")
     if data.extra is not None:
         print(f"data: {data.extra.summary()}")
 
-    # Optimizer and loss: the notebook's, the learning rate scaled by the replica count.
-    learning_rate = config.lr_per_replica * replicas
+    # Optimizer and loss: the notebook's, the learning rate scaled by the replica count
+    # (the peak of --warmup-steps and --schedule linear, over the run's steps x epochs).
+    peak = config.lr_per_replica * replicas
     with strategy.scope():
-        classifier.compile(optimizer=keras.optimizers.Adam(learning_rate),
+        rate = learning_rate(peak, config.schedule, config.warmup_steps, steps * config.epochs)
+        classifier.compile(optimizer=keras.optimizers.Adam(rate),
                            loss=keras.losses.CategoricalCrossentropy(from_logits=True),
                            metrics=["accuracy"])
 
@@ -141,7 +150,7 @@ def run(setup: Setup, callbacks=()) -> Path:
                   model={"pooling": setup.numbers.default_pooling,
                          "encoder_numbers": setup.numbers.to_dict()},
                   training={"optimizer": type(classifier.optimizer).__name__,
-                            "learning_rate": learning_rate, "global_batch": setup.global_batch,
+                            "learning_rate": peak, "global_batch": setup.global_batch,
                             "steps_per_epoch": steps, "loss": type(classifier.loss).__name__,
                             "from_logits": classifier.loss.from_logits})
     backup = run_dir / BACKUP_DIR
