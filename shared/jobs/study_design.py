@@ -77,7 +77,7 @@ class Design:
     methods: dict[str, Method]
     defaults: dict                      # the study's flag defaults under this design
     rungs: tuple[Rung, ...] = ()        # () = one select stage of --select-steps (minilm)
-    schedule: str = "constant"          # jax_lora --schedule of select and final runs
+    schedule: str = "constant"          # --schedule of select and final runs (and recipe_from's)
     warmup_fraction: float = 0.0        # warm-up steps as a share of each run's budget
     dev_seed_per_seed: bool = False     # each final run's dev part seeded by its seed
     predict_test: bool = True           # final runs write submission.csv (test.csv)
@@ -125,8 +125,9 @@ E5_METHODS = {
     "qlora_nf4": Method("jax_lora", ("--method", "lora", "--base-dtype", "nf4", *MEAN),
                         E5_ADAPTER_GRID),
     "probe": Method("jax_lora", ("--method", "probe", *MEAN), (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)),
-    # tf_baseline reads the mean for a model without a pooler (e5) and trains at a constant
-    # rate: the replica at full's chosen peak rate for its chosen budget in whole epochs.
+    # tf_baseline reads the mean for a model without a pooler (e5): the replica at full's
+    # chosen peak rate, for the whole epochs that cover full's chosen budget, with full's
+    # warm-up and a linear decay to 0 at its last step (tf_baseline --schedule linear).
     "tf_full_tuned": Method("tf_baseline", (), recipe_from="full"),
     "tf_full": Method("tf_baseline", ()),
 }

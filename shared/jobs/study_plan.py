@@ -305,10 +305,12 @@ def recipe_epochs(study: Study, source: str, seed: int, out: Path) -> int:
 def stage_args(study: Study, run: Run, jax: bool) -> list[str]:
     s, design, stage = study.settings, study.design, run.stage
     budget = run_budget(study, run)
-    # Warm-up and decay fitted to the run's budget (jax_lora; tf_baseline's rate is constant).
+    # Warm-up and decay fitted to the run's budget; tf_baseline at another method's recipe
+    # (its budget is that method's) warms up as that method's final runs and decays to 0 at
+    # its own last step, the end of the whole epochs that cover the budget.
     schedule = (["--schedule", design.schedule, "--warmup-steps",
                  str(design.warmup_steps(budget))]
-                if jax and design.schedule != "constant" and budget is not None else [])
+                if design.schedule != "constant" and budget is not None else [])
     if stage == "select":
         # --epochs at least --max-steps: enough epochs for the step budget on any device count.
         # No submission: a trial is judged on the dev part, its test predictions unused.
@@ -320,8 +322,8 @@ def stage_args(study: Study, run: Run, jax: bool) -> list[str]:
                 "--no-predict-test"]
     if stage == "timing":  # tf_baseline has no step cap: TIMING_STEPS batches per epoch
         return ["--train-subset", str(min(TIMING_STEPS * s.batch_per_device, study.n_train))]
-    if not jax:
-        return []  # the recipe's epochs, no dev evaluation
+    if not jax:  # the recipe's epochs (trainer_args), no dev evaluation
+        return schedule
     if budget is not None:  # the budget chosen on dev; patience only guards against a stall
         return ["--max-steps", str(budget), "--epochs", str(budget), "--eval-every",
                 str(s.eval_every), "--patience", str(s.patience), *schedule,

@@ -521,3 +521,33 @@ def test_calibrated_dry_run_is_the_hand_computation(tiny_hf_preset, tmp_path, ca
     assert "[study] estimate: total 4.6 core-hours" in printed
     assert printed.count("steps_900/(best 2)") == 4 and not out.exists()
     assert design.step_seconds_from_evals(tmp_path / "full" / "evals.csv") == 2.0
+
+
+def test_e5_tf_full_tuned_trains_at_fulls_warmup_and_decay(tiny_hf_preset, tmp_path):
+    """The replica at full's recipe gets tf_baseline's --schedule linear and full's warm-up (10 %
+    of full's chosen budget, which select_stage hands on); the starter's recipe, the timing run
+    and the minilm design keep the constant rate. tf_baseline's own parser reads the flags."""
+    out = tmp_path / "study"
+    study = make_study(tiny_hf_preset, out, "--design", "e5")
+    for name in ("full", "tf_full_tuned"):  # select_stage: tf_full_tuned takes full's choice
+        study.methods[name].chosen_lr, study.methods[name].chosen_budget = 2e-5, 900
+    tuned = next(r for r in study.runs if r.method == "tf_full_tuned" and r.seed == 1)
+    tuned.lr = 2e-5
+    config = tf_config(plan.trainer_args(study, tuned, out))
+    assert (config.schedule, config.warmup_steps, config.lr_per_replica) == ("linear", 90, 2e-5)
+    assert config.epochs == math.ceil(900 / (study.n_train // 16))
+    assert config.warmup_steps <= config.epochs * (study.n_train // 16)
+    starter = next(r for r in study.runs if r.method == "tf_full")
+    timing = plan.timing_run("tf_full_tuned", 2e-5)
+    for run in (starter, timing):
+        config = tf_config(plan.trainer_args(study, run, out))
+        assert (config.schedule, config.warmup_steps) == ("constant", 0), run.run_dir
+
+    minilm = make_study(tiny_hf_preset, tmp_path / "minilm", "--methods", "full,tf_full_tuned",
+                        "--seeds", "1")
+    (tmp_path / "minilm" / plan.final_dir("full", 0)).mkdir(parents=True)
+    (tmp_path / "minilm" / plan.final_dir("full", 0) / "manifest.json").write_text(
+        '{"best": {"step": 1}}')
+    run = next(r for r in minilm.runs if r.method == "tf_full_tuned")
+    run.lr = 2e-5
+    assert "--schedule" not in plan.trainer_args(minilm, run, tmp_path / "minilm")
