@@ -23,8 +23,9 @@ import safetensors.numpy
 from flax import nnx
 
 from jax_lora.checkpoint import flat_arrays, replace_arrays
-from jax_lora.lora import LoraConfig, LoraParam, init_dora_magnitudes, trainable_filter
+from jax_lora.lora import LoraConfig, LoraParam, init_dora_magnitudes
 from jax_lora.quant import base_dtype_of
+from jax_lora.tuners import Tuning, trainable_filter
 from jax_lora.weights import Pretrained, load_pretrained
 from shared.runs.run_dir import MANIFEST, atomic_write_bytes, atomic_write_text
 
@@ -35,11 +36,13 @@ ADAPTER_META = "adapter.json"
 INHERITED = ("head", "pooler")
 
 
-def adapter_filter(lora: LoraConfig, *, full: bool = False,
-                   pooler: bool = False) -> nnx.filterlib.Filter:
-    """What the base preset lacks: the trainable leaves, the fresh head even when frozen, and
-    the pooler when it is not the base's (`pooler`: inherited from an --init-from parent)."""
-    kept = [trainable_filter(lora, full=full), nnx.All(nnx.Param, nnx.PathContains("head"))]
+def adapter_filter(lora: LoraConfig, *, full: bool = False, pooler: bool = False,
+                   tuning: Tuning | None = None, pooling: str = "cls") -> nnx.filterlib.Filter:
+    """What the base preset lacks: the trainable leaves (of a jax_lora/tuners family too:
+    `tuning`, read with `pooling`), the fresh head even when frozen, and the pooler when it is
+    not the base's (`pooler`: inherited from an --init-from parent)."""
+    kept = [trainable_filter(lora, full=full, tuning=tuning, pooling=pooling),
+            nnx.All(nnx.Param, nnx.PathContains("head"))]
     if pooler:
         kept.append(nnx.All(nnx.Param, nnx.PathContains("pooler")))
     return nnx.Any(*kept)
@@ -48,9 +51,11 @@ def adapter_filter(lora: LoraConfig, *, full: bool = False,
 def save_adapter(directory: Path, model, source: dict, *, method: str,
                  pooler: bool = False) -> None:
     """Write `model`'s adapter (see adapter_filter) and what it must be loaded onto."""
-    state = nnx.state(model, adapter_filter(model.lora, full=method == "full", pooler=pooler))
+    state = nnx.state(model, adapter_filter(model.lora, full=method == "full", pooler=pooler,
+                                            tuning=model.tuning, pooling=model.pooling))
     arrays = {name: np.asarray(value) for name, value in flat_arrays(state).items()}
     meta = {"method": method, "lora": dataclasses.asdict(model.lora), "pooling": model.pooling,
+            **({} if model.tuning is None else {"tuning": model.tuning.to_dict()}),
             "pooler": pooler, "base_dtype": base_dtype_of(model),
             "num_classes": model.num_classes, "base": source,
             "bert_config": dataclasses.asdict(model.config),
@@ -78,16 +83,19 @@ def load_adapter(directory: Path, preset: str | None = None) -> Pretrained:
     directory = Path(directory)
     meta = read_adapter_meta(directory)
     lora = LoraConfig(**meta["lora"])
+    tuning = None if meta.get("tuning") is None else Tuning.from_dict(meta["tuning"])
     pretrained = load_pretrained(preset or meta["base"]["preset"], lora,
                                  num_classes=meta["num_classes"], pooling=meta["pooling"],
                                  base_dtype=meta["base_dtype"],
-                                 quantize_pooler=not (meta["pooler"] or lora.train_pooler))
+                                 quantize_pooler=not (meta["pooler"] or lora.train_pooler),
+                                 tuning=tuning)
     if pretrained.source.get("sha256") != meta["base"].get("sha256"):
         raise ValueError(f"{directory}: trained on base weights with sha256 "
                          f"{meta['base'].get('sha256')}, but {pretrained.source.get('preset')} "
                          f"has {pretrained.source.get('sha256')}; pass the original --preset")
     state = nnx.state(pretrained.model, adapter_filter(lora, full=meta["method"] == "full",
-                                                       pooler=meta["pooler"]))
+                                                       pooler=meta["pooler"], tuning=tuning,
+                                                       pooling=meta["pooling"]))
     arrays = safetensors.numpy.load_file(str(directory / ADAPTER_WEIGHTS))
     nnx.update(pretrained.model, replace_arrays(state, arrays, str(directory / ADAPTER_WEIGHTS)))
     return pretrained

@@ -19,6 +19,7 @@ from jax_lora.lora import COMPUTE_DTYPES, LoraConfig
 from jax_lora.models import POOLING, REMAT
 from jax_lora.quant import BASE_DTYPES
 from jax_lora.tokenizer import TRUNCATIONS
+from jax_lora.tuners import TUNERS, TunerConfig, Tuning, tuning_for
 from shared.cli import add_config_flags, check_fields, config_from_flags, config_to_dict
 from shared.data.spec import DataSpec
 from shared.runs.encoder import encoder_numbers
@@ -31,8 +32,9 @@ MAX_SEQUENCE_LENGTH = 512  # BERT's position table, and the baseline's maximum
 LORA_FLAG_NAMES = {"lora.dropout": "lora-dropout"}
 # What trains: lora = adapters A·B on --targets + head; dora = the same, weight-decomposed
 # (plus a magnitude per output); full = every parameter (the JAX twin of tf_baseline);
-# probe = the head alone on the frozen encoder (linear probe).
-METHODS = ("lora", "dora", "full", "probe")
+# probe = the head alone on the frozen encoder (linear probe); and the families of
+# jax_lora/tuners (TUNERS): bitfit, ia3, prompt, each with the head.
+METHODS = ("lora", "dora", "full", "probe", *TUNERS)
 ADAPTER_METHODS = ("lora", "dora")
 # Per method: the learning rate, and Adam's epsilon. full keeps tf_baseline's recipe (the
 # Kaggle starter's keras.optimizers.Adam(1e-5), whose epsilon is 1e-7); adapters take PEFT's
@@ -41,7 +43,8 @@ ADAPTER_METHODS = ("lora", "dora")
 METHOD_DEFAULTS = {"lora": {"lr": 2e-4, "adam_epsilon": 1e-8, "keras_epsilon": False},
                    "dora": {"lr": 2e-4, "adam_epsilon": 1e-8, "keras_epsilon": False},
                    "full": {"lr": 1e-5, "adam_epsilon": 1e-7, "keras_epsilon": True},
-                   "probe": {"lr": 1e-2, "adam_epsilon": 1e-8, "keras_epsilon": False}}
+                   "probe": {"lr": 1e-2, "adam_epsilon": 1e-8, "keras_epsilon": False},
+                   **{name: tuner.defaults for name, tuner in TUNERS.items()}}
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class TrainConfig:
     preset: str = KAGGLE_PRESET  # keras-hub preset name or folder, or Hugging Face BERT folder; or the offline models scripts/setup.sh installs, by name: all-minilm-l6-v2, multilingual-e5-small
     run_dir: Path = Path("runs/jax_lora")  # run directory; rerunning the same command resumes it
     epochs: int = 3  # passes over the training split (the baseline's 3)
-    method: str = "lora"  # what trains: lora, dora (adapters + head), full (everything), probe (head alone)
+    method: str = "lora"  # what trains: lora, dora (adapters + head), full (everything), probe (head alone); bitfit (biases), ia3 ((IA)³ vectors), prompt (virtual tokens), each + head: jax_lora/tuners
     pooling: str | None = None  # what the head reads: cls (BERT's pooler, as keras-hub) or mean (mean of the last layer, as sentence-transformers) [default: cls, or mean for a model without a pooler such as multilingual-e5]
     dropout: float | None = None  # the encoder's dropout rate at every site (and the BERT head's) [default: the preset's: config.json's hidden_dropout_prob, keras-hub's 0.1]
     init_from: Path | None = None  # a finished jax_lora run whose head (and adapters, where both runs have them) this run starts from: linear probe first, then LoRA or full (LP->X) [default: none]
@@ -70,6 +73,7 @@ class TrainConfig:
     group_by_length: bool = True  # batch rows of similar length (less padding), in shuffled order
     remat: str = "dots"  # what each layer keeps for the backward pass: none, dots or layers (see README)
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapters and which head layers train
+    tuner: TunerConfig = field(default_factory=TunerConfig)  # the settings of --method ia3 and prompt (jax_lora/tuners)
     eval_every: int = 0  # evaluate the dev part (--dev-fraction) every N optimizer steps, besides each epoch end; 0 = epoch ends only
     patience: int = 0  # stop after this many dev evaluations without a better dev accuracy; 0 = never stop early
     max_steps: int = 0  # stop after this many optimizer steps (a fixed budget); 0 = run every epoch
@@ -129,6 +133,10 @@ class TrainConfig:
                              "nothing would train; train the head")
         if self.init_from is not None:
             object.__setattr__(self, "init_from", Path(self.init_from))
+        if self.tuner != TunerConfig() and self.tuning is None:
+            raise ValueError(f"--method {self.method}: the tuner settings (--ia3-*, "
+                             f"--virtual-tokens, --prompt-init) are for --method "
+                             f"{', '.join(TUNERS)}; drop them")
 
     def _resolve_method(self) -> None:
         """Fill the per-method defaults and the adapter settings --method implies."""
@@ -183,6 +191,12 @@ class TrainConfig:
         """Every parameter trains (--method full)."""
         return self.method == "full"
 
+    @property
+    def tuning(self) -> Tuning | None:
+        """The jax_lora/tuners family --method names, with its settings; None for LoRA, DoRA,
+        full and probe."""
+        return tuning_for(self.method, self.tuner)
+
     def to_dict(self) -> dict:
         """Every hyperparameter, JSON-ready (the manifest's `config`). Not `processes`: how
         the devices are spread over processes changes no result (the manifest's `devices`
@@ -190,6 +204,8 @@ class TrainConfig:
         whose --process-id differs, ask for the same run."""
         config = config_to_dict(self)
         del config["processes"]
+        if self.tuning is None:  # unused: the manifests of other methods stay as they were
+            del config["tuner"]
         return config
 
 

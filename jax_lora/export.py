@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from jax_lora.lora import is_plain, merge_lora
+from jax_lora.lora import is_plain
 from jax_lora.models import BertClassifier
 from jax_lora.tokenizer import Tokenizer
+from jax_lora.tuners import merge_model
 from jax_lora.weights import KERAS_FORMATS
 from jax_lora.xlmr_tokenizer import HF_PROTO, HF_TOKENIZER, XLMRobertaTokenizer
 from shared.runs.tokenization import README_FILE
@@ -72,7 +73,7 @@ def export_preset(model: BertClassifier, tokenizer: Tokenizer | XLMRobertaTokeni
     # Read (and checked) before TensorFlow is imported, as every refusal above.
     proto = _sentencepiece_proto(tokenizer) if config.architecture == "xlm_roberta" else None
     if not is_plain(model):  # adapters folded in, a quantized base dequantized
-        model = merge_lora(model)
+        model = merge_model(model)  # refuses a family that cannot merge (prompt tuning)
     params = {path: np.asarray(variable.get_value())
               for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 

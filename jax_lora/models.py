@@ -112,10 +112,19 @@ class Embeddings(nnx.Module):
         self.layer_norm = _layer_norm(config, rngs)
         self.rate = config.dropout
 
-    def __call__(self, token_ids, segment_ids, dropout_key):
-        """segment_ids are ignored without a segment embedding (XLM-R)."""
-        positions = self.position_embedding.embedding[: token_ids.shape[1]]
-        x = self.token_embedding(token_ids) + positions[None]
+    def __call__(self, token_ids, segment_ids, dropout_key, virtual=None):
+        """segment_ids are ignored without a segment embedding (XLM-R). `virtual` [P, H]:
+        embeddings put before every row's tokens (prompt tuning), which then take positions
+        0..P-1 and segment 0, as PEFT passes them to BertModel (inputs_embeds)."""
+        tokens = self.token_embedding(token_ids)
+        if virtual is not None:
+            batch, length = token_ids.shape[0], virtual.shape[0]
+            tokens = jnp.concatenate(
+                [jnp.broadcast_to(virtual[None], (batch, *virtual.shape)), tokens], axis=1)
+            segment_ids = jnp.concatenate(
+                [jnp.zeros((batch, length), segment_ids.dtype), segment_ids], axis=1)
+        positions = self.position_embedding.embedding[: tokens.shape[1]]
+        x = tokens + positions[None]
         if hasattr(self, "segment_embedding"):
             x = x + self.segment_embedding(segment_ids)
         return dropout(self.layer_norm(x), self.rate, dropout_key)
@@ -248,7 +257,9 @@ class BertClassifier(nnx.Module):
 
     def __init__(self, config: BertConfig, *, num_classes: int = 3,
                  lora: LoraConfig = LoraConfig(), pooling: str = "cls", remat: str = "none",
-                 rngs: nnx.Rngs):
+                 tuning=None, rngs: nnx.Rngs):
+        """`tuning`: a jax_lora.tuners.Tuning (another family than LoRA: BitFit, (IA)³,
+        prompt tuning), which adds its parameters once the model is built."""
         if remat not in REMAT:
             raise ValueError(f"remat={remat!r}: choose one of {', '.join(REMAT)}")
         if pooling not in POOLING:
@@ -278,6 +289,9 @@ class BertClassifier(nnx.Module):
                 rngs.params()  # the key nnx.Linear drew for its zero bias: the head's init as before
             self.head = nnx.Linear(config.hidden_dim, num_classes, kernel_init=BERT_KERNEL_INIT,
                                    rngs=rngs)
+        self.tuning = tuning
+        if tuning is not None:  # last, so the head's init does not depend on the family
+            tuning.inject(self, rngs)
 
     def encode(self, token_ids, segment_ids, padding_mask, *, dropout_key=None,
                cls_only: bool = False, attention_maps: bool = False) -> dict:
@@ -297,25 +311,38 @@ class BertClassifier(nnx.Module):
         1, padded key columns 0), computed from each layer's full input, so cls_only does not
         cut them. They project queries and keys again, beside the layer; under jit XLA merges
         the repeats (the FLOPs of cls_only=False without maps), so with cls_only=True only the
-        last layer's full queries and logits are extra."""
+        last layer's full queries and logits are extra. With prompt tuning the maps (and mean
+        pooling) cover the text's T tokens only; a row's attention to the virtual tokens is
+        left out, so it sums to less than 1."""
         if attention_maps and dropout_key is not None:
             raise ValueError("encode(attention_maps=True) is for inference: pass no dropout_key")
         # Layer i uses site key i; the embeddings and classifier use the two keys after them.
         num_layers = self.config.num_layers
         padding_mask = jnp.asarray(padding_mask).astype(bool)
         cls_only = cls_only and self.pooling == "cls"
-        x = self.embeddings(token_ids, segment_ids, _fold(dropout_key, num_layers))
+        # Prompt tuning (jax_lora/tuners/prompt.py) sets `prompt`: P virtual tokens before
+        # the text, attended to by every row. The head reads row 0, the first virtual token,
+        # as BertForSequenceClassification does under PEFT; mean pooling and the attention
+        # maps keep to the text's own tokens.
+        virtual = self.prompt() if getattr(self, "prompt", None) is not None else None
+        text = 0 if virtual is None else virtual.shape[0]  # where the text's tokens start
+        x = self.embeddings(token_ids, segment_ids, _fold(dropout_key, num_layers), virtual)
+        text_mask = padding_mask
+        if virtual is not None:
+            padding_mask = jnp.concatenate(
+                [jnp.ones((padding_mask.shape[0], text), bool), padding_mask], axis=1)
         hidden_states, maps = [], []
         for index, layer in enumerate(self.layers):
             if attention_maps:
-                maps.append(layer.attention.probabilities(x, padding_mask))
+                maps.append(layer.attention.probabilities(x, padding_mask)[..., text:, text:])
             x = run_layer(layer, x, padding_mask, _fold(dropout_key, index),
                           cls_only=cls_only and index == num_layers - 1, remat=self.remat)
             hidden_states.append(x)
         cls = x[:, 0]
         if self.pooling == "mean":
-            weights = padding_mask.astype(x.dtype)[..., None]
-            pooled = jnp.sum(x * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+            weights = text_mask.astype(x.dtype)[..., None]
+            pooled = jnp.sum(x[:, text:] * weights, axis=1) / jnp.maximum(
+                jnp.sum(weights, axis=1), 1.0)
         elif isinstance(self.head, ClassificationHead):
             pooled = cls  # the head's own dense + tanh plays the pooler
         else:

@@ -37,6 +37,7 @@ from jax_lora.checkpoint import flat_arrays, replace_arrays
 from jax_lora.lora import LORA_TARGETS, LoraConfig
 from jax_lora.models import BertConfig
 from jax_lora.quant import base_dtype_of
+from jax_lora.tuners import TUNERS, Tuner
 from jax_lora.weights import (HF_FORMATS, HF_NAMES, TOKEN_TYPES, Pretrained, load_pretrained,
                               read_hf, read_keras)
 from shared.runs.presets import preset_dir, resolve_alias
@@ -82,7 +83,8 @@ LAYER_MODULES = {ours: hf for hf, ours in HF_NAMES.layer_parts.items()}  # XLM-R
 HF_TARGETS = {target: LAYER_MODULES[path] for target, path in TARGET_PATHS.items()}
 # Our leaf -> torch's name for it; 2-D leaves are transposed ([in, out] vs torch's [out, in]).
 LEAVES = {"kernel": "weight", "bias": "bias", "lora_a": "lora_A.weight",
-          "lora_b": "lora_B.weight", "lora_magnitude": "lora_magnitude_vector"}
+          "lora_b": "lora_B.weight", "lora_magnitude": "lora_magnitude_vector",
+          "ia3_l": "ia3_l"}  # jax_lora/tuners/ia3.py
 # Per architecture: transformers' class, the model's name in messages, what its head reads,
 # and our module that outputs the logits.
 HF_CLASSES = {"bert": ("BertForSequenceClassification", "BERT", "BERT's pooler", "head"),
@@ -172,9 +174,9 @@ class HFClassifier:
         return f"{PREFIX}{hf}.{LEAVES[leaf]}"
 
     @property
-    def logits_key(self) -> str:
-        """PEFT's name of the kernel that outputs the logits [classes, H]."""
-        return self.key(HF_CLASSES[self.architecture][3].replace("/", ".") + ".kernel")
+    def logits_name(self) -> str:
+        """Our flat name of the kernel that outputs the logits [H, classes]."""
+        return HF_CLASSES[self.architecture][3].replace("/", ".") + ".kernel"
 
 
 def peft_targets(config: dict, key: str) -> bool:
@@ -197,21 +199,33 @@ def peft_targets(config: dict, key: str) -> bool:
     return key in targets or any(key.endswith(f".{t}") for t in targets)
 
 
-def _torch_layout(array) -> np.ndarray:
-    """[in, out] <-> [out, in] for 2-D leaves (the transpose is its own inverse), float32."""
+def _torch_layout(array, name: str = "") -> np.ndarray:
+    """[in, out] <-> [out, in] for 2-D leaves (the transpose is its own inverse), float32; an
+    embedding table (leaf `embedding`, [rows, H]) is laid out as torch's nn.Embedding."""
     array = np.asarray(array, np.float32)
-    return np.ascontiguousarray(array.T if array.ndim == 2 else array)
+    transpose = array.ndim == 2 and not name.endswith("embedding")
+    return np.ascontiguousarray(array.T if transpose else array)
 
 
 # ---------------------------------------------------------------- export
 
+def peft_family(peft_type: str | None) -> Tuner | None:
+    """The jax_lora/tuners family whose PEFT form has `peft_type` (None: none has)."""
+    return next((tuner for tuner in TUNERS.values()
+                 if tuner.peft is not None and tuner.peft.peft_type == peft_type), None)
+
+
 def check_exportable(method: str, pooling: str, out_dir: Path,
                      architecture: str = "bert") -> None:
-    """One-line ValueError when the adapter has no PEFT LoRA form or `out_dir` has files."""
+    """One-line ValueError when the adapter has no PEFT form (LoRA's, or its jax_lora/tuners
+    family's) or `out_dir` has files."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"--out {out_dir}: folder is not empty; pass a new folder")
-    if method not in ("lora", "dora"):  # full, probe
+    if method in TUNERS and TUNERS[method].peft is None:
+        raise ValueError(f"--method {method}: PEFT has no such adapter type; use `python -m "
+                         f"jax_lora.export` for a keras-hub preset of the whole model instead")
+    if method not in ("lora", "dora", *TUNERS):  # full, probe
         raise ValueError(f"--method {method}: the run trained no LoRA adapter, and PEFT's LORA "
                          f"type needs target modules; use `python -m jax_lora.export` for a "
                          f"keras-hub preset of the whole model instead")
@@ -238,27 +252,37 @@ def peft_config(lora: LoraConfig, hf: HFClassifier, base_model_name_or_path: str
 
 def save_peft(model, out_dir: str | Path, *, base_model_name_or_path: str, method: str,
               pooler: bool = False) -> Path:
-    """Write `model`'s adapter (a BertClassifier trained with --method lora or dora) as a PEFT
-    LoRA adapter folder for BertForSequenceClassification (XLMRobertaForSequenceClassification
-    for XLM-R); nothing is written when it is refused (check_exportable). BERT's pooler is
-    saved when it trained or `pooler` says it is not the base's (adapter.json's "pooler":
-    inherited from an --init-from parent)."""
+    """Write `model`'s adapter (a BertClassifier trained with --method lora or dora, or a
+    jax_lora/tuners family with a PEFT form: ia3) as a PEFT adapter folder for
+    BertForSequenceClassification (XLMRobertaForSequenceClassification for XLM-R); nothing is
+    written when it is refused (check_exportable). BERT's pooler is saved when it trained or
+    `pooler` says it is not the base's (adapter.json's "pooler": inherited from an
+    --init-from parent)."""
     out_dir = Path(out_dir)
     # An alias (multilingual-e5-small) means nothing to transformers: name its folder.
     base_model_name_or_path = resolve_alias(base_model_name_or_path)
     hf = HFClassifier.of(model.config)
     check_exportable(method, model.pooling, out_dir, hf.architecture)
-    if (method == "dora") != model.lora.dora or not model.lora.targets:
+    tuning = getattr(model, "tuning", None)
+    if tuning is not None and tuning.method != method:
+        raise ValueError(f"--method {method}: the model was built for --method "
+                         f"{tuning.method}; pass the method the run was trained with")
+    if tuning is None and ((method == "dora") != model.lora.dora or not model.lora.targets):
         raise ValueError(f"--method {method}: the model's adapters (targets "
                          f"{','.join(model.lora.targets) or 'none'}, dora={model.lora.dora}) "
                          f"do not match it; pass the method the run was trained with")
     pooler = (pooler or model.lora.train_pooler) and hasattr(model, "pooler")  # XLM-R: none
-    kept = adapter_filter(model.lora)
+    kept = adapter_filter(model.lora, tuning=tuning, pooling=model.pooling)
     if pooler:
         kept = nnx.Any(kept, nnx.All(nnx.Param, nnx.PathContains("pooler")))
     state = nnx.state(model, kept)
-    tensors = {hf.key(name): _torch_layout(array) for name, array in flat_arrays(state).items()}
-    config = peft_config(model.lora, hf, base_model_name_or_path, pooler=pooler)
+    peft = None if tuning is None else tuning.family.peft
+    peft_key = hf.key if peft is None or peft.key is None else (
+        lambda name: peft.key(hf, name))
+    tensors = {peft_key(name): _torch_layout(array, name)
+               for name, array in flat_arrays(state).items()}
+    config = (peft_config(model.lora, hf, base_model_name_or_path, pooler=pooler)
+              if peft is None else peft.config(model, hf, base_model_name_or_path, pooler))
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -328,18 +352,22 @@ match; that was not compared here (no bitsandbytes on the machine that wrote thi
 # ---------------------------------------------------------------- import
 
 def read_peft_config(directory: Path) -> dict:
-    """adapter_config.json, refused (one line) unless it is a plain LoRA on SEQ_CLS."""
+    """adapter_config.json, refused (one line) unless it is a plain LoRA on SEQ_CLS, or the
+    type of a jax_lora/tuners family (whose reader checks its fields)."""
     config_file = Path(directory) / CONFIG_FILE
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}; pass a PEFT adapter folder")
     config = json.loads(config_file.read_text(encoding="utf-8"))
-    checks = [("peft_type", config.get("peft_type") == "LORA", "only LORA adapters are read"),
+    types = ["LORA"] + [t.peft.peft_type for t in TUNERS.values() if t.peft is not None]
+    family = peft_family(config.get("peft_type"))
+    checks = [("peft_type", config.get("peft_type") in types,
+               f"only {', '.join(types)} adapters are read"),
               ("task_type", config.get("task_type") == "SEQ_CLS",
                f"only SEQ_CLS ({' or '.join(c[0] for c in HF_CLASSES.values())}) adapters are "
                f"read"),
               ("init_lora_weights", config.get("init_lora_weights", True) in PLAIN_INITS,
                "this initialisation rewrites the base weights, which the folder does not hold")]
-    for field, value in config.items():
+    for field, value in config.items() if family is None else ():
         default = PEFT_LORA_DEFAULTS.get(field)
         unset = value == default or value in (None, False, {}, [])
         if field not in READ_FIELDS | INERT_FIELDS and not unset:
@@ -370,6 +398,17 @@ def lora_from_peft(config: dict, hf: HFClassifier, source: str) -> LoraConfig:
                              f"jax_lora adapts a projection in every layer")
     if not targets:
         raise ValueError(f"{field} selects none of {model_name}'s projections")
+    # Missing r / lora_alpha take PEFT's defaults, as PEFT's own loader does.
+    return LoraConfig(rank=config.get("r", PEFT_LORA_DEFAULTS["r"]),
+                      alpha=float(config.get("lora_alpha", PEFT_LORA_DEFAULTS["lora_alpha"])),
+                      dropout=float(config.get("lora_dropout", 0.0)), targets=targets,
+                      rslora=bool(config.get("use_rslora")), dora=bool(config.get("use_dora")),
+                      train_pooler=saves_pooler(config, hf, source))
+
+
+def saves_pooler(config: dict, hf: HFClassifier, source: str) -> bool:
+    """Whether modules_to_save saves BERT's pooler besides the classifier; a one-line
+    ValueError when it saves any other module (which jax_lora does not train)."""
     saved = [*(config.get("modules_to_save") or []), *SEQ_CLS_MODULES]
     # PEFT wraps each module whose name ends with an entry (utils/other.py _set_trainable).
     wrapped = {n for n in hf.module_names() if any(n.endswith(m) for m in saved)}
@@ -378,18 +417,13 @@ def lora_from_peft(config: dict, hf: HFClassifier, source: str) -> LoraConfig:
         raise ValueError(f"{source}: modules_to_save={config.get('modules_to_save')!r} saves "
                          f"{unsupported[0]}; besides adapters jax_lora trains only "
                          f"{', '.join(sorted(hf.trained_modules))}")
-    # Missing r / lora_alpha take PEFT's defaults, as PEFT's own loader does.
-    return LoraConfig(rank=config.get("r", PEFT_LORA_DEFAULTS["r"]),
-                      alpha=float(config.get("lora_alpha", PEFT_LORA_DEFAULTS["lora_alpha"])),
-                      dropout=float(config.get("lora_dropout", 0.0)), targets=targets,
-                      rslora=bool(config.get("use_rslora")), dora=bool(config.get("use_dora")),
-                      train_pooler=bool(wrapped & (hf.trained_modules - {"classifier"})))
+    return bool(wrapped & (hf.trained_modules - {"classifier"}))
 
 
 def load_peft(directory: str | Path, preset: str | None = None) -> Pretrained:
     """The base BERT or XLM-R (`preset`, default: the config's base_model_name_or_path) with a
-    PEFT LoRA/DoRA adapter folder for its sequence classifier applied: adapters, classifier
-    head and BERT's pooler (if saved). Every tensor of the file must have a place in the model
+    PEFT adapter folder for its sequence classifier applied (LoRA/DoRA, or a jax_lora/tuners
+    family's type: IA3): adapters, classifier head and BERT's pooler (if saved). Every tensor of the file must have a place in the model
     and every adapter leaf a tensor."""
     directory = Path(directory)
     config = read_peft_config(directory)
@@ -404,24 +438,33 @@ def load_peft(directory: str | Path, preset: str | None = None) -> Pretrained:
     base = (read_hf if kind == "hf" else read_keras)(directory_of_base)[0]  # tensors unread
     hf = HFClassifier.of(base)
     tensors = safetensors.numpy.load_file(str(weights_file))
-    if hf.logits_key not in tensors:
-        raise ValueError(f"{weights_file}: no tensor {hf.logits_key}; the classifier head of "
+    family = peft_family(config["peft_type"])
+    peft = None if family is None else family.peft
+    lora, tuning = ((lora_from_peft(config, hf, str(directory / CONFIG_FILE)), None)
+                    if peft is None else peft.read(config, hf, str(directory / CONFIG_FILE)))
+    peft_key = hf.key if peft is None or peft.key is None else (
+        lambda name: peft.key(hf, name))
+    logits_key = peft_key(hf.logits_name)
+    if logits_key not in tensors:
+        raise ValueError(f"{weights_file}: no tensor {logits_key}; the classifier head of "
                          f"{hf.class_name} (the base {preset}'s) is needed")
-    lora = lora_from_peft(config, hf, str(directory / CONFIG_FILE))
-    pretrained = load_pretrained(preset, lora, num_classes=tensors[hf.logits_key].shape[0],
-                                 pooling="cls")
-    state = nnx.state(pretrained.model, adapter_filter(lora))
+    pretrained = load_pretrained(preset, lora, num_classes=tensors[logits_key].shape[0],
+                                 pooling="cls", tuning=tuning)
+    state = nnx.state(pretrained.model, adapter_filter(lora, tuning=tuning))
     shapes = {name: tuple(value.shape) for name, value in flat_arrays(state).items()}
-    names = {hf.key(name): name for name in shapes}
+    names = {peft_key(name): name for name in shapes}
     for key in sorted(set(names) ^ set(tensors)):
         problem = "has no place in the model" if key in tensors else "is missing"
         raise ValueError(f"{weights_file}: tensor {key} {problem} (adapter config: targets "
-                         f"{','.join(lora.targets)}, pooler {lora.train_pooler})")
+                         f"{','.join(lora.targets)}, pooler {lora.train_pooler}"
+                         + ("" if tuning is None else f", {tuning.method} {tuning.config}")
+                         + ")")
     for key, name in names.items():
-        if tuple(tensors[key].shape) != shapes[name][::-1]:  # torch layout: 2-D transposed
+        needed = _torch_layout(np.empty(shapes[name], np.float32), name).shape
+        if tuple(tensors[key].shape) != needed:
             raise ValueError(f"{weights_file}: tensor {key} has shape "
-                             f"{tuple(tensors[key].shape)}, the model needs {shapes[name][::-1]}")
-    arrays = {name: _torch_layout(tensors[key]) for key, name in names.items()}
+                             f"{tuple(tensors[key].shape)}, the model needs {needed}")
+    arrays = {name: _torch_layout(tensors[key], name) for key, name in names.items()}
     nnx.update(pretrained.model, replace_arrays(state, arrays, str(weights_file)))
     return pretrained
 

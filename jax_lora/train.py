@@ -9,9 +9,10 @@
     python jax_lora/train.py --method lora --init-from runs/probe --run-dir runs/lp_lora
                                                  # LP→LoRA: a probe, then LoRA from its head
 
---method says what trains (config.METHODS; lora.trainable_filter is the rule): adapters and
-the new head, or every parameter, or the head alone. Data parallel over every device of the
-host, or of every host (--num-processes, jax_lora/distributed.py): the batch is split along a
+--method says what trains (config.METHODS; tuners.trainable_filter is the rule): adapters and
+the new head, or every parameter, or the head alone, or a jax_lora/tuners family (BitFit,
+(IA)³, prompt tuning) with the head. Data parallel over every device of the host, or of
+every host (--num-processes, jax_lora/distributed.py): the batch is split along a
 1-D `data` mesh, parameters are replicated, so the same code runs on CPU, GPUs and TPU.
 The jitted steps and the device mesh are jax_lora/steps.py; this file loads, checks, loops
 and writes. Rerunning the same command after a crash resumes from run_dir/checkpoints; batch
@@ -45,7 +46,6 @@ from jax_lora.checkpoint import Checkpoints
 from jax_lora.config import TrainConfig, parse_config
 from jax_lora.dev_eval import BestCheckpoint, DevTracker
 from jax_lora.input_pipeline import encode, micro_batches_per_epoch, train_batches
-from jax_lora.lora import trainable_filter
 from jax_lora.models import set_compute_dtype
 from jax_lora.optim import make_optimizer, param_counts, split_trainable, trainable_mask
 from jax_lora.quant import stored_bytes
@@ -53,6 +53,7 @@ from jax_lora.steps import (DROPOUT_STREAM, METRICS, TrainState, compile_clock,
                             compiler_options, device_info, evaluate, make_accumulated_step,
                             make_eval_step, make_mesh, make_train_step, peak_accelerator_mb,
                             replicate, shard_batch, val_metrics)
+from jax_lora.tuners import trainable_filter
 from jax_lora.weights import Pretrained, load_pretrained
 from shared.cli import exit_on_bad_input, trainer_main
 from shared.data.spec import Data
@@ -177,11 +178,14 @@ def prepare(config: TrainConfig) -> Setup | None:
     own_pooler = config.lora.train_pooler or (parent is not None and parent["pooler"])
     pretrained = load_pretrained(config.preset, config.lora, seed=config.seed,
                                  pooling=config.pooling, source=weights, dropout=config.dropout,
-                                 base_dtype=config.base_dtype, quantize_pooler=not own_pooler)
+                                 base_dtype=config.base_dtype, quantize_pooler=not own_pooler,
+                                 tuning=config.tuning)
     pretrained.tokenizer.truncate = config.truncate
     if config.sequence_length > pretrained.config.max_sequence_length:
         raise ValueError(f"--sequence-length {config.sequence_length}: {config.preset} has "
                          f"{pretrained.config.max_sequence_length} positions")
+    if config.tuning is not None and config.tuning.family.check is not None:
+        config.tuning.family.check(pretrained.config, config.tuner, config.sequence_length)
     frames = {"train": data.train, "dev": data.dev, "val": data.val,
               "test": data.test if config.predict_test else None}
     encoded = {name: encode(pretrained.tokenizer, frame, config.sequence_length)
@@ -212,7 +216,8 @@ def run(setup: Setup) -> Path:
     inherited = [] if setup.parent is None else init_from_parent(model, setup.parent)
     set_compute_dtype(model, config.compute_dtype)
     graphdef, params = nnx.split(model)
-    trainable = trainable_filter(config.lora, full=config.full)
+    trainable = trainable_filter(config.lora, full=config.full, tuning=config.tuning,
+                                 pooling=config.pooling)
     mask = trainable_mask(params, trainable)
     tx = make_optimizer(config, params, mask, total_steps)
     state = replicate(TrainState(jnp.int32(0), params, tx.init(params)), mesh)

@@ -167,47 +167,52 @@ class Pretrained:
 def load_pretrained(preset: str, lora: LoraConfig, *, num_classes: int = 3, seed: int = 0,
                     pooling: str = "cls", source: dict | None = None,
                     base_dtype: str = "float32", quantize_pooler: bool = True,
-                    dropout: float | None = None) -> Pretrained:
+                    dropout: float | None = None, tuning=None) -> Pretrained:
     """The model with pretrained encoder + pooler, a fresh head and fresh LoRA factors (from
     `seed`; DoRA magnitudes = the pretrained kernels' column norms), its tokenizer, and where
     the weights came from (shared.runs.presets.describe_preset, the same record tf_baseline
     writes; pass `source` when it is already computed). `base_dtype` (jax_lora.quant): the
     encoder's kernels, and the pooler's when `quantize_pooler`, are stored quantized as they
     are read, so the float32 kernels are never all in memory at once. `dropout` replaces the
-    preset's rate at every encoder site (and BERT's head)."""
+    preset's rate at every encoder site (and BERT's head). `tuning` (jax_lora.tuners.Tuning):
+    another family's parameters, fresh like the head."""
     directory, file_kind = preset_dir(preset)
     read = read_hf if file_kind == "hf" else read_keras
     config, tensors, weights_file = read(directory)
     if dropout is not None:
         config = dataclasses.replace(config, dropout=dropout)
     source = source or describe_preset(preset)
-    model = _fresh_model(config, num_classes, lora, seed, pooling)
+    model = _fresh_model(config, num_classes, lora, seed, pooling, tuning)
     assign(model, tensors, weights_file, base_dtype=base_dtype,
            stored={path for path, _ in quantized_linears(model, pooler=quantize_pooler)},
            parameters=nnx.Not(fresh_filter(config)))
     init_dora_magnitudes(model)
+    if tuning is not None:
+        tuning.after_load(model, seed)
     tokenizer = TOKENIZERS[encoder_numbers(str(directory)).tokenizer].from_preset_dir(
         directory, file_kind)
     return Pretrained(model=model, config=config, tokenizer=tokenizer, source=source)
 
 
 def _fresh_model(config: BertConfig, num_classes: int, lora: LoraConfig, seed: int,
-                 pooling: str) -> BertClassifier:
+                 pooling: str, tuning=None) -> BertClassifier:
     """An abstract model whose head and LoRA factors alone hold values (from `seed`); the
     pretrained parameters are left for assign()."""
     model = nnx.eval_shape(lambda: BertClassifier(config, num_classes=num_classes, lora=lora,
-                                                  pooling=pooling, rngs=nnx.Rngs(0)))
-    nnx.update(model, _fresh_state(config, num_classes, lora, pooling, jax.random.key(seed)))
+                                                  pooling=pooling, tuning=tuning,
+                                                  rngs=nnx.Rngs(0)))
+    nnx.update(model, _fresh_state(config, num_classes, lora, pooling, tuning,
+                                   jax.random.key(seed)))
     return model
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _fresh_state(config: BertConfig, num_classes: int, lora: LoraConfig, pooling: str,
-                 key: jax.Array):
+                 tuning, key: jax.Array):
     # XLA drops the random init of everything not returned, so mBERT's 180M pretrained
     # parameters are never drawn; jit caches the program per (config, num_classes, lora).
     model = BertClassifier(config, num_classes=num_classes, lora=lora, rngs=nnx.Rngs(key),
-                           pooling=pooling)
+                           pooling=pooling, tuning=tuning)
     return nnx.state(model, fresh_filter(config))
 
 

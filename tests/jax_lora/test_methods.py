@@ -22,6 +22,7 @@ from jax_lora.lora import (LORA_TARGETS, LoraConfig, LoraParam, LoRALinear, colu
 from jax_lora.models import BertClassifier
 from jax_lora.optim import make_optimizer, param_counts, trainable_mask
 from jax_lora.steps import TrainState, make_train_step
+from jax_lora.tuners import TUNERS
 from jax_lora.weights import KERAS_NAMES, load_pretrained
 from shared.runs.run_dir import MANIFEST, read_run
 from tests.helpers import kill_9_at_checkpoint, trainer_command
@@ -114,7 +115,8 @@ def test_lora_plus_moves_b_and_vectors_at_ratio_times_lr(tiny_config):
     assert size["layers.0.attention.query.kernel"] == 0.0  # frozen
 
 
-@pytest.mark.parametrize("method", METHODS)
+# The jax_lora/tuners families' counts: tests/jax_lora/tuners.
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in TUNERS])
 def test_trainable_parameter_count_matches_the_formula(method, tiny_config):
     flags = ["--method", method] + (["--targets", "query,value,ffn_in", "--rank", "4"]
                                     if method in ("lora", "dora") else [])
@@ -258,8 +260,9 @@ def test_init_from_refuses_another_split_or_pooling(probe_run, tiny_hf_preset, t
 
 @pytest.mark.parametrize("flags", [["--method", "dora"], ["--method", "full", "--lr", "1e-4"],
                                    # QLoRA-style: an NF4 base and accumulated micro-batches
-                                   ["--base-dtype", "nf4", "--accumulate", "2"]],
-                         ids=["dora", "full", "nf4-accumulate"])
+                                   ["--base-dtype", "nf4", "--accumulate", "2"],
+                                   ["--method", "ia3"]],  # a jax_lora/tuners family
+                         ids=["dora", "full", "nf4-accumulate", "ia3"])
 def test_kill_9_then_rerun_ends_bitwise_equal(flags, tiny_hf_preset, tmp_path, run_env):
     config = parse_config(flags)
     kill_at = STEPS_PER_EPOCH // config.accumulate + 2  # a checkpoint inside epoch 2

@@ -249,7 +249,7 @@ B0 = f"{P}bert.encoder.layer.0.attention.self.query.lora_B.weight"
 
 
 @pytest.mark.parametrize("config, tensors, match", [
-    ({"peft_type": "IA3"}, None, "peft_type='IA3': only LORA"),
+    ({"peft_type": "LOHA"}, None, "peft_type='LOHA': only LORA, IA3"),
     ({"bias": "all"}, None, "bias='all': jax_lora does not support it"),
     ({"fan_in_fan_out": True}, None, "fan_in_fan_out=True"),
     ({"layers_to_transform": [0]}, None, "layers_to_transform=\\[0\\]"),
