@@ -53,7 +53,7 @@ def check_one_worker(tf_config: str | None) -> None:
     directory. MultiWorkerMirroredStrategy is no way out: Keras 3's own fit fails under it on
     this model (it reduces the first batch, a dict, in one strategy.reduce, which takes single
     tensors, and then each scalar metric along an axis 0 it lacks)."""
-    if not tf_config:
+    if tf_config is None:  # an empty one is refused below: MirroredStrategy would parse it
         return
     try:
         cluster = json.loads(tf_config).get("cluster", {})

@@ -156,12 +156,7 @@ def test_every_multi_worker_cluster_is_refused(cluster, workers):
 
 @pytest.mark.parametrize("value", [
     None, '{"cluster": {"worker": ["a:1"]}}',
-    '{"cluster": {"chief": ["a:1"], "evaluator": ["b:1"]}}',
-    # check_one_worker lets an empty TF_CONFIG pass as none, but MirroredStrategy() parses it
-    # (TFConfigClusterResolver) and raises: the trainer stops with a traceback. Strict, so the
-    # day tf_baseline treats it as unset (or refuses it in one line) this mark must go.
-    pytest.param("", marks=pytest.mark.xfail(raises=json.JSONDecodeError, strict=True,
-                                             reason="MirroredStrategy parses TF_CONFIG=''"))])
+    '{"cluster": {"chief": ["a:1"], "evaluator": ["b:1"]}}'])
 def test_no_tf_config_or_one_worker_sets_up_the_run_as_without_it(value, tiny_preset, tmp_path,
                                                                    monkeypatch):
     """prepare, the one place the trainer reads TF_CONFIG, builds the same one-machine strategy
@@ -176,7 +171,8 @@ def test_no_tf_config_or_one_worker_sets_up_the_run_as_without_it(value, tiny_pr
     assert expected["replicas"] == 1 and setup.global_batch == 8
 
 
-@pytest.mark.parametrize("value", ["not json", "[1, 2]", '{"cluster": ["a:1"]}'])
+# "": MirroredStrategy() would parse an empty TF_CONFIG and stop with a traceback.
+@pytest.mark.parametrize("value", ["not json", "[1, 2]", '{"cluster": ["a:1"]}', "", "  "])
 def test_a_malformed_tf_config_is_one_line_naming_it(value):
     with pytest.raises(ValueError, match="^TF_CONFIG: not a JSON object"):
         check_one_worker(value)
