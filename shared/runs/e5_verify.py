@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.runs.e5 import default_source
+from shared.runs.e5_file import default_source
 
 UNK, METASPACE = 3, 6  # fairseq ids of <unk> and of the lone piece "▁"
 PASSAGE = "passage: "  # the engine's prefix for documents (e5's training recipe)
