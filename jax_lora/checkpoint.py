@@ -46,6 +46,10 @@ CHECKSUMS = "sha256.json"  # in each checkpoint folder, written once orbax has f
 _TENSORSTORE_DAMAGE = re.compile(r"(DATA_LOSS|OUT_OF_RANGE|NOT_FOUND): ")
 
 
+# What orbax says when the saved tree is not the one asked for (another optimizer layout).
+LAYOUT_MISMATCH = "tree structures do not match"
+
+
 def flat_arrays(state: nnx.State) -> dict[str, jax.Array]:
     """{'layers.0.attention.query.lora_a': array, ...}"""
     return {".".join(map(str, path)): variable.get_value()
@@ -172,6 +176,13 @@ class Checkpoints:
         try:
             return None, self._restore_arrays(step, trainable, opt_state)
         except Exception as err:  # noqa: BLE001 -- classified, and raised again unless damage
+            if recorded is not None and LAYOUT_MISMATCH in str(err):
+                # The files are as saved, in another layout: another jax_lora wrote them.
+                raise RunStateError(
+                    f"checkpoint {folder} holds arrays in another layout than this jax_lora's "
+                    f"({' '.join(str(err).split())[:160]}...): an older or newer jax_lora "
+                    f"wrote it (the run's manifest names its code_version); finish the run "
+                    f"with that version, or rerun with --restart to train from scratch") from None
             reason = _damage(err, folder)
             if reason is None and recorded is None:
                 # Nothing shows the files are as saved, and a garbled JSON key can make orbax

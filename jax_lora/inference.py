@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_lora import compile_cache
 from jax_lora.adapter import ADAPTER, ADAPTER_META, load_adapter, read_adapter_meta
 from jax_lora.lora import LoraConfig
 from jax_lora.models import BertClassifier, set_compute_dtype
@@ -50,6 +51,7 @@ class LoadedRun:
 
 def load_run(run_dir) -> LoadedRun:
     """The finished run in `run_dir` (jax_lora or tf_baseline) as a Flax model and tokenizer."""
+    compile_cache.enable()  # the forward pass compiles once per batch shape, then loads
     run_dir = Path(run_dir)
     try:
         manifest = read_manifest(run_dir)

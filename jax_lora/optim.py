@@ -14,6 +14,7 @@ removes again because `set_to_zero` never reads them.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,14 +48,60 @@ def with_frozen_zeros(trainable_grads: nnx.State, frozen: nnx.State) -> nnx.Stat
 def learning_rate(config: TrainConfig, total_steps: int,
                   peak: float | None = None) -> optax.Schedule:
     """Linear warm-up from 0 to `peak` (--lr), then constant or linear decay to 0 at
-    `total_steps`."""
+    `total_steps`: optax's own schedules, the reference scale_by_run_schedule equals."""
     peak = config.lr if peak is None else peak
     after = (optax.constant_schedule(peak) if config.schedule == "constant" else
-             optax.linear_schedule(peak, 0.0, max(total_steps - config.warmup_steps, 1)))
+             optax.linear_schedule(peak, 0.0, decay_steps(config, total_steps)))
     if not config.warmup_steps:
         return after
     warmup = optax.linear_schedule(0.0, peak, config.warmup_steps)
     return optax.join_schedules([warmup, after], [config.warmup_steps])
+
+
+def decay_steps(config: TrainConfig, total_steps: int) -> int:
+    """Steps of linear decay after the warm-up; 0 for a constant rate."""
+    return 0 if config.schedule == "constant" else max(total_steps - config.warmup_steps, 1)
+
+
+class RunScheduleState(NamedTuple):
+    """The step count and the schedule's numbers, as arrays: the compiled step reads them
+    instead of holding them as constants, so runs that differ only in learning rate, warm-up or
+    length run the same program (and find it in the persistent compilation cache)."""
+    count: jax.Array  # int32, the update about to be made (0 first)
+    peak: jax.Array  # float32
+    warmup: jax.Array  # int32; 0 = none
+    decay: jax.Array  # int32 steps of linear decay after the warm-up; 0 = constant
+
+
+def schedule_value(state: RunScheduleState) -> jax.Array:
+    """learning_rate's value at state.count, computed with optax's operations in optax's order
+    (optax.linear_schedule, optax.join_schedules), so the rate is the same float."""
+    count, peak = state.count, state.peak
+
+    def linear(start, end, steps, at):  # optax.polynomial_schedule with power 1
+        frac = 1 - jnp.clip(at, 0, steps) / jnp.maximum(steps, 1)
+        return (start - end) * frac + end
+
+    after = jnp.where(state.decay > 0, linear(peak, 0.0, state.decay, count - state.warmup),
+                      peak)
+    return jnp.where(count < state.warmup, linear(0.0, peak, state.warmup, count), after)
+
+
+def scale_by_run_schedule(peak: float, warmup: int, decay: int) -> optax.GradientTransformation:
+    """optax.scale_by_learning_rate(learning_rate(...)) with the schedule's numbers kept in
+    the optimizer state (RunScheduleState)."""
+    def init(params):
+        del params
+        return RunScheduleState(jnp.zeros([], jnp.int32), jnp.asarray(peak, jnp.float32),
+                                jnp.asarray(warmup, jnp.int32), jnp.asarray(decay, jnp.int32))
+
+    def update(updates, state, params=None):
+        del params
+        rate = -schedule_value(state)
+        updates = jax.tree.map(lambda g: jnp.array(rate, dtype=g.dtype) * g, updates)
+        return updates, state._replace(count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
 
 
 def keras_epsilon(epsilon: float, b2: float = 0.999) -> optax.Schedule:
@@ -81,13 +128,13 @@ def group_labels(params: nnx.State, mask: nnx.State, *, lora_plus: bool) -> nnx.
 def make_optimizer(config: TrainConfig, params: nnx.State, mask: nnx.State,
                    total_steps: int) -> optax.GradientTransformation:
     def adamw(peak):
-        schedule = learning_rate(config, total_steps, peak)
-        if not config.keras_epsilon:
-            return optax.adamw(schedule, eps=config.adam_epsilon,
-                               weight_decay=config.weight_decay)
-        return optax.inject_hyperparams(optax.adamw)(
-            learning_rate=schedule, eps=keras_epsilon(config.adam_epsilon),
-            weight_decay=config.weight_decay)
+        # optax.adamw's chain, its learning rate from the optimizer state (RunScheduleState).
+        adam = (optax.scale_by_adam(eps=config.adam_epsilon) if not config.keras_epsilon else
+                optax.inject_hyperparams(optax.scale_by_adam)(
+                    eps=keras_epsilon(config.adam_epsilon)))
+        return optax.chain(adam, optax.add_decayed_weights(config.weight_decay),
+                           scale_by_run_schedule(peak, config.warmup_steps,
+                                                 decay_steps(config, total_steps)))
 
     groups = {TRAINABLE: adamw(config.lr), FROZEN: optax.set_to_zero()}
     lora_plus = config.lora_plus_ratio != 1.0

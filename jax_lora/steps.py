@@ -82,17 +82,48 @@ def apply_gradients(tx: optax.GradientTransformation, state: TrainState, grads,
     return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
 
 
+class Bound:
+    """A jitted function with its last arguments bound: `Bound(f, key)(state, batch)` is
+    `f(state, batch, key)`. The bound values are arguments of the compiled program, not
+    constants folded into it, so runs that differ only in them (the seed's dropout key) run one
+    program, which the persistent compilation cache then serves. `lower(...).compile()` gives
+    the compiled program with the same values bound."""
+
+    def __init__(self, function, *bound):
+        self.function, self.bound = function, bound
+
+    def __call__(self, *args):
+        return self.function(*args, *self.bound)
+
+    def lower(self, *args):
+        return _BoundLowered(self.function.lower(*args, *self.bound), self.bound)
+
+    def __getattr__(self, name):  # as_text, cost_analysis, ... of a compiled program
+        return getattr(self.function, name)
+
+
+class _BoundLowered:
+    def __init__(self, lowered, bound):
+        self.lowered, self.bound = lowered, bound
+
+    def compile(self, *args, **kwargs) -> Bound:
+        return Bound(self.lowered.compile(*args, **kwargs), *self.bound)
+
+    def __getattr__(self, name):
+        return getattr(self.lowered, name)
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, trainable, dropout_base, *,
                     options: dict | None = None):
     """The jitted step (state donated) on one batch; `options` are XLA compiler options
-    (compiler_options)."""
+    (compiler_options). The dropout key is an argument of the program (Bound)."""
     loss_sum = make_loss_sum(graphdef)
 
     def mean_loss(*args):
         total, metrics = loss_sum(*args)
         return total / metrics["count"], metrics
 
-    def train_step(state: TrainState, batch: dict):
+    def train_step(state: TrainState, batch: dict, dropout_base):
         # Differentiate only the trainable part: no weight gradients for the frozen base.
         trainable_params, frozen = split_trainable(state.params, trainable)
         dropout_key = jax.random.fold_in(dropout_base, state.step)
@@ -100,7 +131,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, trainable, dropo
                                                            dropout_key)
         return apply_gradients(tx, state, grads, frozen), metrics
 
-    return jax.jit(train_step, donate_argnums=0, compiler_options=options or None)
+    return Bound(jax.jit(train_step, donate_argnums=0, compiler_options=options or None),
+                 dropout_base)
 
 
 def make_accumulated_step(graphdef, tx: optax.GradientTransformation, trainable, dropout_base,
@@ -113,7 +145,7 @@ def make_accumulated_step(graphdef, tx: optax.GradientTransformation, trainable,
     its dropout masks from key s · accumulate + k."""
     grad_sum = jax.grad(make_loss_sum(graphdef), has_aux=True)
 
-    def micro_step(state: TrainState, grads, metrics, batch, k):
+    def micro_step(state: TrainState, grads, metrics, batch, k, dropout_base):
         trainable_params, frozen = split_trainable(state.params, trainable)
         dropout_key = jax.random.fold_in(dropout_base, state.step * accumulate + k)
         more, more_metrics = grad_sum(trainable_params, frozen, batch, dropout_key)
@@ -133,7 +165,7 @@ def make_accumulated_step(graphdef, tx: optax.GradientTransformation, trainable,
         grads = zeros(state.params)
         metrics = {name: jnp.zeros((), jnp.float32) for name in METRICS}  # three buffers
         for k, batch in enumerate(micro_batches):
-            grads, metrics = micro(state, grads, metrics, batch, jnp.int32(k))
+            grads, metrics = micro(state, grads, metrics, batch, jnp.int32(k), dropout_base)
         return update(state, grads, metrics["count"]), metrics
 
     return train_step

@@ -40,7 +40,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from jax_lora import distributed
+from jax_lora import compile_cache, distributed
 from jax_lora.adapter import ADAPTER, init_from_parent, read_parent, save_adapter
 from jax_lora.checkpoint import Checkpoints
 from jax_lora.config import TrainConfig, parse_config
@@ -200,6 +200,8 @@ def run(setup: Setup) -> Path:
         distributed.on_main_process("run directory locked",
                                     lambda: lock_run_dir(config.run_dir))
     total_steps = setup.total_steps
+    cache_dir = compile_cache.enable()  # a repeated or resumed run loads its compiled steps
+    programs = compile_cache.Programs()
     print(f"{TRAINER}: {len(setup.data.train)} train / {len(setup.data.val)} val rows"
           + (f" / {len(setup.data.dev)} dev" if setup.data.dev is not None else "")
           + f", {setup.steps_per_epoch} steps x {config.epochs} epochs of {setup.global_batch} "
@@ -415,7 +417,9 @@ def run(setup: Setup) -> Path:
     writer.finish(peak_accelerator_mem_mb=peak_accelerator_mb(mesh), steps=step,
                   global_batch=setup.global_batch, accumulate=config.accumulate,
                   effective_batch=setup.global_batch * config.accumulate, adapter=ADAPTER,
-                  best=tracker.summary(), stopped=ended)
+                  best=tracker.summary(), stopped=ended,
+                  compilation={"cache": None if cache_dir is None else str(cache_dir),
+                               **(programs.close() if cache_dir else {})})
     unlock_run_dir(config.run_dir)
     return Path(config.run_dir)
 

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ import pytest
 from shared.data.watson import SAMPLE_DATA_DIR, load_train
 
 REPO = Path(__file__).resolve().parent.parent
+# jax_lora's compiled steps (jax_lora/compile_cache.py) go to a folder of this test process
+# and the trainers it starts, never to the user's cache.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jax-compile-"))
 # ../shared/data/watson sits beside the checkout on developer machines and CI; never in it.
 WATSON_DIR = REPO.parent / "shared" / "data" / "watson"
 

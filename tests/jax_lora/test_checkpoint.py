@@ -12,6 +12,7 @@ from jax_lora.adapter import ADAPTER_META, ADAPTER_WEIGHTS, load_adapter, save_a
 from jax_lora.checkpoint import CHECKPOINTS, Checkpoints, replace_arrays
 from jax_lora.lora import LoraConfig, trainable_filter
 from jax_lora.weights import load_pretrained
+from shared.runs.reuse import RunStateError
 from tests.jax_lora.helpers import leaves_equal, trained_like_state
 
 
@@ -29,6 +30,20 @@ def test_save_restore_is_exact_and_keeps_the_newest(tmp_path):
     # A save that died half-way leaves only orbax's temporary folder, which is not a checkpoint.
     (tmp_path / CHECKPOINTS / "8.orbax-checkpoint-tmp-123").mkdir()
     assert Checkpoints(tmp_path).latest_step() == 6
+
+
+def test_a_checkpoint_of_another_optimizer_layout_is_one_line_naming_the_way_out(tmp_path):
+    """Intact files (their checksums hold) of another layout, as an older jax_lora's optimizer
+    state: not damage to fall back from, but a run to finish with its own version or restart."""
+    trainable, opt_state = trained_like_state()
+    checkpoints = Checkpoints(tmp_path)
+    checkpoints.save(2, trainable, opt_state, {"step": 2})
+    checkpoints.close()
+    other_layout = (opt_state, jnp.zeros(3))
+    with pytest.raises(RunStateError, match=r"^checkpoint .*/2 holds arrays in another layout "
+                                            r".*code_version.*--restart"):
+        Checkpoints(tmp_path).restore_latest(trainable, other_layout)
+    assert Checkpoints(tmp_path).latest_step() == 2  # nothing moved aside
 
 
 def test_replace_arrays_rejects_a_foreign_adapter():

@@ -10,8 +10,9 @@ from flax import nnx
 from jax_lora.config import TrainConfig
 from jax_lora.lora import LoraConfig, trainable_filter
 from jax_lora.models import BertClassifier, BertConfig
-from jax_lora.optim import (learning_rate, make_optimizer, param_counts, split_trainable,
-                            trainable_mask, with_frozen_zeros)
+from jax_lora.optim import (RunScheduleState, decay_steps, learning_rate, make_optimizer,
+                            param_counts, schedule_value, split_trainable, trainable_mask,
+                            with_frozen_zeros)
 
 TINY = BertConfig(vocab_size=40, hidden_dim=16, num_layers=2, num_heads=4, intermediate_dim=32,
                   max_sequence_length=24)
@@ -59,7 +60,8 @@ def test_frozen_leaves_get_zero_update_and_no_moments(lora):
         assert len(leaves) == n_trainable
         assert sorted(leaf.size for leaf in leaves) == trainable_sizes
     state_size = sum(leaf.size for leaf in jax.tree.leaves(opt_state))
-    assert state_size == 2 * sum(trainable_sizes) + 2  # + Adam's and the schedule's step counts
+    # + Adam's step count and the schedule's count, peak, warm-up and decay (RunScheduleState)
+    assert state_size == 2 * sum(trainable_sizes) + 5
     # Non-zero gradients everywhere: a frozen leaf must still not move.
     grads = jax.tree.map(lambda p: np.full_like(p, 0.5), params)
 
@@ -107,3 +109,62 @@ def test_schedules():
     warm_constant = learning_rate(TrainConfig(lr=1e-3, warmup_steps=4), 100)
     assert [float(warm_constant(s)) for s in (0, 2, 4, 50)] == pytest.approx(
         [0.0, 5e-4, 1e-3, 1e-3])
+
+
+RECIPES = [dict(lr=1e-3), dict(lr=3e-5, schedule="linear", warmup_steps=7),
+           dict(lr=2e-4, warmup_steps=4), dict(lr=5e-4, schedule="linear")]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_schedule_read_from_the_state_is_optax_own(recipe):
+    config, total = TrainConfig(**recipe), 60
+    reference = learning_rate(config, total)
+    state = RunScheduleState(jnp.int32(0), jnp.float32(config.lr),
+                             jnp.int32(config.warmup_steps), jnp.int32(decay_steps(config, total)))
+    value = jax.jit(lambda count, state: schedule_value(state._replace(count=count)))
+    steps = np.arange(total + 3, dtype=np.int32)
+    ours = np.array([value(jnp.int32(step), state) for step in steps])
+    # optax multiplies by the rate cast to the gradients' dtype (float32), as
+    # scale_by_run_schedule does; compiled, either may differ from eager by float rounding
+    # (an ulp, or 4e-13 where the decay ends at 0).
+    theirs = np.array([np.float32(reference(jnp.int32(step))) for step in steps])
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-12)
+    assert ours[0] == theirs[0] and ours[config.warmup_steps] == np.float32(config.lr)
+
+
+@pytest.mark.parametrize("recipe", RECIPES + [dict(method="full", lr=1e-4, warmup_steps=3)])
+def test_the_optimizer_moves_as_optax_adamw_does(recipe):
+    """make_optimizer's chain, its rate read from the state, against optax.adamw with the
+    schedule as constants (and, for full, Keras' epsilon through inject_hyperparams): the same
+    parameters after a few steps, to float rounding of the same operations."""
+    from jax_lora.optim import keras_epsilon
+    config = TrainConfig(**recipe)
+    lora = config.lora
+    params, mask = params_and_mask(lora)
+    total = 12
+    tx = make_optimizer(config, params, mask, total_steps=total)
+    schedule = learning_rate(config, total)
+    reference = (optax.adamw(schedule, eps=config.adam_epsilon, weight_decay=config.weight_decay)
+                 if not config.keras_epsilon else
+                 optax.inject_hyperparams(optax.adamw)(
+                     learning_rate=schedule, eps=keras_epsilon(config.adam_epsilon),
+                     weight_decay=config.weight_decay))
+    reference = optax.partition({"trainable": reference, "frozen": optax.set_to_zero()},
+                                jax.tree.map(lambda m: "trainable" if m else "frozen", mask))
+    rng = np.random.default_rng(1)
+    ours, theirs = params, params
+    ours_state, theirs_state = tx.init(params), reference.init(params)
+    step = jax.jit(lambda t, p, s, g: t.update(g, s, p), static_argnums=0)
+    for _ in range(5):
+        grads = jax.tree.map(lambda x: rng.standard_normal(x.shape, np.float32), params)
+        updates, ours_state = step(tx, ours, ours_state, grads)
+        ours = optax.apply_updates(ours, updates)
+        updates, theirs_state = step(reference, theirs, theirs_state, grads)
+        theirs = optax.apply_updates(theirs, updates)
+    moved = False
+    for a, b, before in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs),
+                            jax.tree.leaves(params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+        moved |= not np.array_equal(a, before)
+    assert moved
