@@ -65,6 +65,8 @@ EVAL_BATCH = 64  # prediction only: no gradients, so a larger batch than trainin
 # trainer: the stock LengthGroupedSampler's order; shuffled: its batches in a seeded random
 # order, as jax_lora.input_pipeline.epoch_batches plays its length-sorted batches.
 BATCH_ORDERS = ("trainer", "shuffled")
+SCHEDULES = ("constant", "linear")  # jax_lora's --schedule; the Trainer's names below
+TRAINER_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,6 +85,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"rows per prediction batch [default: {EVAL_BATCH}]")
     parser.add_argument("--lr", type=float, default=LEARNING_RATE,
                         help=f"AdamW learning rate, constant [default: {LEARNING_RATE}]")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                        help="after warm-up: constant, or linear decay to 0 at the last step, "
+                             "as jax_lora's --schedule [default: constant]")
+    parser.add_argument("--warmup-steps", type=int, default=0,
+                        help="steps of linear warm-up from 0 to --lr [default: 0]")
     parser.add_argument("--max-grad-norm", type=float, default=MAX_GRAD_NORM,
                         help="gradient clipping norm; 0 = none, as jax_lora [default: 0]")
     parser.add_argument("--epochs", type=int, default=1, help="passes over the split [default: 1]")
@@ -104,6 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.max_steps is not None and args.max_steps < 1:
         parser.error("--max-steps must be >= 1")
+    if args.warmup_steps < 0:
+        parser.error("--warmup-steps must be >= 0")
     return args
 
 
@@ -131,12 +140,20 @@ def encode(tokenizer, frame, max_length: int) -> list[dict]:
 
 
 def build_model(preset: Path, seed: int):
+    """PEFT LoRA on BertForSequenceClassification. The head trains (PEFT's modules_to_save for
+    SEQ_CLS); so does the pooler when the folder has none (multilingual-e5-small): transformers
+    draws it fresh, as jax_lora's `--pooling cls` does, and a fresh pooler left frozen would be a
+    random projection in front of the head. Returns (model, the modules trained whole)."""
     # The head's initial weights come from the global RNG: seed it before they are drawn.
     transformers.set_seed(seed)
+    base, loading = transformers.BertForSequenceClassification.from_pretrained(
+        preset, num_labels=NUM_CLASSES, output_loading_info=True)
+    whole = ["classifier"] + (["pooler"] if any(key.startswith("bert.pooler.")
+                                                for key in loading["missing_keys"]) else [])
     lora = peft.LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=list(LORA_TARGETS),
-                           lora_dropout=LORA_DROPOUT, task_type="SEQ_CLS")
-    return peft.get_peft_model(transformers.BertForSequenceClassification.from_pretrained(
-        preset, num_labels=NUM_CLASSES), lora)
+                           lora_dropout=LORA_DROPOUT, task_type="SEQ_CLS",
+                           modules_to_save=whole)
+    return peft.get_peft_model(base, lora), whole
 
 
 class ShuffledBatchSampler(torch.utils.data.Sampler):
@@ -193,8 +210,8 @@ def training_arguments(args: argparse.Namespace, output_dir: str):
         num_train_epochs=args.epochs,
         max_steps=-1 if args.max_steps is None else args.max_steps,
         learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
+        lr_scheduler_type=TRAINER_SCHEDULES[args.schedule],
+        warmup_steps=args.warmup_steps,
         weight_decay=WEIGHT_DECAY,
         adam_epsilon=ADAM_EPSILON,
         max_grad_norm=args.max_grad_norm,
@@ -241,7 +258,7 @@ def run(args: argparse.Namespace) -> dict:
     val = encode(tokenizer, data.val, args.sequence_length)
 
     # ---- model -----------------------------------------------------------------------------
-    model = build_model(preset, args.seed)
+    model, whole = build_model(preset, args.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
 
@@ -276,12 +293,15 @@ def run(args: argparse.Namespace) -> dict:
     labels = np.asarray(prediction.label_ids)
     return {
         "schema": SCHEMA, "status": "ok",
-        "recipe": {"preset": str(preset), "method": "peft LoRA (SEQ_CLS: head via modules_to_save)",
+        "recipe": {"preset": str(preset), "method": "peft LoRA (SEQ_CLS), trained whole: " + ", ".join(whole),
+                   "pooling": "cls (BertPooler" + (", fresh and trained)" if "pooler" in whole
+                                                   else ", pretrained, frozen)"),
                    "lora_rank": LORA_RANK, "lora_alpha": LORA_RANK,
                    "lora_targets": list(LORA_TARGETS), "lora_dropout": LORA_DROPOUT,
                    "optimizer": optimizer, "lr": args.lr,
                    "adam_epsilon": ADAM_EPSILON, "weight_decay": WEIGHT_DECAY,
-                   "schedule": "constant", "warmup_steps": 0, "max_grad_norm": args.max_grad_norm,
+                   "schedule": args.schedule, "warmup_steps": args.warmup_steps,
+                   "max_grad_norm": args.max_grad_norm,
                    "batch": args.batch, "eval_batch": args.eval_batch,
                    "sequence_length": args.sequence_length, "epochs": args.epochs,
                    "max_steps": args.max_steps, "seed": args.seed, "drop_last": True,
@@ -308,6 +328,8 @@ def run(args: argparse.Namespace) -> dict:
                        "predicted_per_class": np.bincount(predicted,
                                                           minlength=NUM_CLASSES).tolist(),
                        "labels_per_class": np.bincount(labels, minlength=NUM_CLASSES).tolist(),
+                       # in the Trainer's prediction order (pairs with each other, not with rows)
+                       "labels": labels.tolist(), "predicted": predicted.tolist(),
                        "loss": prediction.metrics.get("test_loss")},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "intra_op_threads": torch.get_num_threads(),

@@ -24,8 +24,8 @@ def fake_encoded(lengths, sequence_length=128):
 
 
 @pytest.mark.parametrize("longest, sequence_length, expected", [
-    (1, 512, 32), (32, 512, 32), (33, 512, 64), (300, 512, 512), (70, 100, 100), (20, 16, 16),
-    (129, 200, 200)])
+    (1, 512, 16), (16, 512, 16), (17, 512, 32), (33, 512, 48), (70, 100, 80), (97, 100, 100),
+    (20, 16, 16), (129, 200, 192), (193, 200, 200), (300, 512, 384), (400, 512, 512)])
 def test_bucket_length(longest, sequence_length, expected):
     assert bucket_length(longest, sequence_length) == expected
 
