@@ -60,20 +60,34 @@ def enable() -> Path | None:
 
 
 HIT, MISS = "/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses"
+# Where a program's seconds go before it runs (JAX's monitoring durations, summed).
+SECONDS = {"tracing": "/jax/core/compile/jaxpr_trace_duration",
+           "lowering": "/jax/core/compile/jaxpr_to_mlir_module_duration",
+           "compiling_or_loading": "/jax/core/compile/backend_compile_duration",
+           "of_which_loading": "/jax/compilation_cache/cache_retrieval_time_sec"}
 
 
 class Programs:
     """Counts, from creation to close(), the programs JAX compiled and those it read from the
-    persistent cache (JAX's monitoring events)."""
+    persistent cache, and the seconds spent tracing, lowering and compiling or loading them
+    (JAX's monitoring events), for the manifest's `compilation` entry."""
 
     def __init__(self):
         self.counts = {"compiled": 0, "loaded": 0}
-        jax.monitoring.register_event_listener(self._listen)
+        self.seconds = dict.fromkeys(SECONDS, 0.0)
+        jax.monitoring.register_event_listener(self._count)
+        jax.monitoring.register_event_duration_secs_listener(self._time)
 
-    def _listen(self, event, **_):
+    def _count(self, event, **_):
         if event in (HIT, MISS):
             self.counts["loaded" if event == HIT else "compiled"] += 1
 
+    def _time(self, event, duration, **_):
+        for name, watched in SECONDS.items():
+            if event == watched:
+                self.seconds[name] += duration
+
     def close(self) -> dict:
-        jax.monitoring.unregister_event_listener(self._listen)
-        return dict(self.counts)
+        jax.monitoring.unregister_event_listener(self._count)
+        jax.monitoring.unregister_event_duration_listener(self._time)
+        return {**self.counts, "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}

@@ -54,7 +54,7 @@ def test_each_run_trained_one_epoch_on_the_same_rows(peer_run):
     # and NF4 (other programs) compiled its own.
     first, again = ran["jax_lora"]["programs"], ran["jax_lora_cached"]["programs"]
     assert first["compiled"] > 0 and first["loaded"] == 0
-    assert again == {**first, "compiled": 0, "loaded": first["compiled"]}
+    assert (again["compiled"], again["loaded"]) == (0, first["compiled"])
     assert ran["jax_qlora_nf4"]["programs"]["compiled"] > 0
     float32, nf4 = (ran[n]["frozen_kernel_bytes"] for n in ("jax_lora", "jax_qlora_nf4"))
     assert float32["stored"] == float32["float32"] and nf4["stored"] < 0.15 * nf4["float32"]

@@ -35,7 +35,13 @@ def test_a_repeated_run_loads_every_program_instead_of_compiling(tiny_hf_preset,
     # The first run compiled its train and evaluation steps (one per batch shape) ...
     assert first["compiled"] >= 2 and first["loaded"] == 0
     # ... and the second, another run directory of the same recipe, compiled none of them.
-    assert second == {**first, "compiled": 0, "loaded": first["compiled"]}
+    assert {**second, "seconds": None} == {**first, "compiled": 0, "loaded": first["compiled"],
+                                           "seconds": None}
+    # Loading took time only in the second; both traced and lowered every program.
+    assert first["seconds"]["of_which_loading"] == 0 < second["seconds"]["of_which_loading"]
+    for seconds in (first["seconds"], second["seconds"]):
+        assert seconds["tracing"] > 0 and seconds["lowering"] > 0
+        assert seconds["compiling_or_loading"] >= seconds["of_which_loading"]
 
 
 def test_the_environment_turns_the_cache_off(tiny_hf_preset, tmp_path, run_env):
