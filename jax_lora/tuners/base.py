@@ -30,10 +30,10 @@ class PeftFormat:
     jax_lora.peft_format writes and reads for it: the tensors are the adapter's leaves (the
     family's, the head, the pooler) under PEFT's names."""
     peft_type: str  # adapter_config.json's peft_type
-    # (model, peft_format.HFClassifier, base_model_name_or_path, pooler) -> adapter_config.json
+    # (model, peft_names.HFClassifier, base_model_name_or_path, pooler) -> adapter_config.json
     config: Callable[..., dict]
     # (adapter_config.json as a dict, HFClassifier, its path for messages) -> (LoraConfig,
-    # Tuning) of the model it fits; one-line ValueError for what jax_lora cannot hold.
+    # TunerConfig) of the model it fits; one-line ValueError for what jax_lora cannot hold.
     read: Callable[..., tuple]
     # (HFClassifier, our flat parameter name) -> PEFT's tensor name; None: HFClassifier.key.
     key: Callable[..., str] | None = None

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jax_lora.lora import LoraConfig, LoRALinear, merge_lora
+from jax_lora.peft_names import (HF_TARGETS, PEFT_FORMAT_VERSION, POOLER_MODULE, SEQ_CLS_MODULES,
+                                 TARGET_PATHS, lora_from_peft)
 from jax_lora.tuners.base import PeftFormat, Tuner, TunerParam
 from jax_lora.tuners.config import TunerConfig
 from jax_lora.weights import module_at
@@ -55,9 +57,7 @@ class IA3Linear(LoRALinear):
 
 
 def projections() -> dict:
-    """{our target name: its module path inside layers/<i>}, jax_lora.peft_format's table."""
-    # Imported here: peft_format imports jax_lora.adapter, which imports this registry.
-    from jax_lora.peft_format import TARGET_PATHS
+    """{our target name: its module path inside layers/<i>}, jax_lora.peft_names' table."""
     return {target: tuple(path.split("/")) for target, path in TARGET_PATHS.items()}
 
 
@@ -106,7 +106,6 @@ PEFT_IA3_FIELDS = {"auto_mapping", "base_model_name_or_path", "exclude_modules",
 
 def peft_config(model, hf, base_model_name_or_path: str, pooler: bool) -> dict:
     """adapter_config.json as PEFT writes it for the model's (IA)³ settings."""
-    from jax_lora.peft_format import PEFT_FORMAT_VERSION, POOLER_MODULE, SEQ_CLS_MODULES
     tuner = model.tuning.config
     return {"auto_mapping": None, "base_model_name_or_path": base_model_name_or_path,
             "exclude_modules": None, "fan_in_fan_out": False,
@@ -117,12 +116,10 @@ def peft_config(model, hf, base_model_name_or_path: str, pooler: bool) -> dict:
             "target_modules": hf.target_modules(tuner.ia3_targets), "task_type": "SEQ_CLS"}
 
 
-def read_peft(config: dict, hf, source: str):
-    """(LoraConfig, Tuning) of a PEFT IA3 adapter_config.json on the classifier `hf`: the
+def read_peft(config: dict, hf, source: str) -> tuple[LoraConfig, TunerConfig]:
+    """(LoraConfig, TunerConfig) of a PEFT IA3 adapter_config.json on the classifier `hf`: the
     projections target_modules selects and which of them feedforward_modules makes input
     scales, each a whole kind of projection in every layer."""
-    from jax_lora.peft_format import HF_TARGETS, lora_from_peft
-    from jax_lora.tuners import Tuning
     unknown = sorted(set(config) - PEFT_IA3_FIELDS)
     if unknown:
         raise ValueError(f"{source}: field {unknown[0]} is not one of PEFT's IA3Config")
@@ -142,7 +139,7 @@ def read_peft(config: dict, hf, source: str):
                              f"projection the same way in every layer")
         chosen += [target] * marked[0]
     tuner = TunerConfig(ia3_targets=targets.targets, ia3_feedforward=tuple(chosen))
-    return (LoraConfig(targets=(), train_pooler=targets.train_pooler), Tuning("ia3", tuner))
+    return LoraConfig(targets=(), train_pooler=targets.train_pooler), tuner
 
 
 def _feedforward(feedforward, name: str) -> bool:

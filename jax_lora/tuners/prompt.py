@@ -25,6 +25,8 @@ import numpy as np
 from flax import nnx
 
 from jax_lora.lora import LoraConfig
+from jax_lora.peft_names import (PEFT_FORMAT_VERSION, POOLER_MODULE, PREFIX, SEQ_CLS_MODULES,
+                                 saves_pooler)
 from jax_lora.tuners.base import PeftFormat, Tuner, TunerParam
 from jax_lora.tuners.config import TunerConfig
 
@@ -77,7 +79,6 @@ PEFT_PREFIX = "base_model."  # PeftModel > the ...ForSequenceClassification itse
 def peft_key(hf, name: str) -> str:
     """Our flat name -> PEFT's: the table is `prompt_embeddings`; the head and pooler keep
     their module names under base_model. (no LoraModel's `.model` between)."""
-    from jax_lora.peft_format import PREFIX
     if name == "prompt.embedding":
         return "prompt_embeddings"
     return PEFT_PREFIX + hf.key(name)[len(PREFIX):]
@@ -85,7 +86,6 @@ def peft_key(hf, name: str) -> str:
 
 def peft_config(model, hf, base_model_name_or_path: str, pooler: bool) -> dict:
     """adapter_config.json as PEFT 0.21.2's PromptTuningConfig writes it."""
-    from jax_lora.peft_format import PEFT_FORMAT_VERSION, POOLER_MODULE, SEQ_CLS_MODULES
     tuner, config = model.tuning.config, model.config
     return {"auto_mapping": None, "base_model_name_or_path": base_model_name_or_path,
             "inference_mode": True, "modules_to_save": [POOLER_MODULE] * pooler
@@ -98,10 +98,8 @@ def peft_config(model, hf, base_model_name_or_path: str, pooler: bool) -> dict:
             "tokenizer_kwargs": None, "tokenizer_name_or_path": None}
 
 
-def read_peft(config: dict, hf, source: str):
-    """(LoraConfig, Tuning) of a PEFT PROMPT_TUNING adapter_config.json."""
-    from jax_lora.peft_format import saves_pooler
-    from jax_lora.tuners import Tuning
+def read_peft(config: dict, hf, source: str) -> tuple[LoraConfig, TunerConfig]:
+    """(LoraConfig, TunerConfig) of a PEFT PROMPT_TUNING adapter_config.json."""
     if config.get("num_transformer_submodules", 1) != 1:
         raise ValueError(f"{source}: num_transformer_submodules="
                          f"{config['num_transformer_submodules']!r}: an encoder has one")
@@ -110,8 +108,7 @@ def read_peft(config: dict, hf, source: str):
         raise ValueError(f"{source}: num_virtual_tokens={tokens!r}: must be an integer >= 1")
     init = "random" if config.get("prompt_tuning_init") != "SAMPLE_VOCAB" else "vocab"
     tuner = TunerConfig(virtual_tokens=tokens, prompt_init=init)
-    return (LoraConfig(targets=(), train_pooler=saves_pooler(config, hf, source)),
-            Tuning("prompt", tuner))
+    return LoraConfig(targets=(), train_pooler=saves_pooler(config, hf, source)), tuner
 
 
 TUNER = Tuner(name="prompt", summary="virtual input tokens (prompt tuning) + head",

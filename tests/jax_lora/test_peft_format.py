@@ -20,7 +20,8 @@ from safetensors import safe_open
 from jax_lora.adapter import ADAPTER, adapter_filter, save_adapter
 from jax_lora.checkpoint import flat_arrays, replace_arrays
 from jax_lora.lora import LORA_TARGETS, LoraConfig
-from jax_lora.peft_format import load_peft, main, peft_targets, save_peft
+from jax_lora.peft_format import load_peft, main, save_peft
+from jax_lora.peft_names import peft_targets
 from jax_lora.weights import load_pretrained
 from shared.data.watson import SAMPLE_DATA_DIR, load_train
 

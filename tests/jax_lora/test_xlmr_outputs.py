@@ -21,8 +21,9 @@ from jax_lora.checkpoint import flat_arrays, replace_arrays
 from jax_lora.export import ExportError, export_preset
 from jax_lora.inference import load_run
 from jax_lora.lora import LORA_TARGETS, LoraConfig
-from jax_lora.peft_format import HFClassifier, load_peft, save_peft
+from jax_lora.peft_format import load_peft, save_peft
 from jax_lora.peft_format import main as peft_main
+from jax_lora.peft_names import HFClassifier
 from jax_lora.weights import load_head, load_pretrained
 from jax_lora.xlmr_tokenizer import XLMRobertaTokenizer
 from shared.data.watson import SAMPLE_DATA_DIR, load_train
