@@ -112,10 +112,11 @@ class Embeddings(nnx.Module):
         self.layer_norm = _layer_norm(config, rngs)
         self.rate = config.dropout
 
-    def __call__(self, token_ids, segment_ids, dropout_key, virtual=None):
+    def __call__(self, token_ids, segment_ids, dropout_key, virtual=None, offset: int = 0):
         """segment_ids are ignored without a segment embedding (XLM-R). `virtual` [P, H]:
         embeddings put before every row's tokens (prompt tuning), which then take positions
-        0..P-1 and segment 0, as PEFT passes them to BertModel (inputs_embeds)."""
+        0..P-1 and segment 0, as PEFT passes them to BertModel (inputs_embeds). `offset`: the
+        first token's position (prefix tuning's P, as BertEmbeddings' past_key_values_length)."""
         tokens = self.token_embedding(token_ids)
         if virtual is not None:
             batch, length = token_ids.shape[0], virtual.shape[0]
@@ -123,7 +124,7 @@ class Embeddings(nnx.Module):
                 [jnp.broadcast_to(virtual[None], (batch, *virtual.shape)), tokens], axis=1)
             segment_ids = jnp.concatenate(
                 [jnp.zeros((batch, length), segment_ids.dtype), segment_ids], axis=1)
-        positions = self.position_embedding.embedding[: tokens.shape[1]]
+        positions = self.position_embedding.embedding[offset: offset + tokens.shape[1]]
         x = tokens + positions[None]
         if hasattr(self, "segment_embedding"):
             x = x + self.segment_embedding(segment_ids)
@@ -145,6 +146,19 @@ def attention_probs(query, key, padding_mask, compute_dtype: str = "float32"):
     logits = einsum("btnd,bsnd->bnts", query, key, compute_dtype)
     logits = jnp.where(padding_mask[:, None, None, :], logits, MASKED_LOGIT)
     return jax.nn.softmax(logits, axis=-1)
+
+
+def with_prefix(key, value, padding_mask, prefix):
+    """Prefix tuning's keys and values, prefix [2, P, heads, head_dim], put before every row's
+    own [B, T, heads, head_dim], and the padding mask [B, T] widened with P attended columns
+    (PEFT's prefix_attention_mask); all three unchanged without a prefix."""
+    if prefix is None:
+        return key, value, padding_mask
+    batch = key.shape[0]
+    key, value = (jnp.concatenate([jnp.broadcast_to(p[None], (batch, *p.shape)), own], axis=1)
+                  for p, own in zip(prefix, (key, value)))
+    attended = jnp.ones((batch, prefix.shape[1]), bool)
+    return key, value, jnp.concatenate([attended, padding_mask], axis=1)
 
 
 def attend(query, key, value, padding_mask, rate: float, dropout_key,
@@ -181,17 +195,21 @@ class Attention(nnx.Module):
             1.0 / head_dim ** 0.5)
         return query, heads(self.key, x, 1), heads(self.value, x, 2)
 
-    def __call__(self, x, padding_mask, dropout_key, *, cls_only: bool = False):
-        """cls_only: queries (and so the output) for position 0 only; keys/values for all."""
+    def __call__(self, x, padding_mask, dropout_key, *, cls_only: bool = False, prefix=None):
+        """cls_only: queries (and so the output) for position 0 only; keys/values for all.
+        prefix: prefix tuning's [2, P, heads, head_dim] keys and values (with_prefix)."""
         query, key, value = self.project(x, dropout_key, cls_only=cls_only)
+        key, value, padding_mask = with_prefix(key, value, padding_mask, prefix)
         context = attend(query, key, value, padding_mask, self.rate, _fold(dropout_key, 3),
                          self.compute_dtype)
         return self.output(context.reshape(*query.shape[:2], x.shape[2]),
                            dropout_key=_fold(dropout_key, 4))
 
-    def probabilities(self, x, padding_mask):
-        """The attention probabilities of every query row, without dropout: [B, heads, T, T]."""
-        query, key, _ = self.project(x, None)
+    def probabilities(self, x, padding_mask, prefix=None):
+        """The attention probabilities of every query row, without dropout: [B, heads, T, T]
+        (T + P key columns with a prefix, the prefix's first)."""
+        query, key, value = self.project(x, None)
+        key, _, padding_mask = with_prefix(key, value, padding_mask, prefix)
         return attention_probs(query, key, padding_mask, self.compute_dtype)
 
 
@@ -207,10 +225,12 @@ class TransformerLayer(nnx.Module):
         # (keras' default approximate=False: erf, as Hugging Face's XLM-R and e5).
         self.approximate_gelu = config.approximate_gelu
 
-    def __call__(self, x, padding_mask, dropout_key, *, cls_only: bool = False):
+    def __call__(self, x, padding_mask, dropout_key, *, cls_only: bool = False, prefix=None):
         """[B, T, H] -> [B, T, H]; cls_only -> [B, 1, H], the [CLS] row alone (it still attends
-        to every position; every other row of the output is skipped)."""
-        attended = self.attention(x, padding_mask, _fold(dropout_key, 10), cls_only=cls_only)
+        to every position; every other row of the output is skipped). prefix: prefix
+        tuning's keys and values for this layer (Attention)."""
+        attended = self.attention(x, padding_mask, _fold(dropout_key, 10), cls_only=cls_only,
+                                  prefix=prefix)
         residual = x[:, :1] if cls_only else x
         x = self.attention_layer_norm(residual + dropout(attended, self.rate,
                                                          _fold(dropout_key, 11)))
@@ -221,15 +241,16 @@ class TransformerLayer(nnx.Module):
 
 
 def run_layer(layer: TransformerLayer, x, padding_mask, dropout_key, *, cls_only: bool,
-              remat: str):
+              remat: str, prefix=None):
     """layer(x, ...), under jax.checkpoint with the REMAT[remat] policy unless remat="none"."""
     if remat == "none":
-        return layer(x, padding_mask, dropout_key, cls_only=cls_only)
+        return layer(x, padding_mask, dropout_key, cls_only=cls_only, prefix=prefix)
     graphdef, state = nnx.split(layer)
 
-    def pure(state, x, padding_mask, dropout_key):
-        return nnx.merge(graphdef, state)(x, padding_mask, dropout_key, cls_only=cls_only)
-    return jax.checkpoint(pure, policy=REMAT[remat])(state, x, padding_mask, dropout_key)
+    def pure(state, x, padding_mask, dropout_key, prefix):
+        return nnx.merge(graphdef, state)(x, padding_mask, dropout_key, cls_only=cls_only,
+                                          prefix=prefix)
+    return jax.checkpoint(pure, policy=REMAT[remat])(state, x, padding_mask, dropout_key, prefix)
 
 
 class ClassificationHead(nnx.Module):
@@ -259,7 +280,7 @@ class BertClassifier(nnx.Module):
                  lora: LoraConfig = LoraConfig(), pooling: str = "cls", remat: str = "none",
                  tuning=None, rngs: nnx.Rngs):
         """`tuning`: a jax_lora.tuners.Tuning (another family than LoRA: BitFit, (IA)³,
-        prompt tuning), which adds its parameters once the model is built."""
+        prompt or prefix tuning), which adds its parameters once the model is built."""
         if remat not in REMAT:
             raise ValueError(f"remat={remat!r}: choose one of {', '.join(REMAT)}")
         if pooling not in POOLING:
@@ -313,7 +334,7 @@ class BertClassifier(nnx.Module):
         the repeats (the FLOPs of cls_only=False without maps), so with cls_only=True only the
         last layer's full queries and logits are extra. With prompt tuning the maps (and mean
         pooling) cover the text's T tokens only; a row's attention to the virtual tokens is
-        left out, so it sums to less than 1."""
+        left out, so it sums to less than 1; with prefix tuning, to the prefixes."""
         if attention_maps and dropout_key is not None:
             raise ValueError("encode(attention_maps=True) is for inference: pass no dropout_key")
         # Layer i uses site key i; the embeddings and classifier use the two keys after them.
@@ -326,17 +347,26 @@ class BertClassifier(nnx.Module):
         # maps keep to the text's own tokens.
         virtual = self.prompt() if getattr(self, "prompt", None) is not None else None
         text = 0 if virtual is None else virtual.shape[0]  # where the text's tokens start
-        x = self.embeddings(token_ids, segment_ids, _fold(dropout_key, num_layers), virtual)
+        # Prefix tuning (jax_lora/tuners/prefix.py) sets `prefix`: per layer P keys and values
+        # before the text's, [L, 2, P, heads, head_dim], as PEFT's past_key_values; the text
+        # then starts at position P, as BertEmbeddings counts the cached tokens.
+        prefixes = self.prefix() if getattr(self, "prefix", None) is not None else None
+        offset = 0 if prefixes is None else prefixes.shape[2]
+        x = self.embeddings(token_ids, segment_ids, _fold(dropout_key, num_layers), virtual,
+                            offset)
         text_mask = padding_mask
         if virtual is not None:
             padding_mask = jnp.concatenate(
                 [jnp.ones((padding_mask.shape[0], text), bool), padding_mask], axis=1)
         hidden_states, maps = [], []
         for index, layer in enumerate(self.layers):
+            prefix = None if prefixes is None else prefixes[index]
             if attention_maps:
-                maps.append(layer.attention.probabilities(x, padding_mask)[..., text:, text:])
+                maps.append(layer.attention.probabilities(x, padding_mask, prefix)[
+                    ..., text:, text + offset:])
             x = run_layer(layer, x, padding_mask, _fold(dropout_key, index),
-                          cls_only=cls_only and index == num_layers - 1, remat=self.remat)
+                          cls_only=cls_only and index == num_layers - 1, remat=self.remat,
+                          prefix=prefix)
             hidden_states.append(x)
         cls = x[:, 0]
         if self.pooling == "mean":

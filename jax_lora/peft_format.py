@@ -128,8 +128,10 @@ def save_peft(model, out_dir: str | Path, *, base_model_name_or_path: str, metho
     peft = None if tuning is None else tuning.family.peft
     peft_key = hf.key if peft is None or peft.key is None else (
         lambda name: peft.key(hf, name))
-    tensors = {peft_key(name): _torch_layout(array, name)
-               for name, array in flat_arrays(state).items()}
+    arrays = flat_arrays(state)
+    if peft is not None and peft.arrays is not None:
+        arrays = peft.arrays(model, arrays)
+    tensors = {peft_key(name): _torch_layout(array, name) for name, array in arrays.items()}
     config = (peft_config(model.lora, hf, base_model_name_or_path, pooler=pooler)
               if peft is None else peft.config(model, hf, base_model_name_or_path, pooler))
     staging = out_dir.with_name(out_dir.name + ".partial")

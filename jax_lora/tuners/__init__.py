@@ -4,6 +4,7 @@ which jax_lora uses them (as PEFT gives each tuner a folder and one registry).
     bitfit  the biases of the encoder and pooler (tuners/bitfit.py)
     ia3     (IA)³: learned rescaling of keys, values and FFN activations (tuners/ia3.py)
     prompt  prompt tuning: trainable virtual input embeddings (tuners/prompt.py)
+    prefix  prefix tuning: trainable keys and values before every layer's (tuners/prefix.py)
 
 Each is a --method of jax_lora/train.py (config.METHODS adds TUNERS), trained through the same
 partitioned optimizer as LoRA: the trainable rule is lora.trainable_filter's (the head, the
@@ -23,11 +24,12 @@ from flax import nnx
 
 from jax_lora.lora import LoraConfig, merge_lora
 from jax_lora.lora import trainable_filter as lora_trainable_filter
-from jax_lora.tuners import bitfit, ia3, prompt
+from jax_lora.tuners import bitfit, ia3, prefix, prompt
 from jax_lora.tuners.base import Tuner, TunerParam
 from jax_lora.tuners.config import TunerConfig
 
-TUNERS: dict[str, Tuner] = {tuner.name: tuner for tuner in (bitfit.TUNER, ia3.TUNER, prompt.TUNER)}
+TUNERS: dict[str, Tuner] = {tuner.name: tuner for tuner in (
+    bitfit.TUNER, ia3.TUNER, prompt.TUNER, prefix.TUNER)}
 
 __all__ = ["TUNERS", "Tuner", "TunerConfig", "TunerParam", "Tuning", "merge_model",
            "trainable_filter", "tuning_for"]

@@ -37,6 +37,9 @@ class PeftFormat:
     read: Callable[..., tuple]
     # (HFClassifier, our flat parameter name) -> PEFT's tensor name; None: HFClassifier.key.
     key: Callable[..., str] | None = None
+    # (model, {our flat name: array}) -> the arrays PEFT's form holds, when they are not the
+    # adapter's own leaves (prefix tuning's MLP: its output alone); None: the leaves.
+    arrays: Callable[..., dict] | None = None
 
 
 @dataclass(frozen=True)

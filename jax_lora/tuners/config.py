@@ -18,8 +18,10 @@ PROMPT_INITS = ("vocab", "random")
 class TunerConfig:
     ia3_targets: tuple[str, ...] = ("key", "value", "ffn_out")  # (IA)³: projections rescaled by a learned vector (the paper's: keys, values, and the FFN's activations as ffn_out's input)
     ia3_feedforward: tuple[str, ...] = ("ffn_out",)  # (IA)³: of --ia3-targets, those rescaled at their input instead of their output (PEFT's feedforward_modules)
-    virtual_tokens: int = 20  # prompt tuning: trainable input embeddings put before every row (PEFT's num_virtual_tokens)
+    virtual_tokens: int = 20  # prompt and prefix tuning: trainable input embeddings put before every row, or key/value prefixes in every layer (PEFT's num_virtual_tokens)
     prompt_init: str = "vocab"  # prompt tuning: how they start: vocab (rows of the word embedding, PEFT's SAMPLE_VOCAB) or random (N(0, 1), PEFT's RANDOM)
+    prefix_projection: bool = False  # prefix tuning: train the prefixes through PEFT's reparameterisation MLP (embedding -> Linear -> tanh -> Linear), whose output alone is exported (PEFT's prefix_projection)
+    prefix_hidden_size: int | None = None  # prefix tuning with --prefix-projection: the MLP's hidden width [default: the model's hidden size, as PEFT's encoder_hidden_size]
 
     def __post_init__(self):
         for name in ("ia3_targets", "ia3_feedforward"):
@@ -37,6 +39,13 @@ class TunerConfig:
         if isinstance(self.virtual_tokens, bool) or not isinstance(self.virtual_tokens, int) \
                 or self.virtual_tokens < 1:
             raise ValueError(f"--virtual-tokens {self.virtual_tokens!r}: must be an integer >= 1")
+        hidden = self.prefix_hidden_size
+        if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int)
+                                   or hidden < 1):
+            raise ValueError(f"--prefix-hidden-size {hidden!r}: must be an integer >= 1")
+        if hidden is not None and not self.prefix_projection:
+            raise ValueError(f"--prefix-hidden-size {hidden}: sizes the MLP of "
+                             f"--prefix-projection; pass it too, or drop --prefix-hidden-size")
         if self.prompt_init not in PROMPT_INITS:
             raise ValueError(f"--prompt-init {self.prompt_init!r}: choose one of "
                              f"{', '.join(PROMPT_INITS)}")
