@@ -33,7 +33,7 @@ LORA_FLAG_NAMES = {"lora.dropout": "lora-dropout"}
 # What trains: lora = adapters A·B on --targets + head; dora = the same, weight-decomposed
 # (plus a magnitude per output); full = every parameter (the JAX twin of tf_baseline);
 # probe = the head alone on the frozen encoder (linear probe); and the families of
-# jax_lora/tuners (TUNERS): bitfit, ia3, prompt, prefix, each with the head.
+# jax_lora/tuners (TUNERS): bitfit, ia3, prompt, prefix, bottleneck, each with the head.
 METHODS = ("lora", "dora", "full", "probe", *TUNERS)
 ADAPTER_METHODS = ("lora", "dora")
 # Per method: the learning rate, and Adam's epsilon. full keeps tf_baseline's recipe (the
@@ -52,7 +52,7 @@ class TrainConfig:
     preset: str = KAGGLE_PRESET  # keras-hub preset name or folder, or Hugging Face BERT folder; or the offline models scripts/setup.sh installs, by name: all-minilm-l6-v2, multilingual-e5-small
     run_dir: Path = Path("runs/jax_lora")  # run directory; rerunning the same command resumes it
     epochs: int = 3  # passes over the training split (the baseline's 3)
-    method: str = "lora"  # what trains: lora, dora (adapters + head), full (everything), probe (head alone); bitfit (biases), ia3 ((IA)³ vectors), prompt (virtual tokens), prefix (key/value prefixes), each + head: jax_lora/tuners
+    method: str = "lora"  # what trains: lora, dora (adapters + head), full (everything), probe (head alone); bitfit (biases), ia3 ((IA)³ vectors), prompt (virtual tokens), prefix (key/value prefixes), bottleneck (Houlsby/Pfeiffer adapters), each + head: jax_lora/tuners
     pooling: str | None = None  # what the head reads: cls (BERT's pooler, as keras-hub) or mean (mean of the last layer, as sentence-transformers) [default: cls, or mean for a model without a pooler such as multilingual-e5]
     dropout: float | None = None  # the encoder's dropout rate at every site (and the BERT head's) [default: the preset's: config.json's hidden_dropout_prob, keras-hub's 0.1]
     init_from: Path | None = None  # a finished jax_lora run whose head (and adapters, where both runs have them) this run starts from: linear probe first, then LoRA or full (LP->X) [default: none]
@@ -73,7 +73,7 @@ class TrainConfig:
     group_by_length: bool = True  # batch rows of similar length (less padding), in shuffled order
     remat: str = "dots"  # what each layer keeps for the backward pass: none, dots or layers (see README)
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapters and which head layers train
-    tuner: TunerConfig = field(default_factory=TunerConfig)  # the settings of --method ia3, prompt and prefix (jax_lora/tuners)
+    tuner: TunerConfig = field(default_factory=TunerConfig)  # the settings of --method ia3, prompt, prefix and bottleneck (jax_lora/tuners)
     eval_every: int = 0  # evaluate the dev part (--dev-fraction) every N optimizer steps, besides each epoch end; 0 = epoch ends only
     patience: int = 0  # stop after this many dev evaluations without a better dev accuracy; 0 = never stop early
     max_steps: int = 0  # stop after this many optimizer steps (a fixed budget); 0 = run every epoch
@@ -135,7 +135,8 @@ class TrainConfig:
             object.__setattr__(self, "init_from", Path(self.init_from))
         if self.tuner != TunerConfig() and self.tuning is None:
             raise ValueError(f"--method {self.method}: the tuner settings (--ia3-*, "
-                             f"--virtual-tokens, --prompt-init, --prefix-*) are for --method "
+                             f"--virtual-tokens, --prompt-init, --prefix-*, --bottleneck-config, "
+                             f"--reduction-factor) are for --method "
                              f"{', '.join(TUNERS)}; drop them")
 
     def _resolve_method(self) -> None:

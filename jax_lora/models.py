@@ -232,12 +232,21 @@ class TransformerLayer(nnx.Module):
         attended = self.attention(x, padding_mask, _fold(dropout_key, 10), cls_only=cls_only,
                                   prefix=prefix)
         residual = x[:, :1] if cls_only else x
-        x = self.attention_layer_norm(residual + dropout(attended, self.rate,
-                                                         _fold(dropout_key, 11)))
+        x = self.end_sublayer("attention_adapter",
+                              dropout(attended, self.rate, _fold(dropout_key, 11)), residual,
+                              self.attention_layer_norm)
         inner = jax.nn.gelu(self.ffn_in(x, dropout_key=_fold(dropout_key, 12)),
                             approximate=self.approximate_gelu)
         out = self.ffn_out(inner, dropout_key=_fold(dropout_key, 13))
-        return self.ffn_layer_norm(x + dropout(out, self.rate, _fold(dropout_key, 14)))
+        return self.end_sublayer("ffn_adapter", dropout(out, self.rate, _fold(dropout_key, 14)),
+                                 x, self.ffn_layer_norm)
+
+    def end_sublayer(self, adapter: str, output, residual, layer_norm):
+        """A sublayer's end, layer_norm(residual + output); a bottleneck adapter the family
+        put at this attribute (jax_lora/tuners/bottleneck.py) computes it instead."""
+        if getattr(self, adapter, None) is None:
+            return layer_norm(residual + output)
+        return getattr(self, adapter)(output, residual, layer_norm)
 
 
 def run_layer(layer: TransformerLayer, x, padding_mask, dropout_key, *, cls_only: bool,
@@ -280,7 +289,8 @@ class BertClassifier(nnx.Module):
                  lora: LoraConfig = LoraConfig(), pooling: str = "cls", remat: str = "none",
                  tuning=None, rngs: nnx.Rngs):
         """`tuning`: a jax_lora.tuners.Tuning (another family than LoRA: BitFit, (IA)³,
-        prompt or prefix tuning), which adds its parameters once the model is built."""
+        prompt or prefix tuning, bottleneck adapters), which adds its parameters once the
+        model is built."""
         if remat not in REMAT:
             raise ValueError(f"remat={remat!r}: choose one of {', '.join(REMAT)}")
         if pooling not in POOLING:

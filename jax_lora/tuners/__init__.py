@@ -5,6 +5,7 @@ which jax_lora uses them (as PEFT gives each tuner a folder and one registry).
     ia3     (IA)³: learned rescaling of keys, values and FFN activations (tuners/ia3.py)
     prompt  prompt tuning: trainable virtual input embeddings (tuners/prompt.py)
     prefix  prefix tuning: trainable keys and values before every layer's (tuners/prefix.py)
+    bottleneck  Houlsby or Pfeiffer bottleneck adapters (tuners/bottleneck.py)
 
 Each is a --method of jax_lora/train.py (config.METHODS adds TUNERS), trained through the same
 partitioned optimizer as LoRA: the trainable rule is lora.trainable_filter's (the head, the
@@ -24,12 +25,12 @@ from flax import nnx
 
 from jax_lora.lora import LoraConfig, merge_lora
 from jax_lora.lora import trainable_filter as lora_trainable_filter
-from jax_lora.tuners import bitfit, ia3, prefix, prompt
+from jax_lora.tuners import bitfit, bottleneck, ia3, prefix, prompt
 from jax_lora.tuners.base import Tuner, TunerParam
 from jax_lora.tuners.config import TunerConfig
 
 TUNERS: dict[str, Tuner] = {tuner.name: tuner for tuner in (
-    bitfit.TUNER, ia3.TUNER, prompt.TUNER, prefix.TUNER)}
+    bitfit.TUNER, ia3.TUNER, prompt.TUNER, prefix.TUNER, bottleneck.TUNER)}
 
 __all__ = ["TUNERS", "Tuner", "TunerConfig", "TunerParam", "Tuning", "merge_model",
            "trainable_filter", "tuning_for"]

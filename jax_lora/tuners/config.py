@@ -12,6 +12,10 @@ from jax_lora.lora import LORA_TARGETS
 # nn.Embedding default, N(0, 1)); vocab = SAMPLE_VOCAB (rows of the word embedding at token
 # ids drawn uniformly from the vocabulary), the start Lester et al. found to train better.
 PROMPT_INITS = ("vocab", "random")
+# Where bottleneck adapters sit, as the `adapters` library's (AdapterHub) configs place them:
+# houlsby = DoubleSeqBnConfig (after attention and after the FFN, swish), pfeiffer =
+# SeqBnConfig (after the FFN only, relu; the adapter reads the sublayer's LayerNormed sum).
+BOTTLENECK_CONFIGS = ("houlsby", "pfeiffer")
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,8 @@ class TunerConfig:
     prompt_init: str = "vocab"  # prompt tuning: how they start: vocab (rows of the word embedding, PEFT's SAMPLE_VOCAB) or random (N(0, 1), PEFT's RANDOM)
     prefix_projection: bool = False  # prefix tuning: train the prefixes through PEFT's reparameterisation MLP (embedding -> Linear -> tanh -> Linear), whose output alone is exported (PEFT's prefix_projection)
     prefix_hidden_size: int | None = None  # prefix tuning with --prefix-projection: the MLP's hidden width [default: the model's hidden size, as PEFT's encoder_hidden_size]
+    bottleneck_config: str = "houlsby"  # bottleneck adapters: houlsby (after attention and FFN, swish) or pfeiffer (after the FFN, relu), AdapterHub's DoubleSeqBnConfig and SeqBnConfig
+    reduction_factor: float = 16.0  # bottleneck adapters: hidden size / bottleneck width (AdapterHub's reduction_factor; the width is at least 1)
 
     def __post_init__(self):
         for name in ("ia3_targets", "ia3_feedforward"):
@@ -46,6 +52,11 @@ class TunerConfig:
         if hidden is not None and not self.prefix_projection:
             raise ValueError(f"--prefix-hidden-size {hidden}: sizes the MLP of "
                              f"--prefix-projection; pass it too, or drop --prefix-hidden-size")
+        if self.bottleneck_config not in BOTTLENECK_CONFIGS:
+            raise ValueError(f"--bottleneck-config {self.bottleneck_config!r}: choose one of "
+                             f"{', '.join(BOTTLENECK_CONFIGS)}")
+        if not self.reduction_factor > 0:
+            raise ValueError(f"--reduction-factor {self.reduction_factor!r}: must be > 0")
         if self.prompt_init not in PROMPT_INITS:
             raise ValueError(f"--prompt-init {self.prompt_init!r}: choose one of "
                              f"{', '.join(PROMPT_INITS)}")
