@@ -14,10 +14,11 @@ the new head, or every parameter, or the head alone, or a jax_lora/tuners family
 (IA)³, prompt tuning) with the head. Data parallel over every device of the host, or of
 every host (--num-processes, jax_lora/distributed.py): the batch is split along a
 1-D `data` mesh, parameters are replicated, so the same code runs on CPU, GPUs and TPU.
-The jitted steps and the device mesh are jax_lora/steps.py; this file loads, checks, loops
-and writes. Rerunning the same command after a crash resumes from run_dir/checkpoints; batch
-order and dropout keys are functions of the step number, so the resumed run ends with the
-same parameters as an uninterrupted one.
+The jitted steps and the device mesh are jax_lora/steps.py, what the loop keeps between steps
+(training clock, dev evaluations, checkpoints) jax_lora/loop.py; this file loads, checks,
+loops and writes. Rerunning the same command after a crash resumes from run_dir/checkpoints;
+batch order and dropout keys are functions of the step number, so the resumed run ends with
+the same parameters as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from jax_lora.checkpoint import Checkpoints
 from jax_lora.config import TrainConfig, parse_config
 from jax_lora.dev_eval import BestCheckpoint, DevTracker
 from jax_lora.input_pipeline import encode, micro_batches_per_epoch, train_batches
+from jax_lora.loop import Clock, EvalAndSave, Progress, Schedule, Window, zero_sums
 from jax_lora.models import set_compute_dtype
 from jax_lora.optim import make_optimizer, param_counts, split_trainable, trainable_mask
 from jax_lora.quant import stored_bytes
@@ -59,8 +61,8 @@ from shared.cli import exit_on_bad_input, trainer_main
 from shared.data.spec import Data
 from shared.runs.lock import lock_run_dir, unlock_run_dir
 from shared.runs.reuse import NEW, clear_run_dir, code_version, plan_run
-from shared.runs.run_dir import (EVAL_COLUMNS, HISTORY_COLUMNS, RunWriter, library_versions,
-                                 predictions_frame, softmax, submission_frame)
+from shared.runs.run_dir import (HISTORY_COLUMNS, RunWriter, library_versions, predictions_frame,
+                                 softmax, submission_frame)
 
 TRAINER = "jax_lora"
 
@@ -243,19 +245,18 @@ def run(setup: Setup) -> Path:
     # progress; damaged ones are set aside with a warning, and if none restores the run stops
     # with one line (before the manifest is touched).
     checkpoints = Checkpoints(config.run_dir, keep=config.keep_checkpoints)
-    progress = {"config": config.to_dict(), "history": [], "evals": [], "train_seconds": 0.0,
-                "epoch_totals": dict.fromkeys(METRICS, 0.0), "window": dict.fromkeys(METRICS, 0.0)}
+    progress = Progress(config.to_dict())
     trainable_params, frozen = split_trainable(state.params, trainable)
     with exit_on_bad_input():
         restored = checkpoints.restore_latest(trainable_params, state.opt_state)
     step = 0
     if restored is not None:
-        step, trainable_params, opt_state, restored_progress = restored
-        progress.update(restored_progress)
+        step, trainable_params, opt_state, saved = restored
+        progress = Progress.resumed(progress.config, saved)
         state = TrainState(jnp.int32(step), nnx.merge_state(trainable_params, frozen), opt_state)
         print(f"{TRAINER}: resumed from step {step}", flush=True)
     dev = setup.encoded.get("dev")
-    tracker = DevTracker(config.patience, progress["evals"])
+    tracker = DevTracker(config.patience, progress.evals)
     tracker.truncate(step)
     best = None if dev is None else BestCheckpoint(config.run_dir)
     if best is not None:
@@ -281,61 +282,17 @@ def run(setup: Setup) -> Path:
         writer.update(parent={**setup.parent, "inherited": inherited})
 
     # ------------------------------------------------------------ saving and dev evaluation
-    # Training seconds exclude dev evaluations and checkpoint saves: `clock` adds the time
-    # since `mark`, and sums what the current epoch spent on the other two (and on compiling
-    # the evaluation, which the epoch's compile clock hears too).
-    clock = {"train": progress["train_seconds"], "mark": time.perf_counter()}
-    aside = dict.fromkeys(("evals", "eval_compile", "checkpoints"), 0.0)
-
-    def set_aside(what: str, began: float) -> None:
-        now = time.perf_counter()
-        aside[what] += now - began
-        clock["mark"] = now
-    window = {"sums": {k: jnp.float32(v) for k, v in progress["window"].items()}}
-
-    def tick():
-        now = time.perf_counter()
-        clock["train"], clock["mark"] = clock["train"] + now - clock["mark"], now
-
-    def save_checkpoint(state, totals):
-        tick()
-        progress.update(epoch_totals={k: float(v) for k, v in totals.items()},
-                        window={k: float(v) for k, v in window["sums"].items()},
-                        evals=tracker.evals, train_seconds=clock["train"])
-        checkpoints.save(int(state.step), split_trainable(state.params, trainable)[0],
-                         state.opt_state, progress)
-        set_aside("checkpoints", clock["mark"])
-
-    def evaluate_dev(state, step: int) -> None:
-        tick()
-        sums = {k: float(v) for k, v in window["sums"].items()}
-        with compile_clock() as compiled:
-            metrics = val_metrics(predict(state.params, dev)[0], dev.labels)
-        aside["eval_compile"] += compiled["seconds"]
-        row = {"step": step, "epoch": step / setup.steps_per_epoch,
-               "examples": setup.examples_at(step),
-               "train_loss": sums["loss_sum"] / sums["count"] if sums["count"] else None,
-               "dev_loss": metrics["val_loss"], "dev_accuracy": metrics["val_accuracy"],
-               "train_seconds": clock["train"]}
-        window["sums"] = {k: jnp.float32(0.0) for k in METRICS}
-        if tracker.record(row):  # saved before the checkpoint that records the evaluation
-            best.save(step, split_trainable(state.params, trainable)[0])
-        writer.write_evals(pd.DataFrame(tracker.evals, columns=list(EVAL_COLUMNS)))
-        set_aside("evals", clock["mark"])
-
-    def after_step(state, totals, metrics, step: int, epoch_end: bool) -> bool:
-        window["sums"] = {k: window["sums"][k] + metrics[k] for k in METRICS}
-        if epoch_end:  # evaluated and saved by the epoch loop
-            return False
-        last = step >= total_steps
-        due = config.eval_every and step % config.eval_every == 0
-        if dev is not None and (last or due):
-            evaluate_dev(state, step)
-        stop = last or tracker.exhausted()
-        if stop or (dev is not None and due) or (
-                config.checkpoint_every and step % config.checkpoint_every == 0):
-            save_checkpoint(state, totals)
-        return stop
+    # Training seconds exclude dev evaluations and checkpoint saves: the clock adds the time
+    # since its mark, and sums what the current epoch spent on the other two (and on compiling
+    # the evaluation, which the epoch's compile clock hears too). The dev part is evaluated
+    # every --eval-every steps and at each epoch end; checkpoints are saved after those
+    # evaluations, every --checkpoint-every steps, at each epoch end and when the run stops.
+    clock = Clock(progress.train_seconds)
+    schedule = Schedule(total_steps, setup.steps_per_epoch, config.eval_every,
+                        config.checkpoint_every, has_dev=dev is not None)
+    actions = EvalAndSave(progress, clock, Window(progress.window), tracker, schedule,
+                          checkpoints=checkpoints, trainable=trainable, writer=writer,
+                          predict=predict, examples_at=setup.examples_at, dev=dev, best=best)
 
     # ------------------------------------------------------------ training loop
     # Each epoch runs what is left of its permutation (all of it, unless resumed); the run
@@ -345,17 +302,16 @@ def run(setup: Setup) -> Path:
         if step >= total_steps or tracker.exhausted():
             break
         start = step - epoch * setup.steps_per_epoch
-        clock["mark"] = time.perf_counter()
-        aside.update(dict.fromkeys(aside, 0.0))
+        clock.new_epoch()
         state, totals, train_seconds, compile_seconds, stopped = train_epoch(
-            setup, train_step, state, epoch=epoch, start=start,
-            totals=progress["epoch_totals"], after_step=after_step)
-        mid_epoch = dict(aside)  # the epoch-end evaluations are timed below
-        tick()
+            setup, train_step, state, epoch=epoch, start=start, totals=progress.epoch_totals,
+            after_step=actions.after_step)
+        mid_epoch = dict(clock.aside)  # the epoch-end evaluations are timed below
+        clock.tick()
         step = int(state.step)
         eval_began = time.perf_counter()
         if dev is not None and not stopped:
-            evaluate_dev(state, step)
+            actions.evaluate_dev(state, step)
         # With a dev part the validation rows are evaluated once, from the best step (below):
         # the dev curve is evals.csv, and history.csv's validation columns stay empty.
         if dev is None:
@@ -365,8 +321,8 @@ def run(setup: Setup) -> Path:
                   "train_accuracy": float(totals["correct"] / totals["count"]),
                   **(val_metrics(last_val[0], setup.encoded["val"].labels) if dev is None
                      else {"val_loss": None, "val_accuracy": None})}
-        progress["history"] = [r for r in progress["history"] if r["epoch"] <= epoch] + [record]
-        writer.write_history(pd.DataFrame(progress["history"], columns=list(HISTORY_COLUMNS)))
+        progress.history = [r for r in progress.history if r["epoch"] <= epoch] + [record]
+        writer.write_history(pd.DataFrame(progress.history, columns=list(HISTORY_COLUMNS)))
         # As tf_baseline's (a Keras epoch): `seconds` spans the whole epoch, compiling,
         # evaluations and checkpoints included; `train_seconds` the training steps alone
         # (compiling included), so that it divided by the steps is the step time.
@@ -382,9 +338,9 @@ def run(setup: Setup) -> Path:
                          checkpoint_seconds=mid_epoch["checkpoints"],
                          **({"resumed_from_step": epoch * setup.steps_per_epoch + start}
                             if start else {}))
-        clock["mark"] = time.perf_counter()  # the epoch's evaluations were not training
+        clock.skip()  # the epoch's evaluations were not training
         if not stopped:  # a stop mid-epoch saved its checkpoint, with the epoch's sums
-            save_checkpoint(state, dict.fromkeys(METRICS, 0.0))
+            actions.save_checkpoint(state, zero_sums())
         print(f"epoch {epoch + 1}/{config.epochs}: "
               + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
                           if k != "epoch" and v is not None)
