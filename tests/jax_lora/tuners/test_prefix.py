@@ -5,7 +5,6 @@ text), the refusals, and where torch is installed: our logits equal PEFT's on th
 and the same prefix parameters (the plain table and the MLP), PEFT loads our export to our
 logits and writes the same names and config, and our loader reads a PEFT-trained adapter."""
 
-import json
 
 import jax.numpy as jnp
 import numpy as np
@@ -18,9 +17,9 @@ from jax_lora.peft_format import load_peft, main as peft_main, save_peft
 from jax_lora.tuners import TunerConfig, Tuning, merge_model
 from jax_lora.weights import load_pretrained
 from tests.jax_lora.helpers import assert_reloads_to_its_predictions, logits
-from tests.jax_lora.test_peft_format import read_tensors
 from tests.jax_lora.trainer_process import train
 from tests.jax_lora.tuners.tuner_helpers import (PROBE, abstract_counts,
+                                                 assert_peft_writes_what_we_write,
                                                  assert_only_trainable_leaves_move, hf_base,
                                                  randomize, sample_batch, torch_logits,
                                                  train_steps)
@@ -209,15 +208,7 @@ def test_peft_writes_our_names_and_config(hf, tiny_hf_preset, tmp_path, name):
               base_model_name_or_path=str(tiny_hf_preset), method="prefix")
     model = peft_prefix(hf, tiny_hf_preset, SETUPS[name])
     model.save_pretrained(str(tmp_path / "theirs"))
-    theirs, written = (json.loads((folder / "adapter_config.json").read_text())
-                       for folder in (tmp_path / "theirs", ours))
-    # PEFT 0.21.2 lists the classifier twice (added by the task model and again by
-    # add_adapter); the set is what it saves.
-    assert set(theirs.pop("modules_to_save")) == set(written.pop("modules_to_save"))
-    assert theirs == written
-    their_tensors, our_tensors = read_tensors(tmp_path / "theirs"), read_tensors(ours)
-    assert {k: v.shape for k, v in their_tensors[0].items()} == {
-        k: v.shape for k, v in our_tensors[0].items()}
+    assert_peft_writes_what_we_write(tmp_path / "theirs", ours)
 
 
 @pytest.mark.parametrize("name", list(SETUPS))

@@ -4,7 +4,6 @@ attention maps), the refusals (too long a sequence, a merge), and where torch is
 PEFT loads our export to our logits, writes the same names and config, and our loader reads
 a PEFT-made adapter to PEFT's logits."""
 
-import json
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,9 +15,9 @@ from jax_lora.peft_format import load_peft, main as peft_main, save_peft
 from jax_lora.tuners import TunerConfig, Tuning, merge_model
 from jax_lora.weights import load_pretrained
 from tests.jax_lora.helpers import assert_reloads_to_its_predictions, logits
-from tests.jax_lora.test_peft_format import read_tensors
 from tests.jax_lora.trainer_process import train
 from tests.jax_lora.tuners.tuner_helpers import (PROBE, abstract_counts,
+                                                 assert_peft_writes_what_we_write,
                                                  assert_only_trainable_leaves_move, hf_base,
                                                  randomize, sample_batch, torch_logits,
                                                  train_steps)
@@ -143,15 +142,7 @@ def test_peft_writes_our_names_and_config(hf, tiny_hf_preset, tmp_path):
         hf.Bert.from_pretrained(str(tiny_hf_preset), num_labels=3), hf.peft.PromptTuningConfig(
             task_type="SEQ_CLS", num_virtual_tokens=5, prompt_tuning_init="SAMPLE_VOCAB"))
     model.save_pretrained(str(tmp_path / "theirs"))
-    theirs, written = (json.loads((folder / "adapter_config.json").read_text())
-                       for folder in (tmp_path / "theirs", ours))
-    # PEFT 0.21.2 lists the classifier twice (added by the task model and again by
-    # add_adapter); the set is what it saves.
-    assert set(theirs.pop("modules_to_save")) == set(written.pop("modules_to_save"))
-    assert theirs == written
-    their_tensors, our_tensors = read_tensors(tmp_path / "theirs"), read_tensors(ours)
-    assert {k: v.shape for k, v in their_tensors[0].items()} == {
-        k: v.shape for k, v in our_tensors[0].items()}
+    assert_peft_writes_what_we_write(tmp_path / "theirs", ours)
     trainable, _ = model.get_nb_trainable_parameters()
     assert trainable == 5 * 32 + 32 * 3 + 3
 

@@ -105,3 +105,22 @@ def hf_base(hf, preset):
     """The tiny preset as BertForSequenceClassification with our GELU (tanh-approximate,
     keras-hub's), so logits agree to float rounding (peft_format's README)."""
     return hf.Bert.from_pretrained(str(preset), num_labels=3, hidden_act="gelu_pytorch_tanh")
+
+
+def assert_peft_writes_what_we_write(theirs, ours) -> None:
+    """PEFT's adapter folder `theirs` and jax_lora's `ours` hold the same adapter_config.json
+    and the same tensor names and shapes."""
+    import json
+
+    from tests.jax_lora.test_peft_format import read_tensors
+
+    their_config, our_config = (json.loads((folder / "adapter_config.json").read_text())
+                                for folder in (theirs, ours))
+    # PEFT 0.21.2 lists the classifier twice (added by the task model and again by
+    # add_adapter); the set is what it saves.
+    assert set(their_config.pop("modules_to_save")) == set(our_config.pop("modules_to_save"))
+    assert their_config == our_config
+    their_tensors, our_tensors = read_tensors(theirs), read_tensors(ours)
+    assert {k: v.shape for k, v in their_tensors[0].items()} == {
+        k: v.shape for k, v in our_tensors[0].items()}
+
