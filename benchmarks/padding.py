@@ -76,11 +76,23 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not (args.data_dir / "train.csv").is_file():
         parser.error(f"--data-dir {args.data_dir}: no train.csv; pass the Watson CSV folder")
+    try:
+        lengths_wanted = [int(value) for value in args.lengths.split(",")]
+    except ValueError:
+        parser.error(f"--lengths {args.lengths}: give comma-separated integers, e.g. 128,512")
+    if not all(8 <= value <= 512 for value in lengths_wanted):
+        parser.error(f"--lengths {args.lengths}: each must lie in [8, 512]")
+    from shared.runs.presets import PresetError, preset_kind
+    for preset in args.presets.split(","):
+        try:
+            preset_kind(preset)
+        except PresetError as error:
+            parser.error(str(error))
     rules = {name: (BUCKETS if buckets is None else buckets) for name, buckets in RULES.items()}
     lines = ["| model | sequence length | bucket rule | padding | tokens computed | × longest "
              "row's | shapes |", "|---|---:|---|---:|---:|---:|---:|"]
     for preset in args.presets.split(","):
-        for sequence_length in map(int, args.lengths.split(",")):
+        for sequence_length in lengths_wanted:
             lengths = lengths_of(preset, args.data_dir, sequence_length)
             results = {name: padding(lengths, sequence_length, buckets)
                        for name, buckets in rules.items()}
